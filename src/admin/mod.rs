@@ -1,0 +1,124 @@
+//! The admin listener: the tenant and token API under `/admin/v1` (DESIGN §5), its
+//! OpenAPI document, `/metrics` and the probes. Everything under `/admin/` needs the
+//! admin bearer token, compared in constant time; there are no cookies and no CORS.
+
+mod tenants;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::auth::bearer_token;
+use crate::error::{AppError, JsonError};
+use crate::server::{healthy, ready, SharedState};
+
+/// The admin API's OpenAPI 3.0 document, kept beside the routes it describes.
+pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
+
+/// Admin request bodies are small JSON objects.
+const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
+
+pub fn admin_router(state: SharedState) -> Router {
+    let api = tenants::routes()
+        .route("/v1/openapi.json", get(openapi))
+        .fallback(|| async { JsonError(AppError::NotFound("no such admin route".into())) })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_token,
+        ));
+    Router::new()
+        .nest("/admin", api)
+        .route("/metrics", get(metrics))
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(ready))
+        .with_state(state)
+}
+
+pub fn admin_token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+async fn require_admin_token(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = bearer_token(request.headers()).map(admin_token_digest);
+    let authorised = match presented {
+        Ok(digest) => bool::from(digest.ct_eq(&state.admin_token_digest)),
+        Err(_) => false,
+    };
+    if !authorised {
+        tracing::warn!(path = %request.uri().path(), "admin request without a valid admin token");
+        return JsonError(AppError::Unauthenticated(
+            "a valid admin bearer token is required".into(),
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI_DOCUMENT,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<SharedState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Parses a JSON body, refusing unknown keys anywhere in it.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AppError> {
+    let mut unknown = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed: Result<T, _> =
+        serde_ignored::deserialize(&mut deserializer, |path| unknown.push(path.to_string()));
+    let parsed = parsed.map_err(|err| AppError::BadRequest(format!("invalid JSON body: {err}")))?;
+    deserializer
+        .end()
+        .map_err(|err| AppError::BadRequest(format!("invalid JSON body: {err}")))?;
+    if !unknown.is_empty() {
+        return Err(AppError::BadRequest(format!(
+            "unknown field(s): {}",
+            unknown.join(", ")
+        )));
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_is_json_and_lists_every_route() {
+        let document: serde_json::Value =
+            serde_json::from_str(OPENAPI_DOCUMENT).expect("valid JSON");
+        let paths = document["paths"].as_object().expect("paths");
+        for path in [
+            "/admin/v1/tenants",
+            "/admin/v1/tenants/{id}",
+            "/admin/v1/tenants/{id}/tokens",
+            "/admin/v1/tenants/{id}/tokens/{token_id}",
+            "/admin/v1/openapi.json",
+        ] {
+            assert!(paths.contains_key(path), "{path} missing");
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Backend clients and the fan-out of one incoming write to a tenant's backends
+//! (DESIGN §6 steps 8–9, §9). Each incoming request becomes exactly one request per
+//! backend, carrying promgate's own headers only; client headers never pass through.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::BackendConfig;
+use crate::error::AppError;
+use crate::telemetry::Metrics;
+
+/// What one backend did with one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    /// A permanent refusal of these bytes (400, 409, 413, 422): the sender must not retry.
+    Rejected {
+        message: String,
+    },
+    /// Transient (429, 5xx, timeout, connection failure): the sender must retry.
+    Unavailable {
+        message: String,
+        retry_after_seconds: Option<u64>,
+    },
+    /// The backend refused promgate itself (401, 403, 404, redirects…): our configuration.
+    Misconfigured {
+        message: String,
+    },
+}
+
+/// Retry-After promgate sends with a 503 when the backend named none.
+pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
+/// How much of a backend's error body is quoted back.
+const MAX_QUOTED_ERROR_BYTES: usize = 512;
+
+pub struct BackendClient {
+    pub config: BackendConfig,
+    http: reqwest::Client,
+    /// Static headers: promgate's credentials for this backend.
+    auth_headers: HeaderMap,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendSetupError {
+    #[error("backend {name}: {message}")]
+    Invalid { name: String, message: String },
+}
+
+impl BackendClient {
+    pub fn new(config: BackendConfig) -> Result<BackendClient, BackendSetupError> {
+        let invalid = |message: String| BackendSetupError::Invalid {
+            name: config.name.clone(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("promgate/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(ca_file) = &config.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|err| invalid(format!("ca_file: {err}")))?;
+            let certificate = reqwest::Certificate::from_pem(&pem)
+                .map_err(|err| invalid(format!("ca_file: {err}")))?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        let mut auth_headers = HeaderMap::new();
+        if let Some(file) = &config.bearer_token_file {
+            let token = std::fs::read_to_string(file)
+                .map_err(|err| invalid(format!("bearer_token_file: {err}")))?;
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+                    invalid("bearer_token_file holds a token that is not a header value".into())
+                })?;
+            value.set_sensitive(true);
+            auth_headers.insert(http::header::AUTHORIZATION, value);
+        }
+        if let Some(basic) = &config.basic_auth {
+            use base64::Engine;
+            let password = std::fs::read_to_string(&basic.password_file)
+                .map_err(|err| invalid(format!("basic_auth_password_file: {err}")))?;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                basic.username,
+                password.trim_end_matches(['\r', '\n'])
+            ));
+            let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+                .map_err(|_| invalid("basic auth is not a header value".into()))?;
+            value.set_sensitive(true);
+            auth_headers.insert(http::header::AUTHORIZATION, value);
+        }
+        let http = builder.build().map_err(|err| invalid(err.to_string()))?;
+        Ok(BackendClient {
+            config,
+            http,
+            auth_headers,
+        })
+    }
+
+    /// Sends one snappy-compressed remote-write 1.0 body for `tenant_id`.
+    pub async fn write(&self, tenant_id: &str, body: Bytes, metrics: &Metrics) -> Outcome {
+        let started = Instant::now();
+        let mut request = self
+            .http
+            .post(self.config.write_url.clone())
+            .headers(self.auth_headers.clone())
+            .header(http::header::CONTENT_ENCODING, "snappy")
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body);
+        if let Some(header) = &self.config.tenant_header {
+            request = request.header(header.clone(), tenant_id);
+        }
+        let outcome = match request.send().await {
+            Ok(response) => classify(response).await,
+            Err(err) => Outcome::Unavailable {
+                message: describe_transport_error(&err),
+                retry_after_seconds: None,
+            },
+        };
+        metrics.observe_backend(&self.config.name, &outcome, started.elapsed());
+        outcome
+    }
+}
+
+async fn classify(response: reqwest::Response) -> Outcome {
+    let status = response.status();
+    if status.is_success() {
+        return Outcome::Accepted;
+    }
+    let retry_after_seconds = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    let message = quoted_body(response).await;
+    let message = format!("{status}: {message}");
+    match status.as_u16() {
+        400 | 409 | 413 | 422 => Outcome::Rejected { message },
+        429 | 500..=599 => Outcome::Unavailable {
+            message,
+            retry_after_seconds,
+        },
+        _ => Outcome::Misconfigured { message },
+    }
+}
+
+/// The first line of the body, cut to a few hundred bytes.
+async fn quoted_body(response: reqwest::Response) -> String {
+    let mut collected = Vec::new();
+    let mut response = response;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        collected.extend_from_slice(&chunk);
+        if collected.len() >= MAX_QUOTED_ERROR_BYTES {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&collected[..collected.len().min(MAX_QUOTED_ERROR_BYTES)])
+        .into_owned();
+    text.lines().next().unwrap_or_default().trim().to_string()
+}
+
+fn describe_transport_error(err: &reqwest::Error) -> String {
+    if err.is_timeout() {
+        "timed out".into()
+    } else if err.is_connect() {
+        "connection failed".into()
+    } else {
+        "request failed".into()
+    }
+}
+
+/// One answer for the sender from every backend's outcome: 2xx only when all accepted.
+/// A transient failure anywhere wins (503, nothing is lost: the sender retries the whole
+/// request), then our misconfiguration (502), then a permanent refusal (400).
+pub fn combine(outcomes: &[(&str, Outcome)]) -> Result<(), AppError> {
+    let unavailable = outcomes.iter().find_map(|(name, outcome)| match outcome {
+        Outcome::Unavailable {
+            message,
+            retry_after_seconds,
+        } => Some((name, message, retry_after_seconds)),
+        _ => None,
+    });
+    if let Some((name, message, retry_after)) = unavailable {
+        return Err(AppError::Unavailable {
+            message: format!("backend {name} is unavailable ({message}); retry later"),
+            retry_after_seconds: retry_after.unwrap_or(DEFAULT_RETRY_AFTER_SECONDS),
+        });
+    }
+    for (name, outcome) in outcomes {
+        if let Outcome::Misconfigured { message } = outcome {
+            return Err(AppError::BadGateway(format!(
+                "backend {name} refused promgate ({message})"
+            )));
+        }
+    }
+    for (name, outcome) in outcomes {
+        if let Outcome::Rejected { message } = outcome {
+            return Err(AppError::BadRequest(format!(
+                "backend {name} rejected the write: {message}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    #[test]
+    fn transient_failures_win_over_permanent_ones() {
+        let rejected = Outcome::Rejected {
+            message: "400: bad".into(),
+        };
+        let down = Outcome::Unavailable {
+            message: "connection failed".into(),
+            retry_after_seconds: Some(7),
+        };
+        let err = combine(&[("a", rejected.clone()), ("b", down)]).expect_err("fails");
+        assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(matches!(
+            err,
+            AppError::Unavailable {
+                retry_after_seconds: 7,
+                ..
+            }
+        ));
+        let err = combine(&[("a", Outcome::Accepted), ("b", rejected)]).expect_err("fails");
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        let misconfigured = Outcome::Misconfigured {
+            message: "401".into(),
+        };
+        assert_eq!(
+            combine(&[("a", misconfigured)])
+                .expect_err("fails")
+                .status(),
+            StatusCode::BAD_GATEWAY
+        );
+        assert!(combine(&[("a", Outcome::Accepted), ("b", Outcome::Accepted)]).is_ok());
+        assert!(combine(&[]).is_ok());
+    }
+}

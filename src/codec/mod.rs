@@ -1,0 +1,38 @@
+//! Wire formats: snappy with caps checked before allocating, remote-write decoding,
+//! validation, tenant-label enforcement and re-encoding (DESIGN §6 steps 4, 5, 7;
+//! PROTOCOL.md §2). Pure and synchronous: no I/O, no clocks (callers pass `now`).
+
+pub mod snappy;
+pub mod write;
+
+/// Why a request body could not be accepted. Each variant is a permanent client error:
+/// retrying the same bytes can never succeed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("body is empty; an empty write request is the single snappy byte 0x00")]
+    EmptyBody,
+    #[error("body uses the snappy framed format; remote write requires the block format")]
+    FramedSnappy,
+    #[error("snappy: {0}")]
+    Snappy(String),
+    #[error("decoded body would be {claimed} bytes, over the {limit}-byte limit")]
+    DecodedTooLarge { claimed: u64, limit: u64 },
+    #[error("protobuf: {0}")]
+    Protobuf(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CodecError {
+    /// A short, fixed label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CodecError::EmptyBody => "empty_body",
+            CodecError::FramedSnappy => "framed_snappy",
+            CodecError::Snappy(_) => "bad_snappy",
+            CodecError::DecodedTooLarge { .. } => "decoded_too_large",
+            CodecError::Protobuf(_) => "bad_protobuf",
+            CodecError::Invalid(_) => "invalid_series",
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! Configuration: the TOML file of DESIGN §3 read into raw serde types, then checked
+//! into a validated [`Config`]. Every problem is collected so `check-config` can
+//! report them all in one run; unknown keys are problems, never silently ignored.
+
+pub mod limits;
+pub mod units;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use limits::{LimitOverrides, Limits};
+use units::HumanDuration;
+
+/// Prometheus' default `remote_timeout` is 30 s: a backend timeout must stay below it
+/// so promgate answers before the sender gives up (SECURITY.md §1).
+pub const MAX_BACKEND_TIMEOUT: Duration = Duration::from_secs(29);
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The validated configuration the relay runs on.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    pub tenancy: TenancyConfig,
+    pub tokens: TokenConfig,
+    pub limits: Limits,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Holds the admin bearer token; generated (mode 0600) when missing.
+    pub token_file: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub database_url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    /// A client-sent tenant label is replaced by the caller's.
+    Override,
+    /// A client-sent tenant label with another value fails the request with 400.
+    Reject,
+}
+
+#[derive(Clone, Debug)]
+pub struct TenancyConfig {
+    pub label: String,
+    pub on_conflict: ConflictPolicy,
+    pub strip_label_on_read: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenConfig {
+    /// PKCS#8 PEM Ed25519 key that signs the tokens promgate issues; generated when missing.
+    pub signing_key_file: PathBuf,
+    pub default_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendConfig {
+    pub name: String,
+    pub write_url: url::Url,
+    pub read_url: Option<url::Url>,
+    /// When set, promgate sends the tenant id in this header (Mimir/Cortex `X-Scope-OrgID`,
+    /// Thanos `THANOS-TENANT`); such backends also receive metadata-only requests.
+    pub tenant_header: Option<http::HeaderName>,
+    pub timeout: Duration,
+    pub bearer_token_file: Option<PathBuf>,
+    pub basic_auth: Option<BasicAuth>,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BasicAuth {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+// ---------------------------------------------------------------------------
+// Raw file shapes. Unknown keys are collected with serde_ignored, not rejected at the
+// first one, so every unknown key is reported.
+
+#[derive(Debug, Default, Deserialize)]
+struct RawServer {
+    listen: Option<String>,
+    tls: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAdmin {
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawStorage {
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawTenancy {
+    label: Option<String>,
+    on_conflict: Option<String>,
+    strip_label_on_read: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAuth {
+    #[serde(default)]
+    tokens: RawTokens,
+    #[serde(default)]
+    issuers: Vec<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawTokens {
+    signing_key_file: Option<PathBuf>,
+    default_ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawBackend {
+    name: Option<String>,
+    write_url: Option<String>,
+    read_url: Option<String>,
+    tenant_header: Option<String>,
+    timeout: Option<HumanDuration>,
+    bearer_token_file: Option<PathBuf>,
+    basic_auth_username: Option<String>,
+    basic_auth_password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    protocol: Option<String>,
+    delivery: Option<String>,
+}
+
+const SECTIONS: [&str; 7] = [
+    "server", "admin", "storage", "tenancy", "auth", "limits", "backends",
+];
+
+/// Every problem found in a config, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigErrors {
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// The configuration promgate runs on when started without a file.
+    pub fn defaults() -> Config {
+        match Config::from_toml_str("", &BTreeMap::new()) {
+            Ok(config) => config,
+            // The empty file is valid by construction; tested below.
+            Err(errors) => panic!("built-in defaults are invalid: {errors}"),
+        }
+    }
+
+    /// Reads and validates a config file, with `PROMGATE_…` overrides from the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
+            problems: vec![format!("cannot read {}: {err}", path.display())],
+        })?;
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("PROMGATE_"))
+            .collect();
+        Config::from_toml_str(&text, &env)
+    }
+
+    /// Parses `text`, applies `env` overrides (`PROMGATE_SECTION__KEY=value`) and validates.
+    pub fn from_toml_str(
+        text: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut problems = Vec::new();
+        let mut root: toml::Table = match text.parse() {
+            Ok(table) => table,
+            Err(err) => {
+                return Err(ConfigErrors {
+                    problems: vec![format!("not valid TOML: {err}")],
+                })
+            }
+        };
+        apply_env_overrides(&mut root, env, &mut problems);
+        for key in root.keys() {
+            if !SECTIONS.contains(&key.as_str()) {
+                problems.push(format!("unknown key `{key}`"));
+            }
+        }
+        let server: RawServer = section(&root, "server", &mut problems);
+        let admin: RawAdmin = section(&root, "admin", &mut problems);
+        let storage: RawStorage = section(&root, "storage", &mut problems);
+        let tenancy: RawTenancy = section(&root, "tenancy", &mut problems);
+        let auth: RawAuth = section(&root, "auth", &mut problems);
+        let limit_overrides: LimitOverrides = section(&root, "limits", &mut problems);
+        let raw_backends: Vec<RawBackend> = section_list(&root, "backends", &mut problems);
+
+        let storage = StorageConfig {
+            database_url: storage
+                .database_url
+                .unwrap_or_else(|| "sqlite://promgate.db".into()),
+        };
+        let secrets_dir = secrets_dir(&storage.database_url, &mut problems);
+        let server_cfg = ServerConfig {
+            listen: parse_addr(
+                "server.listen",
+                server.listen.as_deref(),
+                "127.0.0.1:9201",
+                &mut problems,
+            ),
+        };
+        if server.tls.is_some() {
+            problems.push(
+                "server.tls: TLS on the data listener is not available in this version".into(),
+            );
+        }
+        let admin_cfg = AdminConfig {
+            listen: parse_addr(
+                "admin.listen",
+                admin.listen.as_deref(),
+                "127.0.0.1:9202",
+                &mut problems,
+            ),
+            token_file: admin
+                .token_file
+                .unwrap_or_else(|| secrets_dir.join("promgate-admin.token")),
+        };
+        if !auth.issuers.is_empty() {
+            problems.push(
+                "auth.issuers: external JWT issuers are not available in this version".into(),
+            );
+        }
+        let tokens = TokenConfig {
+            signing_key_file: auth
+                .tokens
+                .signing_key_file
+                .unwrap_or_else(|| secrets_dir.join("promgate-signing.key")),
+            default_ttl: auth
+                .tokens
+                .default_ttl
+                .map_or(Duration::from_secs(90 * 86_400), |d| d.0),
+        };
+        if tokens.default_ttl.is_zero() {
+            problems.push("auth.tokens.default_ttl must be longer than 0s".into());
+        }
+        let tenancy = validate_tenancy(tenancy, &mut problems);
+        let limits = Limits::default().with(&limit_overrides);
+        problems.extend(limits.problems());
+        let backends = validate_backends(raw_backends, &mut problems);
+
+        if problems.is_empty() {
+            Ok(Config {
+                server: server_cfg,
+                admin: admin_cfg,
+                storage,
+                tenancy,
+                tokens,
+                limits,
+                backends,
+            })
+        } else {
+            Err(ConfigErrors { problems })
+        }
+    }
+
+    pub fn backend_names(&self) -> impl Iterator<Item = &str> {
+        self.backends.iter().map(|b| b.name.as_str())
+    }
+}
+
+/// `PROMGATE_LIMITS__MAX_REQUEST_BYTES=64MiB` sets `[limits] max_request_bytes`. The value
+/// is read as a TOML value when it parses as one, else as a string.
+fn apply_env_overrides(
+    root: &mut toml::Table,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) {
+    for (name, raw_value) in env {
+        let Some(path) = name.strip_prefix("PROMGATE_") else {
+            continue;
+        };
+        let Some((section, key)) = path.split_once("__") else {
+            continue;
+        };
+        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+        let value = format!("v = {raw_value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw_value.clone()));
+        match root
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(table) => {
+                table.insert(key, value);
+            }
+            _ => problems.push(format!("{name}: `{section}` is not a table")),
+        }
+    }
+}
+
+fn section<T: DeserializeOwned + Default>(
+    root: &toml::Table,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> T {
+    let Some(value) = root.get(name) else {
+        return T::default();
+    };
+    deserialize_reporting_unknown(value.clone(), name, problems).unwrap_or_default()
+}
+
+fn section_list<T: DeserializeOwned>(
+    root: &toml::Table,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> Vec<T> {
+    let Some(value) = root.get(name) else {
+        return Vec::new();
+    };
+    let toml::Value::Array(items) = value else {
+        problems.push(format!("`{name}` must be an array of tables ([[{name}]])"));
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(index, item)| {
+            deserialize_reporting_unknown(item.clone(), &format!("{name}[{index}]"), problems)
+        })
+        .collect()
+}
+
+fn deserialize_reporting_unknown<T: DeserializeOwned>(
+    value: toml::Value,
+    context: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let parsed = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    for path in unknown {
+        problems.push(format!("unknown key `{context}.{path}`"));
+    }
+    match parsed {
+        Ok(parsed) => Some(parsed),
+        Err(err) => {
+            problems.push(format!("{context}: {err}"));
+            None
+        }
+    }
+}
+
+/// Secrets live next to the SQLite file, or in the working directory otherwise.
+fn secrets_dir(database_url: &str, problems: &mut Vec<String>) -> PathBuf {
+    match sqlite_path(database_url) {
+        Some(path) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        None => {
+            problems.push(format!(
+                "storage.database_url: only sqlite:// URLs are supported in this version, not {:?}",
+                database_url.split(':').next().unwrap_or_default()
+            ));
+            PathBuf::new()
+        }
+    }
+}
+
+/// The file behind a `sqlite://` URL, without query parameters.
+pub fn sqlite_path(database_url: &str) -> Option<PathBuf> {
+    let rest = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    Some(PathBuf::from(path))
+}
+
+fn parse_addr(
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+    problems: &mut Vec<String>,
+) -> SocketAddr {
+    let text = value.unwrap_or(default);
+    match text.parse() {
+        Ok(addr) => addr,
+        Err(_) => {
+            problems.push(format!(
+                "{key}: {text:?} is not an address such as 127.0.0.1:9201"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    }
+}
+
+fn validate_tenancy(raw: RawTenancy, problems: &mut Vec<String>) -> TenancyConfig {
+    let label = raw.label.unwrap_or_else(|| "tenant_id".into());
+    if !is_legacy_label_name(&label) || label.starts_with("__") {
+        problems.push(format!(
+            "tenancy.label: {label:?} must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __"
+        ));
+    }
+    let on_conflict = match raw.on_conflict.as_deref().unwrap_or("override") {
+        "override" => ConflictPolicy::Override,
+        "reject" => ConflictPolicy::Reject,
+        other => {
+            problems.push(format!(
+                "tenancy.on_conflict: {other:?} must be \"override\" or \"reject\""
+            ));
+            ConflictPolicy::Override
+        }
+    };
+    TenancyConfig {
+        label,
+        on_conflict,
+        strip_label_on_read: raw.strip_label_on_read.unwrap_or(true),
+    }
+}
+
+/// Headers promgate owns on the way to a backend; a tenant header may not be one of them.
+const RESERVED_HEADERS: [&str; 8] = [
+    "authorization",
+    "content-type",
+    "content-encoding",
+    "content-length",
+    "host",
+    "user-agent",
+    "x-prometheus-remote-write-version",
+    "transfer-encoding",
+];
+
+fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<BackendConfig> {
+    if raw.is_empty() {
+        return vec![BackendConfig {
+            name: "primary".into(),
+            write_url: url::Url::parse("http://127.0.0.1:9090/api/v1/write").expect("static URL"),
+            read_url: Some(
+                url::Url::parse("http://127.0.0.1:9090/api/v1/read").expect("static URL"),
+            ),
+            tenant_header: None,
+            timeout: DEFAULT_BACKEND_TIMEOUT,
+            bearer_token_file: None,
+            basic_auth: None,
+            ca_file: None,
+        }];
+    }
+    let mut seen = HashSet::new();
+    let mut backends = Vec::new();
+    for (index, backend) in raw.into_iter().enumerate() {
+        let context = format!("backends[{index}]");
+        let name = backend.name.unwrap_or_default();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problems.push(format!(
+                "{context}.name: {name:?} must be non-empty [a-zA-Z0-9_-]"
+            ));
+        } else if !seen.insert(name.clone()) {
+            problems.push(format!(
+                "{context}.name: {name:?} is used by another backend"
+            ));
+        }
+        let write_url = parse_url(
+            &format!("{context}.write_url"),
+            backend.write_url.as_deref(),
+            problems,
+        );
+        let read_url = backend
+            .read_url
+            .as_deref()
+            .map(|text| parse_url(&format!("{context}.read_url"), Some(text), problems));
+        let tenant_header = backend.tenant_header.as_deref().and_then(|text| {
+            match http::HeaderName::from_bytes(text.as_bytes()) {
+                Ok(header) if !RESERVED_HEADERS.contains(&header.as_str()) => Some(header),
+                Ok(_) => {
+                    problems.push(format!(
+                        "{context}.tenant_header: {text:?} is a header promgate sets itself"
+                    ));
+                    None
+                }
+                Err(_) => {
+                    problems.push(format!(
+                        "{context}.tenant_header: {text:?} is not a valid header name"
+                    ));
+                    None
+                }
+            }
+        });
+        let timeout = backend.timeout.map_or(DEFAULT_BACKEND_TIMEOUT, |d| d.0);
+        if timeout.is_zero() || timeout > MAX_BACKEND_TIMEOUT {
+            problems.push(format!(
+                "{context}.timeout: must be between 1ms and 29s, below Prometheus' 30s remote_timeout"
+            ));
+        }
+        if let Some(protocol) = backend.protocol.as_deref() {
+            if protocol != "1.0" {
+                problems.push(format!(
+                    "{context}.protocol: only \"1.0\" is available in this version"
+                ));
+            }
+        }
+        if let Some(delivery) = backend.delivery.as_deref() {
+            if delivery != "sync" {
+                problems.push(format!(
+                    "{context}.delivery: only \"sync\" is available in this version"
+                ));
+            }
+        }
+        let basic_auth = match (
+            backend.basic_auth_username,
+            backend.basic_auth_password_file,
+        ) {
+            (Some(username), Some(password_file)) => Some(BasicAuth {
+                username,
+                password_file,
+            }),
+            (None, None) => None,
+            _ => {
+                problems.push(format!(
+                    "{context}: basic_auth_username and basic_auth_password_file go together"
+                ));
+                None
+            }
+        };
+        if backend.bearer_token_file.is_some() && basic_auth.is_some() {
+            problems.push(format!(
+                "{context}: choose bearer_token_file or basic auth, not both"
+            ));
+        }
+        for (key, file) in [
+            ("bearer_token_file", backend.bearer_token_file.as_ref()),
+            ("ca_file", backend.ca_file.as_ref()),
+            (
+                "basic_auth_password_file",
+                basic_auth.as_ref().map(|b| &b.password_file),
+            ),
+        ] {
+            if let Some(file) = file {
+                if !file.is_file() {
+                    problems.push(format!(
+                        "{context}.{key}: {} is not a readable file",
+                        file.display()
+                    ));
+                }
+            }
+        }
+        if let Some(write_url) = write_url {
+            backends.push(BackendConfig {
+                name,
+                write_url,
+                read_url: read_url.flatten(),
+                tenant_header,
+                timeout,
+                bearer_token_file: backend.bearer_token_file,
+                basic_auth,
+                ca_file: backend.ca_file,
+            });
+        }
+    }
+    backends
+}
+
+fn parse_url(key: &str, text: Option<&str>, problems: &mut Vec<String>) -> Option<url::Url> {
+    let Some(text) = text else {
+        problems.push(format!("{key} is required"));
+        return None;
+    };
+    match url::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
+        _ => {
+            problems.push(format!("{key}: {text:?} is not an http(s) URL"));
+            None
+        }
+    }
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`: the label-name syntax every backend accepts.
+pub fn is_legacy_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml_str(text, &BTreeMap::new())
+    }
+
+    #[test]
+    fn empty_file_gives_design_defaults() {
+        let config = parse("").expect("defaults are valid");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:9201");
+        assert_eq!(config.admin.listen.to_string(), "127.0.0.1:9202");
+        assert_eq!(config.storage.database_url, "sqlite://promgate.db");
+        assert_eq!(config.tenancy.label, "tenant_id");
+        assert_eq!(config.backends.len(), 1);
+        assert_eq!(
+            config.backends[0].write_url.as_str(),
+            "http://127.0.0.1:9090/api/v1/write"
+        );
+        assert_eq!(
+            config.admin.token_file,
+            PathBuf::from("promgate-admin.token")
+        );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let errors = parse(
+            r#"
+            bogus = 1
+            [server]
+            listen = "nowhere"
+            colour = "blue"
+            [tenancy]
+            on_conflict = "merge"
+            [limits]
+            max_request_bytes = "32MiB"
+            max_requets_bytes = 5
+            throttle_status = 418
+            [[backends]]
+            name = "a"
+            write_url = "ftp://x"
+            timeout = "45s"
+            [[backends]]
+            name = "a"
+            write_url = "http://127.0.0.1:1/api/v1/write"
+            tenant_header = "Authorization"
+            "#,
+        )
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "unknown key `bogus`",
+            "unknown key `server.colour`",
+            "server.listen",
+            "tenancy.on_conflict",
+            "unknown key `limits.max_requets_bytes`",
+            "throttle_status",
+            "backends[0].write_url",
+            "backends[0].timeout",
+            "backends[1].name",
+            "backends[1].tenant_header",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(errors.problems.len(), 10, "{text}");
+    }
+
+    #[test]
+    fn environment_overrides_single_keys() {
+        let env = BTreeMap::from([
+            (
+                "PROMGATE_SERVER__LISTEN".to_string(),
+                "127.0.0.1:7000".to_string(),
+            ),
+            (
+                "PROMGATE_LIMITS__MAX_SERIES_PER_REQUEST".to_string(),
+                "7".to_string(),
+            ),
+        ]);
+        let config =
+            Config::from_toml_str("[server]\nlisten = \"127.0.0.1:1\"\n", &env).expect("valid");
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(config.limits.max_series_per_request, 7);
+    }
+
+    #[test]
+    fn secrets_default_next_to_the_database() {
+        let config =
+            parse("[storage]\ndatabase_url = \"sqlite:///var/lib/promgate/db.sqlite?mode=rwc\"\n")
+                .expect("valid");
+        assert_eq!(
+            config.admin.token_file,
+            PathBuf::from("/var/lib/promgate/promgate-admin.token")
+        );
+        assert_eq!(
+            config.tokens.signing_key_file,
+            PathBuf::from("/var/lib/promgate/promgate-signing.key")
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! promgate: an authenticated Prometheus remote-write relay with tenant isolation.
+//!
+//! Module map (imports flow one way: `server` → domain modules → `codec` → `proto`):
+//! `config`, `error` and `telemetry` are leaves; `codec` is pure; `tenant` owns the
+//! registry; `auth` maps credentials to tenants; `backend` owns the HTTP client;
+//! `admin` and `server` are the only modules that know axum.
+
+pub mod admin;
+pub mod auth;
+pub mod backend;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod proto;
+pub mod server;
+pub mod telemetry;
+pub mod tenant;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::auth::secrets::{load_or_create_admin_token, load_or_create_signing_key};
+use crate::auth::tokens::TokenSigner;
+use crate::auth::Authenticator;
+use crate::backend::BackendClient;
+use crate::config::Config;
+use crate::server::AppState;
+use crate::tenant::store::Store;
+use crate::tenant::Registry;
+
+/// Both listeners, bound by the caller (port 0 in tests).
+pub struct Listeners {
+    pub data: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Binds the listeners named in `config`.
+pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+    let data = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.server.listen))?;
+    let admin = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {}: {err}", config.admin.listen))?;
+    Ok(Listeners { data, admin })
+}
+
+/// Opens the registry, loads or generates secrets, and serves both listeners until
+/// `shutdown` completes; then stops accepting and lets in-flight requests finish.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.storage.database_url).await?;
+    let registry = Arc::new(Registry::load(store, &config).await?);
+    let admin_token = load_or_create_admin_token(&config.admin.token_file)?;
+    let signing_key = load_or_create_signing_key(&config.tokens.signing_key_file)?;
+    let signer = TokenSigner::new(&signing_key)?;
+    let backends = config
+        .backends
+        .iter()
+        .cloned()
+        .map(BackendClient::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let state = Arc::new(AppState {
+        auth: Authenticator::new(signer, Arc::clone(&registry)),
+        registry,
+        backends,
+        metrics: telemetry::Metrics::new(),
+        admin_token_digest: admin::admin_token_digest(&admin_token),
+        ready: AtomicBool::new(false),
+        config,
+    });
+    drop(admin_token);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let data_addr = listeners.data.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let data = axum::serve(listeners.data, server::data_router(Arc::clone(&state)))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let admin = axum::serve(listeners.admin, admin::admin_router(Arc::clone(&state)))
+        .with_graceful_shutdown(stopped(stop_rx));
+    let readiness = Arc::clone(&state);
+    tokio::spawn(async move {
+        shutdown.await;
+        readiness.ready.store(false, Ordering::Relaxed);
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.backends.len(), "promgate is serving");
+    let (data_result, admin_result) = tokio::join!(async { data.await }, async { admin.await });
+    data_result?;
+    admin_result?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,55 @@
+//! Listeners, routers and graceful shutdown (DESIGN §5). The data listener serves
+//! remote write; the admin listener serves the admin API, `/metrics` and probes.
+
+pub mod write;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::auth::Authenticator;
+use crate::backend::BackendClient;
+use crate::config::Config;
+use crate::telemetry::Metrics;
+use crate::tenant::Registry;
+
+/// Everything a handler may need, shared by both listeners.
+pub struct AppState {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub auth: Authenticator,
+    /// In the order of `config.backends`; tenants refer to them by index.
+    pub backends: Vec<BackendClient>,
+    pub metrics: Metrics,
+    /// SHA-256 of the admin token, compared in constant time.
+    pub admin_token_digest: [u8; 32],
+    /// False until the registry is loaded and again once shutdown begins.
+    pub ready: AtomicBool,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// The data listener's routes.
+pub fn data_router(state: SharedState) -> Router {
+    Router::new()
+        .route("/api/v1/write", post(write::remote_write))
+        .route("/-/healthy", get(healthy))
+        .route("/-/ready", get(ready))
+        .with_state(state)
+}
+
+pub async fn healthy() -> &'static str {
+    "promgate is healthy\n"
+}
+
+pub async fn ready(State(state): State<SharedState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "promgate is ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "promgate is not ready\n")
+    }
+}

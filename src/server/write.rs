@@ -1,0 +1,310 @@
+//! `POST /api/v1/write`: authenticate → cap → decode → enforce → forward → answer
+//! (DESIGN §6). Cheap checks come first; nothing is allocated from a size the client
+//! claims before the claim is checked, and the body is not read before the caller is
+//! known.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use super::SharedState;
+use crate::backend::{self, Outcome};
+use crate::codec::write::{self as write_codec, WriteStats};
+use crate::codec::{snappy, CodecError};
+use crate::error::AppError;
+use crate::proto::WriteRequest;
+use crate::telemetry::{CauseLabel, TenantCode, TenantLabel, TenantReason};
+use crate::tenant::TenantEntry;
+
+/// Why a write failed, with what the logs and metrics need to say about it.
+struct Failure {
+    tenant: Option<Arc<TenantEntry>>,
+    reason: &'static str,
+    error: AppError,
+}
+
+impl Failure {
+    fn new(tenant: &Arc<TenantEntry>, reason: &'static str, error: AppError) -> Failure {
+        Failure {
+            tenant: Some(Arc::clone(tenant)),
+            reason,
+            error,
+        }
+    }
+}
+
+pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match handle(&state, &parts.headers, body).await {
+        Ok((tenant, stats)) => {
+            let tenant_label = TenantLabel {
+                tenant: tenant.tenant.id.clone(),
+            };
+            state
+                .metrics
+                .samples_forwarded
+                .get_or_create(&tenant_label)
+                .inc_by(stats.total_samples() as u64);
+            count_request(&state, &tenant.tenant.id, StatusCode::NO_CONTENT);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(failure) => {
+            let tenant = failure
+                .tenant
+                .as_ref()
+                .map(|t| t.tenant.id.as_str())
+                .unwrap_or_default();
+            let status = failure.error.status();
+            tracing::warn!(
+                tenant,
+                status = status.as_u16(),
+                reason = failure.reason,
+                error = %failure.error,
+                "write rejected"
+            );
+            count_request(&state, tenant, status);
+            state
+                .metrics
+                .write_rejections
+                .get_or_create(&TenantReason {
+                    tenant: tenant.to_string(),
+                    reason: failure.reason.to_string(),
+                })
+                .inc();
+            failure.error.into_response()
+        }
+    }
+}
+
+fn count_request(state: &SharedState, tenant: &str, status: StatusCode) {
+    state
+        .metrics
+        .write_requests
+        .get_or_create(&TenantCode {
+            tenant: tenant.to_string(),
+            code: status.as_u16(),
+        })
+        .inc();
+}
+
+async fn handle(
+    state: &SharedState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Arc<TenantEntry>, WriteStats), Failure> {
+    check_media_type(headers).map_err(|error| Failure {
+        tenant: None,
+        reason: "unsupported_media_type",
+        error,
+    })?;
+    let tenant = state.auth.authenticate(headers).map_err(|err| {
+        state
+            .metrics
+            .auth_failures
+            .get_or_create(&CauseLabel {
+                cause: err.cause().to_string(),
+            })
+            .inc();
+        Failure {
+            tenant: None,
+            reason: err.cause(),
+            error: err.into(),
+        }
+    })?;
+    let limits = &tenant.limits;
+    let compressed = read_body_capped(headers, body, limits.max_request_bytes)
+        .await
+        .map_err(|(reason, error)| Failure::new(&tenant, reason, error))?;
+    let codec_failure = |err: CodecError| {
+        Failure::new(&tenant, err.reason(), AppError::BadRequest(err.to_string()))
+    };
+    let decoded =
+        snappy::decompress_capped(&compressed, limits.max_decoded_bytes).map_err(codec_failure)?;
+    drop(compressed);
+    let mut request = write_codec::decode(&decoded).map_err(codec_failure)?;
+    drop(decoded);
+    let stats = write_codec::validate_and_enforce(&mut request, &tenant.policy, limits, now_ms())
+        .map_err(codec_failure)?;
+    state
+        .metrics
+        .samples_received
+        .get_or_create(&TenantLabel {
+            tenant: tenant.tenant.id.clone(),
+        })
+        .inc_by(stats.total_samples() as u64);
+    forward(state, &tenant, request)
+        .await
+        .map_err(|error| Failure::new(&tenant, "backend", error))?;
+    Ok((tenant, stats))
+}
+
+/// Content-Encoding must be snappy (or absent); Content-Type must name remote write 1.0
+/// (or be absent). Parsed leniently: case, spaces and quotes do not matter.
+fn check_media_type(headers: &HeaderMap) -> Result<(), AppError> {
+    if let Some(encoding) = headers.get(http::header::CONTENT_ENCODING) {
+        let encoding = encoding.to_str().unwrap_or_default().trim();
+        if !encoding.eq_ignore_ascii_case("snappy") {
+            return Err(AppError::UnsupportedMediaType(format!(
+                "Content-Encoding {encoding:?} is not supported; send snappy"
+            )));
+        }
+    }
+    let Some(content_type) = headers.get(http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let content_type = content_type.to_str().unwrap_or_default();
+    let mut parts = content_type.split(';');
+    let media_type = parts.next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case("application/x-protobuf") {
+        return Err(AppError::UnsupportedMediaType(format!(
+            "Content-Type {media_type:?} is not supported; send application/x-protobuf"
+        )));
+    }
+    for parameter in parts {
+        let Some((name, value)) = parameter.split_once('=') else {
+            continue;
+        };
+        if name.trim().eq_ignore_ascii_case("proto") {
+            let proto = value.trim().trim_matches('"');
+            if proto != "prometheus.WriteRequest" {
+                return Err(AppError::UnsupportedMediaType(format!(
+                    "proto={proto} is not supported; send prometheus.WriteRequest (remote write 1.0)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the body under `limit` bytes: a Content-Length over the limit is refused before
+/// a byte is read, and a body that runs past it is cut off.
+async fn read_body_capped(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+) -> Result<Bytes, (&'static str, AppError)> {
+    let too_large = || {
+        (
+            "body_too_large",
+            AppError::PayloadTooLarge(format!("request body is over the {limit}-byte limit")),
+        )
+    };
+    let announced = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(_) => Err((
+            "body_read_failed",
+            AppError::BadRequest("the request body could not be read".into()),
+        )),
+    }
+}
+
+/// Sends the request to the tenant's backends, one request each, all at once.
+/// Metadata carries no labels and cannot be scoped by the tenant label, so it only
+/// goes to backends that receive the tenant in a header (PROTOCOL.md §2.G).
+async fn forward(
+    state: &SharedState,
+    tenant: &TenantEntry,
+    mut request: WriteRequest,
+) -> Result<(), AppError> {
+    let targets: Vec<_> = tenant
+        .backends
+        .iter()
+        .filter_map(|&index| state.backends.get(index))
+        .collect();
+    let has_metadata = !request.metadata.is_empty();
+    let full = Bytes::from(write_codec::encode_compressed(&request));
+    let needs_series_only =
+        has_metadata && targets.iter().any(|b| b.config.tenant_header.is_none());
+    let series_only = if needs_series_only && !request.timeseries.is_empty() {
+        request.metadata.clear();
+        Some(Bytes::from(write_codec::encode_compressed(&request)))
+    } else {
+        None
+    };
+    let sends = targets.iter().filter_map(|backend| {
+        let body = if backend.config.tenant_header.is_some() || !has_metadata {
+            full.clone()
+        } else {
+            series_only.clone()?
+        };
+        Some(async move {
+            let outcome = backend.write(&tenant.tenant.id, body, &state.metrics).await;
+            (backend.config.name.as_str(), outcome)
+        })
+    });
+    let outcomes: Vec<(&str, Outcome)> = futures::future::join_all(sends).await;
+    backend::combine(&outcomes)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn with(encoding: Option<&str>, content_type: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(encoding) = encoding {
+            headers.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_str(encoding).expect("ascii"),
+            );
+        }
+        if let Some(content_type) = content_type {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_str(content_type).expect("ascii"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn media_types() {
+        for ok in [
+            with(None, None),
+            with(Some("snappy"), Some("application/x-protobuf")),
+            with(
+                Some(" Snappy "),
+                Some("Application/X-Protobuf; proto=\"prometheus.WriteRequest\""),
+            ),
+        ] {
+            assert!(check_media_type(&ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            with(Some("gzip"), Some("application/x-protobuf")),
+            with(Some("snappy, gzip"), None),
+            with(Some("zstd"), None),
+            with(None, Some("application/json")),
+            with(
+                None,
+                Some("application/x-protobuf;proto=io.prometheus.write.v2.Request"),
+            ),
+        ] {
+            let err = check_media_type(&bad).expect_err("415");
+            assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Logging setup and the `/metrics` registry (DESIGN §10). Metric names live here as
+//! one struct; labels are low-cardinality (tenant and backend names, fixed reasons),
+//! never series labels. Logs are structured and never carry tokens, keys or bodies.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::backend::Outcome;
+
+/// Installs the JSON log subscriber. The filter comes from `PROMGATE_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PROMGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .with_target(false)
+        .try_init();
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantCode {
+    pub tenant: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantReason {
+    pub tenant: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendOutcome {
+    pub backend: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub write_requests: Family<TenantCode, Counter>,
+    pub write_rejections: Family<TenantReason, Counter>,
+    pub samples_received: Family<TenantLabel, Counter>,
+    pub samples_forwarded: Family<TenantLabel, Counter>,
+    pub auth_failures: Family<CauseLabel, Counter>,
+    pub backend_requests: Family<BackendOutcome, Counter>,
+    pub backend_duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let metrics = Metrics {
+            write_requests: Family::default(),
+            write_rejections: Family::default(),
+            samples_received: Family::default(),
+            samples_forwarded: Family::default(),
+            auth_failures: Family::default(),
+            backend_requests: Family::default(),
+            backend_duration: Family::new_with_constructor(duration_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "promgate_write_requests",
+            "Remote-write requests answered, by tenant and HTTP status code",
+            metrics.write_requests.clone(),
+        );
+        registry.register(
+            "promgate_write_rejected_requests",
+            "Remote-write requests refused, by tenant and reason",
+            metrics.write_rejections.clone(),
+        );
+        registry.register(
+            "promgate_write_received_samples",
+            "Samples, histogram samples and exemplars in valid write requests",
+            metrics.samples_received.clone(),
+        );
+        registry.register(
+            "promgate_write_forwarded_samples",
+            "Samples, histogram samples and exemplars every backend accepted",
+            metrics.samples_forwarded.clone(),
+        );
+        registry.register(
+            "promgate_auth_failures",
+            "Failed authentications on the data listener, by cause",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "promgate_backend_requests",
+            "Requests to backends, by backend and outcome",
+            metrics.backend_requests.clone(),
+        );
+        registry.register(
+            "promgate_backend_request_duration_seconds",
+            "Latency of requests to backends",
+            metrics.backend_duration.clone(),
+        );
+        registry.register(
+            "promgate_build",
+            "promgate build information",
+            Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn observe_backend(&self, backend: &str, outcome: &Outcome, elapsed: Duration) {
+        let outcome = match outcome {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Misconfigured { .. } => "misconfigured",
+        };
+        self.backend_requests
+            .get_or_create(&BackendOutcome {
+                backend: backend.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        self.backend_duration
+            .get_or_create(&BackendLabel {
+                backend: backend.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,254 @@
+//! The in-memory view of the registry that the request path reads (never the
+//! database), and the admin operations that change both. Admin writes go to the
+//! database first and then to the cache, one at a time.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::store::{Store, StoreError};
+use super::{validate_tenant, Tenant, TokenRecord};
+use crate::codec::write::LabelPolicy;
+use crate::config::{Config, Limits, TenancyConfig};
+
+/// A tenant as the request path needs it: with its label policy, effective limits and
+/// backend indices worked out once, when the tenant changes.
+#[derive(Debug)]
+pub struct TenantEntry {
+    pub tenant: Tenant,
+    pub policy: LabelPolicy,
+    pub limits: Limits,
+    /// Indices into the configured backends this tenant writes to.
+    pub backends: Vec<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict(message) => RegistryError::Conflict(message),
+            other => RegistryError::Store(other),
+        }
+    }
+}
+
+pub struct Registry {
+    store: Store,
+    tenancy: TenancyConfig,
+    default_limits: Limits,
+    backend_names: Vec<String>,
+    tenants: DashMap<String, Arc<TenantEntry>>,
+    /// Tokens by id (`jti`), revoked ones included so they can be listed.
+    tokens: DashMap<String, TokenRecord>,
+    /// Serialises admin writes so the cache never runs ahead of or behind the database.
+    admin_writes: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    /// Loads every tenant and token from `store` into memory.
+    pub async fn load(store: Store, config: &Config) -> Result<Registry, StoreError> {
+        let registry = Registry {
+            store,
+            tenancy: config.tenancy.clone(),
+            default_limits: config.limits.clone(),
+            backend_names: config.backend_names().map(str::to_string).collect(),
+            tenants: DashMap::new(),
+            tokens: DashMap::new(),
+            admin_writes: tokio::sync::Mutex::new(()),
+        };
+        for tenant in registry.store.load_tenants().await? {
+            registry.cache_tenant(tenant);
+        }
+        for token in registry.store.load_tokens().await? {
+            registry.tokens.insert(token.id.clone(), token);
+        }
+        Ok(registry)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn tenant(&self, id: &str) -> Option<Arc<TenantEntry>> {
+        self.tenants.get(id).map(|entry| Arc::clone(entry.value()))
+    }
+
+    pub fn token(&self, id: &str) -> Option<TokenRecord> {
+        self.tokens.get(id).map(|entry| entry.value().clone())
+    }
+
+    pub fn tenants(&self) -> Vec<Tenant> {
+        let mut tenants: Vec<Tenant> = self
+            .tenants
+            .iter()
+            .map(|entry| entry.tenant.clone())
+            .collect();
+        tenants.sort_by(|a, b| a.id.cmp(&b.id));
+        tenants
+    }
+
+    pub fn tokens_of(&self, tenant_id: &str) -> Vec<TokenRecord> {
+        let mut tokens: Vec<TokenRecord> = self
+            .tokens
+            .iter()
+            .filter(|entry| entry.tenant_id == tenant_id)
+            .map(|entry| entry.value().clone())
+            .collect();
+        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        tokens
+    }
+
+    pub async fn create_tenant(&self, tenant: Tenant) -> Result<Tenant, RegistryError> {
+        self.validate(&tenant)?;
+        let _guard = self.admin_writes.lock().await;
+        if self.tenants.contains_key(&tenant.id) {
+            return Err(RegistryError::Conflict(format!(
+                "tenant {:?} already exists",
+                tenant.id
+            )));
+        }
+        self.store.insert_tenant(&tenant).await?;
+        self.cache_tenant(tenant.clone());
+        Ok(tenant)
+    }
+
+    /// Replaces a tenant with `change(current)`; the id never changes.
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Tenant) -> Result<(), RegistryError>,
+    ) -> Result<Tenant, RegistryError> {
+        let _guard = self.admin_writes.lock().await;
+        let mut tenant = self
+            .tenant(id)
+            .ok_or_else(|| RegistryError::NotFound(format!("tenant {id:?}")))?
+            .tenant
+            .clone();
+        change(&mut tenant)?;
+        tenant.id = id.to_string();
+        self.validate(&tenant)?;
+        self.store
+            .update_tenant(&tenant)
+            .await
+            .map_err(|err| match err {
+                StoreError::NotFound => RegistryError::NotFound(format!("tenant {id:?}")),
+                other => other.into(),
+            })?;
+        self.cache_tenant(tenant.clone());
+        Ok(tenant)
+    }
+
+    pub async fn delete_tenant(&self, id: &str) -> Result<(), RegistryError> {
+        let _guard = self.admin_writes.lock().await;
+        self.store
+            .delete_tenant(id)
+            .await
+            .map_err(|err| match err {
+                StoreError::NotFound => RegistryError::NotFound(format!("tenant {id:?}")),
+                other => other.into(),
+            })?;
+        self.tenants.remove(id);
+        self.tokens.retain(|_, token| token.tenant_id != id);
+        Ok(())
+    }
+
+    pub async fn add_token(&self, token: TokenRecord) -> Result<(), RegistryError> {
+        let _guard = self.admin_writes.lock().await;
+        if !self.tenants.contains_key(&token.tenant_id) {
+            return Err(RegistryError::NotFound(format!(
+                "tenant {:?}",
+                token.tenant_id
+            )));
+        }
+        self.store.insert_token(&token).await?;
+        self.tokens.insert(token.id.clone(), token);
+        Ok(())
+    }
+
+    pub async fn revoke_token(
+        &self,
+        tenant_id: &str,
+        token_id: &str,
+        at: i64,
+    ) -> Result<(), RegistryError> {
+        let _guard = self.admin_writes.lock().await;
+        self.store
+            .revoke_token(tenant_id, token_id, at)
+            .await
+            .map_err(|err| match err {
+                StoreError::NotFound => {
+                    RegistryError::NotFound(format!("token {token_id:?} of tenant {tenant_id:?}"))
+                }
+                other => other.into(),
+            })?;
+        if let Some(mut token) = self.tokens.get_mut(token_id) {
+            token.revoked_at.get_or_insert(at);
+        }
+        Ok(())
+    }
+
+    fn validate(&self, tenant: &Tenant) -> Result<(), RegistryError> {
+        let names: Vec<&str> = self.backend_names.iter().map(String::as_str).collect();
+        let mut problems = validate_tenant(tenant, &self.tenancy.label, &names);
+        for identity in &tenant.identities {
+            let owner = self
+                .tenants
+                .iter()
+                .find(|entry| {
+                    entry.tenant.id != tenant.id && entry.tenant.identities.contains(identity)
+                })
+                .map(|entry| entry.tenant.id.clone());
+            if let Some(owner) = owner {
+                return Err(RegistryError::Conflict(format!(
+                    "identity {identity:?} belongs to tenant {owner:?}"
+                )));
+            }
+        }
+        let mut unique = tenant.identities.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != tenant.identities.len() {
+            problems.push("identities: listed more than once".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(RegistryError::Invalid(problems))
+        }
+    }
+
+    fn cache_tenant(&self, tenant: Tenant) {
+        let policy = LabelPolicy::new(
+            &self.tenancy.label,
+            &tenant.label_value,
+            tenant.extra_labels.clone(),
+            self.tenancy.on_conflict,
+        );
+        let backends = self
+            .backend_names
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| tenant.backends.is_empty() || tenant.backends.contains(name))
+            .map(|(index, _)| index)
+            .collect();
+        let entry = TenantEntry {
+            limits: self.default_limits.with(&tenant.limits),
+            policy,
+            backends,
+            tenant,
+        };
+        self.tenants
+            .insert(entry.tenant.id.clone(), Arc::new(entry));
+    }
+}

@@ -1,0 +1,278 @@
+//! The tenant registry in SQL through sqlx's `Any` driver, so callers see one type
+//! whichever engine backs it. Only the admin API and start-up touch the database; the
+//! request path reads [`super::Registry`]'s cache.
+//!
+//! Every query binds its parameters (`$1`…); no string is ever spliced into SQL.
+
+use std::str::FromStr;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use super::{Tenant, TenantStatus, TokenRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    #[error("corrupt registry row: {0}")]
+    Corrupt(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Store {
+    /// Connects and applies migrations. A SQLite file is created when missing.
+    pub async fn open(database_url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = if database_url.starts_with("sqlite:") && !database_url.contains("mode=") {
+            let separator = if database_url.contains('?') { '&' } else { '?' };
+            format!("{database_url}{separator}mode=rwc")
+        } else {
+            database_url.to_string()
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        SQLITE_MIGRATIONS.run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn load_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at \
+             FROM tenants ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let identity_rows =
+            sqlx::query("SELECT identity, tenant_id FROM tenant_identities ORDER BY identity")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut tenants = rows
+            .iter()
+            .map(tenant_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in identity_rows {
+            let identity: String = row.try_get("identity")?;
+            let tenant_id: String = row.try_get("tenant_id")?;
+            if let Some(tenant) = tenants.iter_mut().find(|t| t.id == tenant_id) {
+                tenant.identities.push(identity);
+            }
+        }
+        Ok(tenants)
+    }
+
+    pub async fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, description, created_at, expires_at, revoked_at FROM tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    pub async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT id FROM tenants WHERE id = $1")
+            .bind(&tenant.id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "tenant {:?} already exists",
+                tenant.id
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&tenant.id)
+        .bind(&tenant.label_value)
+        .bind(to_json(&tenant.extra_labels))
+        .bind(to_json(&tenant.limits))
+        .bind(to_json(&tenant.backends))
+        .bind(tenant.status.as_str())
+        .bind(tenant.created_at)
+        .bind(tenant.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| conflict_or(err, || format!("tenant {:?} already exists", tenant.id)))?;
+        insert_identities(&mut tx, tenant).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tenants SET label_value = $2, extra_labels = $3, limits = $4, backends = $5, status = $6, \
+             updated_at = $7 WHERE id = $1",
+        )
+        .bind(&tenant.id)
+        .bind(&tenant.label_value)
+        .bind(to_json(&tenant.extra_labels))
+        .bind(to_json(&tenant.limits))
+        .bind(to_json(&tenant.backends))
+        .bind(tenant.status.as_str())
+        .bind(tenant.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("DELETE FROM tenant_identities WHERE tenant_id = $1")
+            .bind(&tenant.id)
+            .execute(&mut *tx)
+            .await?;
+        insert_identities(&mut tx, tenant).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes a tenant with its identities and tokens.
+    pub async fn delete_tenant(&self, id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for statement in [
+            "DELETE FROM tokens WHERE tenant_id = $1",
+            "DELETE FROM tenant_identities WHERE tenant_id = $1",
+        ] {
+            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
+        }
+        let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tokens (id, tenant_id, description, created_at, expires_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(&token.id)
+        .bind(&token.tenant_id)
+        .bind(&token.description)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| conflict_or(err, || "token id collision".to_string()))?;
+        Ok(())
+    }
+
+    /// Marks a token revoked; revoking twice keeps the first time.
+    pub async fn revoke_token(
+        &self,
+        tenant_id: &str,
+        token_id: &str,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let updated = sqlx::query(
+            "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $3) WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(token_id)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+}
+
+async fn insert_identities(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant: &Tenant,
+) -> Result<(), StoreError> {
+    for identity in &tenant.identities {
+        let owner = sqlx::query("SELECT tenant_id FROM tenant_identities WHERE identity = $1")
+            .bind(identity)
+            .fetch_optional(&mut **tx)
+            .await?;
+        if let Some(owner) = owner {
+            let owner: String = owner.try_get("tenant_id")?;
+            return Err(StoreError::Conflict(format!(
+                "identity {identity:?} belongs to tenant {owner:?}"
+            )));
+        }
+        sqlx::query("INSERT INTO tenant_identities (identity, tenant_id) VALUES ($1, $2)")
+            .bind(identity)
+            .bind(&tenant.id)
+            .execute(&mut **tx)
+            .await
+            .map_err(|err| {
+                conflict_or(err, || format!("identity {identity:?} is registered twice"))
+            })?;
+    }
+    Ok(())
+}
+
+fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
+        _ => StoreError::Database(err),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    // Maps, vectors of strings and LimitOverrides always serialise.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|err| StoreError::Corrupt(format!("{column}: {err}")))
+}
+
+fn tenant_from_row(row: &AnyRow) -> Result<Tenant, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(Tenant {
+        id: row.try_get("id")?,
+        label_value: row.try_get("label_value")?,
+        extra_labels: from_json("extra_labels", &row.try_get::<String, _>("extra_labels")?)?,
+        limits: from_json("limits", &row.try_get::<String, _>("limits")?)?,
+        identities: Vec::new(),
+        backends: from_json("backends", &row.try_get::<String, _>("backends")?)?,
+        status: TenantStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        description: row.try_get("description")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
