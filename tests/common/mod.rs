@@ -1,0 +1,312 @@
+//! Shared test harness: promgate started in-process on port 0, recording fake
+//! backends, admin API helpers and request builders.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use prost::Message;
+use promgate::config::Config;
+use promgate::proto::{Label, Sample, TimeSeries, WriteRequest};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// One request a fake backend received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn write_request(&self) -> WriteRequest {
+        let raw = snap::raw::Decoder::new().decompress_vec(&self.body).expect("backend got snappy");
+        WriteRequest::decode(raw.as_slice()).expect("backend got a WriteRequest")
+    }
+}
+
+/// A remote-write receiver that records every request and answers with a settable status.
+pub struct FakeBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Recorded>>>,
+    status: Arc<AtomicU16>,
+    _stop: oneshot::Sender<()>,
+}
+
+#[derive(Clone)]
+struct FakeState {
+    received: Arc<Mutex<Vec<Recorded>>>,
+    status: Arc<AtomicU16>,
+}
+
+impl FakeBackend {
+    pub async fn start() -> FakeBackend {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(204));
+        let state = FakeState {
+            received: Arc::clone(&received),
+            status: Arc::clone(&status),
+        };
+        let router = Router::new()
+            .route("/api/v1/write", post(record))
+            .with_state(state);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        FakeBackend {
+            addr,
+            received,
+            status,
+            _stop: stop,
+        }
+    }
+
+    pub fn write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.addr)
+    }
+
+    pub fn answer_with(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+async fn record(State(state): State<FakeState>, headers: HeaderMap, body: Bytes) -> (StatusCode, HeaderMap, String) {
+    state.received.lock().expect("lock").push(Recorded { headers, body });
+    let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).expect("status");
+    let mut response_headers = HeaderMap::new();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response_headers.insert("retry-after", "11".parse().expect("value"));
+    }
+    let body = if status.is_success() {
+        String::new()
+    } else {
+        format!("fake backend says {}\nsecond line", status.as_u16())
+    };
+    (status, response_headers, body)
+}
+
+/// promgate running in this process on loopback port 0, with its data in a temp dir.
+pub struct Relay {
+    pub data_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Relay {
+    /// Starts promgate with `extra_toml` appended to a config that points storage and
+    /// secrets into a fresh temp dir. `extra_toml` usually holds `[[backends]]`.
+    pub async fn start(extra_toml: &str) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Relay::start_in(dir, extra_toml).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, extra_toml: &str) -> Relay {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n{extra_toml}",
+            dir.path().display()
+        );
+        let config = Config::from_toml_str(&text, &BTreeMap::new()).expect("test config is valid");
+        let listeners = promgate::bind(&config).await.expect("bind");
+        let data_addr = listeners.data.local_addr().expect("addr");
+        let admin_addr = listeners.admin.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(promgate::run(listeners, config, async {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let token_path = dir.path().join("promgate-admin.token");
+        let mut relay = Relay {
+            data_addr,
+            admin_addr,
+            admin_token: String::new(),
+            dir,
+            http,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        for _ in 0..200 {
+            let ready = relay.http.get(relay.admin_url("/-/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                relay.admin_token = std::fs::read_to_string(&token_path).expect("admin token").trim().into();
+                return relay;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("promgate did not become ready");
+    }
+
+    /// Stops serving and waits for the server to finish; keeps the temp dir.
+    pub async fn stop(&mut self) -> tempfile::TempDir {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("join").expect("promgate ran cleanly");
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    pub fn write_url(&self) -> String {
+        format!("http://{}/api/v1/write", self.data_addr)
+    }
+
+    /// An admin API call with the admin token; returns status and JSON (Null when empty).
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, self.admin_url(path))
+            .bearer_auth(&self.admin_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn create_tenant(&self, spec: Value) {
+        let (status, body) = self.admin(reqwest::Method::POST, "/admin/v1/tenants", Some(spec)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Issues a token for `tenant`; returns (token id, secret).
+    pub async fn issue_token(&self, tenant: &str) -> (String, String) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/admin/v1/tenants/{tenant}/tokens"),
+                Some(json!({"description": "test"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["id"].as_str().expect("id").to_string(),
+            body["token"].as_str().expect("token").to_string(),
+        )
+    }
+
+    /// Creates tenant `id` and returns a token for it.
+    pub async fn tenant_with_token(&self, id: &str) -> String {
+        self.create_tenant(json!({ "id": id })).await;
+        self.issue_token(id).await.1
+    }
+
+    /// POSTs a snappy body as Prometheus does.
+    pub async fn write(&self, token: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(self.write_url())
+            .bearer_auth(token)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .body(body)
+            .send()
+            .await
+            .expect("write request")
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// `[[backends]]` blocks for fake backends, named b0, b1, …
+pub fn backends_toml(backends: &[&FakeBackend]) -> String {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(index, backend)| {
+            format!(
+                "[[backends]]\nname = \"b{index}\"\nwrite_url = \"{}\"\ntimeout = \"2s\"\n",
+                backend.write_url()
+            )
+        })
+        .collect()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+}
+
+pub fn series(labels: &[(&str, &str)], value: f64, timestamp: i64) -> TimeSeries {
+    TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(name, value)| Label {
+                name: name.to_string(),
+                value: value.to_string(),
+            })
+            .collect(),
+        samples: vec![Sample { value, timestamp }],
+        ..TimeSeries::default()
+    }
+}
+
+pub fn snappy_body(request: &WriteRequest) -> Vec<u8> {
+    snap::raw::Encoder::new()
+        .compress_vec(&request.encode_to_vec())
+        .expect("compress")
+}
+
+/// A one-series request `{__name__="up", job="test", ...extra}` at now.
+pub fn simple_body(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut labels = vec![("__name__", "up"), ("job", "test")];
+    labels.extend_from_slice(extra);
+    snappy_body(&WriteRequest {
+        timeseries: vec![series(&labels, 1.0, now_ms())],
+        metadata: vec![],
+    })
+}
+
+pub fn label_value<'a>(series: &'a TimeSeries, name: &str) -> Vec<&'a str> {
+    series
+        .labels
+        .iter()
+        .filter(|label| label.name == name)
+        .map(|label| label.value.as_str())
+        .collect()
+}
