@@ -27,7 +27,12 @@ async fn every_route_needs_the_admin_token() {
     let wrong_admin = format!("{}x", relay.admin_token);
     for (method, path) in ROUTES {
         let method = Method::from_bytes(method.as_bytes()).expect("method");
-        for credential in [None, Some(wrong_admin.as_str()), Some(tenant_token.as_str()), Some("")] {
+        for credential in [
+            None,
+            Some(wrong_admin.as_str()),
+            Some(tenant_token.as_str()),
+            Some(""),
+        ] {
             let mut request = relay
                 .http
                 .request(method.clone(), relay.admin_url(path))
@@ -36,12 +41,21 @@ async fn every_route_needs_the_admin_token() {
                 request = request.bearer_auth(credential);
             }
             let response = request.send().await.expect("sent");
-            assert_eq!(response.status(), 401, "{method} {path} with {credential:?}");
-            assert!(response.headers().get("access-control-allow-origin").is_none());
+            assert_eq!(
+                response.status(),
+                401,
+                "{method} {path} with {credential:?}"
+            );
+            assert!(response
+                .headers()
+                .get("access-control-allow-origin")
+                .is_none());
         }
     }
     // Nothing changed: alpha still exists and has exactly one token.
-    let (status, tokens) = relay.admin(Method::GET, "/admin/v1/tenants/alpha/tokens", None).await;
+    let (status, tokens) = relay
+        .admin(Method::GET, "/admin/v1/tenants/alpha/tokens", None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(tokens["tokens"].as_array().expect("array").len(), 1);
 }
@@ -50,10 +64,17 @@ async fn every_route_needs_the_admin_token() {
 async fn probes_and_metrics_need_no_token_and_openapi_is_served() {
     let relay = Relay::start("").await;
     for path in ["/-/healthy", "/-/ready", "/metrics"] {
-        let response = relay.http.get(relay.admin_url(path)).send().await.expect("sent");
+        let response = relay
+            .http
+            .get(relay.admin_url(path))
+            .send()
+            .await
+            .expect("sent");
         assert_eq!(response.status(), 200, "{path}");
     }
-    let (status, document) = relay.admin(Method::GET, "/admin/v1/openapi.json", None).await;
+    let (status, document) = relay
+        .admin(Method::GET, "/admin/v1/openapi.json", None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(document["openapi"], "3.0.3");
 }
@@ -62,15 +83,33 @@ async fn probes_and_metrics_need_no_token_and_openapi_is_served() {
 async fn tenant_ids_are_validated_in_bodies_and_paths() {
     let relay = Relay::start("").await;
     let long = "x".repeat(151);
-    for bad in ["alpha'; DROP TABLE tenants; --", "a|b", "..", ".", "", long.as_str(), "a b", "ä"] {
+    for bad in [
+        "alpha'; DROP TABLE tenants; --",
+        "a|b",
+        "..",
+        ".",
+        "",
+        long.as_str(),
+        "a b",
+        "ä",
+    ] {
         let (status, body) = relay
-            .admin(Method::POST, "/admin/v1/tenants", Some(json!({ "id": bad })))
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants",
+                Some(json!({ "id": bad })),
+            )
             .await;
         assert_eq!(status, 400, "{bad:?}: {body}");
-        assert!(body["error"].as_str().expect("error").contains("tenant id"), "{body}");
+        assert!(
+            body["error"].as_str().expect("error").contains("tenant id"),
+            "{body}"
+        );
     }
     for bad in ["a%7Cb", "a%27%3B%20DROP%20TABLE%20tenants", long.as_str()] {
-        let (status, _) = relay.admin(Method::GET, &format!("/admin/v1/tenants/{bad}"), None).await;
+        let (status, _) = relay
+            .admin(Method::GET, &format!("/admin/v1/tenants/{bad}"), None)
+            .await;
         assert_eq!(status, 400, "{bad}");
     }
     let (status, body) = relay.admin(Method::GET, "/admin/v1/tenants", None).await;
@@ -84,17 +123,37 @@ async fn bodies_are_checked_strictly() {
     let relay = Relay::start("").await;
     for (spec, needle) in [
         (json!({"id": "a", "colour": "blue"}), "unknown field"),
-        (json!({"id": "a", "limits": {"max_requets_bytes": 1}}), "unknown field"),
-        (json!({"id": "a", "limits": {"throttle_status": 418}}), "throttle_status"),
-        (json!({"id": "a", "backends": ["nope"]}), "not a configured backend"),
-        (json!({"id": "a", "extra_labels": {"tenant_id": "x"}}), "tenant label"),
-        (json!({"id": "a", "extra_labels": {"__name__": "x"}}), "extra_labels"),
+        (
+            json!({"id": "a", "limits": {"max_requets_bytes": 1}}),
+            "unknown field",
+        ),
+        (
+            json!({"id": "a", "limits": {"throttle_status": 418}}),
+            "throttle_status",
+        ),
+        (
+            json!({"id": "a", "backends": ["nope"]}),
+            "not a configured backend",
+        ),
+        (
+            json!({"id": "a", "extra_labels": {"tenant_id": "x"}}),
+            "tenant label",
+        ),
+        (
+            json!({"id": "a", "extra_labels": {"__name__": "x"}}),
+            "extra_labels",
+        ),
         (json!({"id": "a", "status": "paused"}), "invalid JSON"),
         (json!({"label_value": "a"}), "\"id\" is required"),
     ] {
-        let (status, body) = relay.admin(Method::POST, "/admin/v1/tenants", Some(spec.clone())).await;
+        let (status, body) = relay
+            .admin(Method::POST, "/admin/v1/tenants", Some(spec.clone()))
+            .await;
         assert_eq!(status, 400, "{spec}: {body}");
-        assert!(body["error"].as_str().expect("error").contains(needle), "{spec}: {body}");
+        assert!(
+            body["error"].as_str().expect("error").contains(needle),
+            "{spec}: {body}"
+        );
     }
 }
 
@@ -104,7 +163,13 @@ async fn duplicates_conflict() {
     relay
         .create_tenant(json!({"id": "alpha", "identities": ["spiffe://example.org/alpha"]}))
         .await;
-    let (status, _) = relay.admin(Method::POST, "/admin/v1/tenants", Some(json!({"id": "alpha"}))).await;
+    let (status, _) = relay
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "alpha"})),
+        )
+        .await;
     assert_eq!(status, 409);
     let (status, body) = relay
         .admin(
@@ -137,30 +202,58 @@ async fn tenant_fields_round_trip_and_apply_to_writes() {
         "identities": ["spiffe://example.org/team-a"],
         "backends": ["b0"],
     });
-    let (status, created) = relay.admin(Method::POST, "/admin/v1/tenants", Some(spec)).await;
+    let (status, created) = relay
+        .admin(Method::POST, "/admin/v1/tenants", Some(spec))
+        .await;
     assert_eq!(status, 201);
     assert_eq!(created["status"], "active");
     assert_eq!(created["limits"]["max_request_bytes"], 1_048_576);
-    let (_, fetched) = relay.admin(Method::GET, "/admin/v1/tenants/team-a", None).await;
+    let (_, fetched) = relay
+        .admin(Method::GET, "/admin/v1/tenants/team-a", None)
+        .await;
     assert_eq!(fetched, created);
     let (_, token) = relay.issue_token("team-a").await;
-    assert_eq!(relay.write(&token, simple_body(&[("env", "dev")])).await.status(), 204);
+    assert_eq!(
+        relay
+            .write(&token, simple_body(&[("env", "dev")]))
+            .await
+            .status(),
+        204
+    );
     let forwarded = backend.requests()[0].write_request();
     assert_eq!(label_value(&forwarded.timeseries[0], "tenant_id"), ["a"]);
     assert_eq!(label_value(&forwarded.timeseries[0], "env"), ["prod"]);
     let (status, patched) = relay
-        .admin(Method::PATCH, "/admin/v1/tenants/team-a", Some(json!({"label_value": "b"})))
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/team-a",
+            Some(json!({"label_value": "b"})),
+        )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(patched["extra_labels"], json!({"env": "prod"}), "PATCH keeps other fields");
+    assert_eq!(
+        patched["extra_labels"],
+        json!({"env": "prod"}),
+        "PATCH keeps other fields"
+    );
     assert_eq!(relay.write(&token, simple_body(&[])).await.status(), 204);
     let forwarded = backend.requests()[1].write_request();
-    assert_eq!(label_value(&forwarded.timeseries[0], "tenant_id"), ["b"], "changes apply at once");
+    assert_eq!(
+        label_value(&forwarded.timeseries[0], "tenant_id"),
+        ["b"],
+        "changes apply at once"
+    );
     let (status, _) = relay
-        .admin(Method::PATCH, "/admin/v1/tenants/team-a", Some(json!({"id": "other"})))
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/team-a",
+            Some(json!({"id": "other"})),
+        )
         .await;
     assert_eq!(status, 400);
-    let (status, _) = relay.admin(Method::GET, "/admin/v1/tenants/ghost", None).await;
+    let (status, _) = relay
+        .admin(Method::GET, "/admin/v1/tenants/ghost", None)
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -171,14 +264,23 @@ async fn token_secret_is_shown_once_and_never_stored() {
     let (token_id, secret) = relay.issue_token("alpha").await;
     let signature = secret.rsplit('.').next().expect("jwt").to_string();
     let mut later = String::new();
-    for path in ["/admin/v1/tenants", "/admin/v1/tenants/alpha", "/admin/v1/tenants/alpha/tokens"] {
+    for path in [
+        "/admin/v1/tenants",
+        "/admin/v1/tenants/alpha",
+        "/admin/v1/tenants/alpha/tokens",
+    ] {
         let (status, body) = relay.admin(Method::GET, path, None).await;
         assert_eq!(status, 200);
         later.push_str(&body.to_string());
     }
     assert!(later.contains(&token_id), "the token is listed by id");
-    assert!(!later.contains(&signature), "the secret never appears again");
-    let (_, tokens) = relay.admin(Method::GET, "/admin/v1/tenants/alpha/tokens", None).await;
+    assert!(
+        !later.contains(&signature),
+        "the secret never appears again"
+    );
+    let (_, tokens) = relay
+        .admin(Method::GET, "/admin/v1/tenants/alpha/tokens", None)
+        .await;
     assert_eq!(tokens["tokens"][0]["status"], "active");
     assert!(tokens["tokens"][0].get("token").is_none());
 
@@ -188,8 +290,16 @@ async fn token_secret_is_shown_once_and_never_stored() {
         if path.to_string_lossy().contains("promgate.db") {
             let bytes = std::fs::read(&path).expect("db file");
             let text = String::from_utf8_lossy(&bytes);
-            assert!(!text.contains(&signature), "{} holds the secret", path.display());
-            assert!(!text.contains(&secret[..40]), "{} holds the secret", path.display());
+            assert!(
+                !text.contains(&signature),
+                "{} holds the secret",
+                path.display()
+            );
+            assert!(
+                !text.contains(&secret[..40]),
+                "{} holds the secret",
+                path.display()
+            );
         }
     }
     // After a restart the registry comes back from the database: the token still works.
@@ -197,13 +307,23 @@ async fn token_secret_is_shown_once_and_never_stored() {
     let relay = Relay::start_in(dir, &backends_toml(&[&backend])).await;
     assert_eq!(relay.write(&secret, simple_body(&[])).await.status(), 204);
     let (status, _) = relay
-        .admin(Method::DELETE, &format!("/admin/v1/tenants/alpha/tokens/{token_id}"), None)
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/tenants/alpha/tokens/{token_id}"),
+            None,
+        )
         .await;
     assert_eq!(status, 204);
-    let (_, tokens) = relay.admin(Method::GET, "/admin/v1/tenants/alpha/tokens", None).await;
+    let (_, tokens) = relay
+        .admin(Method::GET, "/admin/v1/tenants/alpha/tokens", None)
+        .await;
     assert_eq!(tokens["tokens"][0]["status"], "revoked");
     let (status, _) = relay
-        .admin(Method::DELETE, "/admin/v1/tenants/alpha/tokens/no-such-token", None)
+        .admin(
+            Method::DELETE,
+            "/admin/v1/tenants/alpha/tokens/no-such-token",
+            None,
+        )
         .await;
     assert_eq!(status, 404);
 }
@@ -212,17 +332,31 @@ async fn token_secret_is_shown_once_and_never_stored() {
 async fn token_ttl_and_description_are_checked() {
     let relay = Relay::start("").await;
     relay.create_tenant(json!({"id": "alpha"})).await;
-    for body in [json!({"ttl": "1s"}), json!({"ttl": "later"}), json!({"description": "x".repeat(300)})] {
+    for body in [
+        json!({"ttl": "1s"}),
+        json!({"ttl": "later"}),
+        json!({"description": "x".repeat(300)}),
+    ] {
         let (status, _) = relay
-            .admin(Method::POST, "/admin/v1/tenants/alpha/tokens", Some(body.clone()))
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants/alpha/tokens",
+                Some(body.clone()),
+            )
             .await;
         assert_eq!(status, 400, "{body}");
     }
     let (status, issued) = relay
-        .admin(Method::POST, "/admin/v1/tenants/alpha/tokens", Some(json!({"ttl": "30d"})))
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/alpha/tokens",
+            Some(json!({"ttl": "30d"})),
+        )
         .await;
     assert_eq!(status, 201);
     assert!(issued["expires_at"].as_str().expect("time").ends_with('Z'));
-    let (status, _) = relay.admin(Method::POST, "/admin/v1/tenants/ghost/tokens", None).await;
+    let (status, _) = relay
+        .admin(Method::POST, "/admin/v1/tenants/ghost/tokens", None)
+        .await;
     assert_eq!(status, 404);
 }

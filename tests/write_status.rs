@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{backends_toml, label_value, now_ms, series, simple_body, snappy_body, FakeBackend, Relay};
+use common::{
+    backends_toml, label_value, now_ms, series, simple_body, snappy_body, FakeBackend, Relay,
+};
 use promgate::proto::{MetricMetadata, WriteRequest};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,13 +19,27 @@ async fn relay_with_backend() -> (Relay, FakeBackend, String) {
     (relay, backend, token)
 }
 
-async fn assert_refused(relay: &Relay, backend: &FakeBackend, token: &str, body: Vec<u8>, status: u16, needle: &str) {
+async fn assert_refused(
+    relay: &Relay,
+    backend: &FakeBackend,
+    token: &str,
+    body: Vec<u8>,
+    status: u16,
+    needle: &str,
+) {
     let response = relay.write(token, body).await;
     assert_eq!(response.status().as_u16(), status);
     let text = response.text().await.expect("body");
     assert!(text.contains(needle), "{text:?} lacks {needle:?}");
-    assert_eq!(text.trim_end().lines().count(), 1, "one-line reason: {text:?}");
-    assert!(backend.requests().is_empty(), "nothing may reach the backend");
+    assert_eq!(
+        text.trim_end().lines().count(),
+        1,
+        "one-line reason: {text:?}"
+    );
+    assert!(
+        backend.requests().is_empty(),
+        "nothing may reach the backend"
+    );
 }
 
 #[tokio::test]
@@ -50,26 +66,53 @@ async fn valid_write_is_forwarded_with_the_tenant_label_and_promgates_headers_on
         .expect("sent");
     assert_eq!(response.status(), 204);
     let requests = backend.requests();
-    assert_eq!(requests.len(), 1, "one outgoing request per incoming request");
+    assert_eq!(
+        requests.len(),
+        1,
+        "one outgoing request per incoming request"
+    );
     let headers = &requests[0].headers;
     assert_eq!(headers["x-scope-orgid"], "alpha");
     assert!(headers.get("thanos-tenant").is_none());
     assert!(headers.get("x-mimir-skiplabelnamevalidation").is_none());
-    assert!(headers.get("authorization").is_none(), "the client's token never goes upstream");
+    assert!(
+        headers.get("authorization").is_none(),
+        "the client's token never goes upstream"
+    );
     assert_eq!(headers["content-encoding"], "snappy");
     assert_eq!(headers["x-prometheus-remote-write-version"], "0.1.0");
     let forwarded = requests[0].write_request();
-    assert_eq!(label_value(&forwarded.timeseries[0], "tenant_id"), ["alpha"]);
+    assert_eq!(
+        label_value(&forwarded.timeseries[0], "tenant_id"),
+        ["alpha"]
+    );
 }
 
 #[tokio::test]
 async fn reject_policy_refuses_a_foreign_tenant_label() {
     let backend = FakeBackend::start().await;
-    let toml = format!("[tenancy]\non_conflict = \"reject\"\n{}", backends_toml(&[&backend]));
+    let toml = format!(
+        "[tenancy]\non_conflict = \"reject\"\n{}",
+        backends_toml(&[&backend])
+    );
     let relay = Relay::start(&toml).await;
     let token = relay.tenant_with_token("alpha").await;
-    assert_refused(&relay, &backend, &token, simple_body(&[("tenant_id", "beta")]), 400, "another tenant").await;
-    assert_eq!(relay.write(&token, simple_body(&[("tenant_id", "alpha")])).await.status(), 204);
+    assert_refused(
+        &relay,
+        &backend,
+        &token,
+        simple_body(&[("tenant_id", "beta")]),
+        400,
+        "another tenant",
+    )
+    .await;
+    assert_eq!(
+        relay
+            .write(&token, simple_body(&[("tenant_id", "alpha")]))
+            .await
+            .status(),
+        204
+    );
 }
 
 #[tokio::test]
@@ -100,7 +143,10 @@ async fn unsupported_encodings_and_types_are_415_before_decoding() {
     for (encoding, content_type) in [
         ("gzip", "application/x-protobuf"),
         ("snappy", "application/json"),
-        ("snappy", "application/x-protobuf;proto=io.prometheus.write.v2.Request"),
+        (
+            "snappy",
+            "application/x-protobuf;proto=io.prometheus.write.v2.Request",
+        ),
     ] {
         let response = relay
             .http
@@ -122,7 +168,11 @@ async fn invalid_series_are_400_with_a_reason() {
     let (relay, backend, token) = relay_with_backend().await;
     let now = now_ms();
     let cases = [
-        (vec![("__name__", "up"), ("job", "a"), ("job", "b")], now, "more than once"),
+        (
+            vec![("__name__", "up"), ("job", "a"), ("job", "b")],
+            now,
+            "more than once",
+        ),
         (vec![("job", "a")], now, "no __name__"),
         (vec![("__name__", "up")], now + 3_600_000, "ahead of now"),
     ];
@@ -146,10 +196,20 @@ async fn malformed_bodies_are_400() {
         .expect("compress");
     assert_refused(&relay, &backend, &token, truncated, 400, "protobuf").await;
     assert_refused(&relay, &backend, &token, Vec::new(), 400, "empty").await;
-    assert_refused(&relay, &backend, &token, b"not snappy at all".to_vec(), 400, "snappy").await;
+    assert_refused(
+        &relay,
+        &backend,
+        &token,
+        b"not snappy at all".to_vec(),
+        400,
+        "snappy",
+    )
+    .await;
     // WriteRequest { timeseries: [{ labels: [{ name: "a", value: 0xff }] }] }: not UTF-8.
     let bad_utf8 = [0x0a, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'a', 0x12, 0x01, 0xff];
-    let body = snap::raw::Encoder::new().compress_vec(&bad_utf8).expect("compress");
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&bad_utf8)
+        .expect("compress");
     assert_refused(&relay, &backend, &token, body, 400, "UTF-8").await;
 }
 
@@ -182,7 +242,9 @@ async fn oversized_bodies_are_413_and_series_counts_400() {
         .expect("sent");
     assert_eq!(response.status(), 413);
     let three = snappy_body(&WriteRequest {
-        timeseries: (0..3).map(|i| series(&[("__name__", "up"), ("i", &i.to_string())], 1.0, now_ms())).collect(),
+        timeseries: (0..3)
+            .map(|i| series(&[("__name__", "up"), ("i", &i.to_string())], 1.0, now_ms()))
+            .collect(),
         metadata: vec![],
     });
     assert_refused(&relay, &backend, &token, three, 400, "3 series").await;
@@ -191,13 +253,18 @@ async fn oversized_bodies_are_413_and_series_counts_400() {
 #[tokio::test]
 async fn unauthenticated_large_body_is_answered_401_before_it_is_sent() {
     let (relay, backend, _token) = relay_with_backend().await;
-    let mut stream = tokio::net::TcpStream::connect(relay.data_addr).await.expect("connect");
+    let mut stream = tokio::net::TcpStream::connect(relay.data_addr)
+        .await
+        .expect("connect");
     let head = format!(
         "POST /api/v1/write HTTP/1.1\r\nHost: {}\r\nContent-Encoding: snappy\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
         relay.data_addr,
         32 * 1024 * 1024
     );
-    stream.write_all(head.as_bytes()).await.expect("headers sent");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("headers sent");
     // Not one byte of the body is sent: the answer must come anyway.
     let mut response = vec![0u8; 1024];
     let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut response))
@@ -206,14 +273,26 @@ async fn unauthenticated_large_body_is_answered_401_before_it_is_sent() {
         .expect("read");
     let text = String::from_utf8_lossy(&response[..read]);
     assert!(text.starts_with("HTTP/1.1 401"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("www-authenticate: bearer"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{text}"
+    );
     assert!(backend.requests().is_empty());
 }
 
 #[tokio::test]
 async fn bad_and_revoked_tokens_are_401_and_disabled_tenants_403() {
     let (relay, backend, token) = relay_with_backend().await;
-    assert_refused(&relay, &backend, "not-a-jwt", simple_body(&[]), 401, "invalid token").await;
+    assert_refused(
+        &relay,
+        &backend,
+        "not-a-jwt",
+        simple_body(&[]),
+        401,
+        "invalid token",
+    )
+    .await;
     let (token_id, revoked) = relay.issue_token("alpha").await;
     let (status, _) = relay
         .admin(
@@ -225,15 +304,25 @@ async fn bad_and_revoked_tokens_are_401_and_disabled_tenants_403() {
     assert_eq!(status, 204);
     assert_refused(&relay, &backend, &revoked, simple_body(&[]), 401, "revoked").await;
     let (status, _) = relay
-        .admin(reqwest::Method::PATCH, "/admin/v1/tenants/alpha", Some(json!({"status": "disabled"})))
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/alpha",
+            Some(json!({"status": "disabled"})),
+        )
         .await;
     assert_eq!(status, 200);
     assert_refused(&relay, &backend, &token, simple_body(&[]), 403, "disabled").await;
     relay
-        .admin(reqwest::Method::PATCH, "/admin/v1/tenants/alpha", Some(json!({"status": "active"})))
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/alpha",
+            Some(json!({"status": "active"})),
+        )
         .await;
     assert_eq!(relay.write(&token, simple_body(&[])).await.status(), 204);
-    let (status, _) = relay.admin(reqwest::Method::DELETE, "/admin/v1/tenants/alpha", None).await;
+    let (status, _) = relay
+        .admin(reqwest::Method::DELETE, "/admin/v1/tenants/alpha", None)
+        .await;
     assert_eq!(status, 204);
     let response = relay.write(&token, simple_body(&[])).await;
     assert_eq!(response.status(), 401, "a deleted tenant's tokens are gone");
@@ -254,16 +343,26 @@ async fn backend_answers_map_to_retryable_or_permanent_codes() {
     ] {
         backend.answer_with(backend_status);
         let response = relay.write(&token, simple_body(&[])).await;
-        assert_eq!(response.status().as_u16(), expected, "backend {backend_status}");
         assert_eq!(
-            response.headers().get("retry-after").map(|v| v.to_str().expect("ascii")),
+            response.status().as_u16(),
+            expected,
+            "backend {backend_status}"
+        );
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().expect("ascii")),
             retry_after,
             "backend {backend_status}"
         );
         let text = response.text().await.expect("body");
         assert_eq!(text.trim_end().lines().count(), 1, "{text:?}");
         if expected == 400 {
-            assert!(text.contains(&format!("fake backend says {backend_status}")), "{text}");
+            assert!(
+                text.contains(&format!("fake backend says {backend_status}")),
+                "{text}"
+            );
         }
     }
 }
@@ -314,9 +413,13 @@ async fn metadata_goes_only_to_backends_with_a_tenant_header() {
     );
     let relay = Relay::start(&toml).await;
     let token = relay.tenant_with_token("alpha").await;
-    let metadata_only = std::fs::read("tests/data/prom-2.42-metadata/body-000.bin").expect("fixture");
+    let metadata_only =
+        std::fs::read("tests/data/prom-2.42-metadata/body-000.bin").expect("fixture");
     assert_eq!(relay.write(&token, metadata_only).await.status(), 204);
-    assert!(shared.requests().is_empty(), "a shared backend cannot scope metadata");
+    assert!(
+        shared.requests().is_empty(),
+        "a shared backend cannot scope metadata"
+    );
     let to_mimir = mimir.requests();
     assert_eq!(to_mimir.len(), 1);
     assert_eq!(to_mimir[0].write_request().metadata.len(), 449);
@@ -332,15 +435,23 @@ async fn metadata_goes_only_to_backends_with_a_tenant_header() {
     });
     assert_eq!(relay.write(&token, mixed).await.status(), 204);
     let shared_got = shared.requests()[0].write_request();
-    assert_eq!((shared_got.timeseries.len(), shared_got.metadata.len()), (1, 0));
+    assert_eq!(
+        (shared_got.timeseries.len(), shared_got.metadata.len()),
+        (1, 0)
+    );
     let mimir_got = mimir.requests()[1].write_request();
-    assert_eq!((mimir_got.timeseries.len(), mimir_got.metadata.len()), (1, 1));
+    assert_eq!(
+        (mimir_got.timeseries.len(), mimir_got.metadata.len()),
+        (1, 1)
+    );
 }
 
 #[tokio::test]
 async fn rejections_are_counted_in_metrics() {
     let (relay, _backend, token) = relay_with_backend().await;
-    relay.write(&token, vec![0xff, 0xff, 0xff, 0xff, 0x0f]).await;
+    relay
+        .write(&token, vec![0xff, 0xff, 0xff, 0xff, 0x0f])
+        .await;
     relay.write("garbage", simple_body(&[])).await;
     let metrics = relay
         .http
@@ -352,6 +463,9 @@ async fn rejections_are_counted_in_metrics() {
         .await
         .expect("text");
     assert!(metrics.contains("promgate_write_rejected_requests_total{tenant=\"alpha\",reason=\"decoded_too_large\"} 1"), "{metrics}");
-    assert!(metrics.contains("promgate_auth_failures_total{cause=\"invalid_token\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("promgate_auth_failures_total{cause=\"invalid_token\"} 1"),
+        "{metrics}"
+    );
     assert!(!metrics.contains(&token), "no token in metrics");
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -13,9 +15,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use prost::Message;
 use promgate::config::Config;
 use promgate::proto::{Label, Sample, TimeSeries, WriteRequest};
+use prost::Message;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -29,7 +31,9 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn write_request(&self) -> WriteRequest {
-        let raw = snap::raw::Decoder::new().decompress_vec(&self.body).expect("backend got snappy");
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&self.body)
+            .expect("backend got snappy");
         WriteRequest::decode(raw.as_slice()).expect("backend got a WriteRequest")
     }
 }
@@ -90,8 +94,16 @@ impl FakeBackend {
     }
 }
 
-async fn record(State(state): State<FakeState>, headers: HeaderMap, body: Bytes) -> (StatusCode, HeaderMap, String) {
-    state.received.lock().expect("lock").push(Recorded { headers, body });
+async fn record(
+    State(state): State<FakeState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap, String) {
+    state
+        .received
+        .lock()
+        .expect("lock")
+        .push(Recorded { headers, body });
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).expect("status");
     let mut response_headers = HeaderMap::new();
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -154,7 +166,10 @@ impl Relay {
         for _ in 0..200 {
             let ready = relay.http.get(relay.admin_url("/-/ready")).send().await;
             if ready.is_ok_and(|r| r.status() == 200) {
-                relay.admin_token = std::fs::read_to_string(&token_path).expect("admin token").trim().into();
+                relay.admin_token = std::fs::read_to_string(&token_path)
+                    .expect("admin token")
+                    .trim()
+                    .into();
                 return relay;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
@@ -182,7 +197,12 @@ impl Relay {
     }
 
     /// An admin API call with the admin token; returns status and JSON (Null when empty).
-    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, self.admin_url(path))
@@ -202,7 +222,9 @@ impl Relay {
     }
 
     pub async fn create_tenant(&self, spec: Value) {
-        let (status, body) = self.admin(reqwest::Method::POST, "/admin/v1/tenants", Some(spec)).await;
+        let (status, body) = self
+            .admin(reqwest::Method::POST, "/admin/v1/tenants", Some(spec))
+            .await;
         assert_eq!(status, 201, "{body}");
     }
 
