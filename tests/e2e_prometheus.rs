@@ -262,7 +262,20 @@ remote_write:\n  - url: {write_url}\n    authorization:\n      credentials_file:
         );
     }
 
-    promgate.terminate(Duration::from_secs(10));
+    assert!(
+        promgate.terminate(Duration::from_secs(10)),
+        "promgate stops cleanly on SIGTERM"
+    );
+    let log = std::fs::read_to_string(&promgate.log).expect("promgate log");
+    assert!(log.contains("shutting down"), "graceful shutdown is logged");
+    let mut secrets = vec![admin_token.trim().to_string()];
+    for tenant in ["alpha", "beta"] {
+        secrets.push(std::fs::read_to_string(root.join(format!("{tenant}.token"))).expect("token"));
+    }
+    for secret in &secrets {
+        let signature = secret.rsplit('.').next().expect("secret");
+        assert!(!log.contains(signature), "a secret reached promgate's log");
+    }
     backend.terminate(Duration::from_secs(10));
     victoria.terminate(Duration::from_secs(10));
 }

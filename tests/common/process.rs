@@ -41,20 +41,22 @@ impl Process {
     }
 
     /// SIGTERM, then wait up to `grace` before SIGKILL.
-    pub fn terminate(&mut self, grace: Duration) {
+    /// Returns whether the process exited by itself with status 0.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.pid().to_string())
             .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
     }
 
     /// Fails with the process' log when it has exited.
