@@ -11,6 +11,7 @@ pub mod backend;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod proto;
 pub mod server;
 pub mod telemetry;
@@ -72,6 +73,7 @@ pub async fn run(
         backends,
         metrics: telemetry::Metrics::new(),
         admin_token_digest: admin::admin_token_digest(&admin_token),
+        admin_auth_failures: admin::auth_failure_limiter(config.admin.auth_failures_per_minute),
         ready: AtomicBool::new(false),
         config,
     });
@@ -85,8 +87,12 @@ pub async fn run(
     let admin_addr = listeners.admin.local_addr()?;
     let data = axum::serve(listeners.data, server::data_router(Arc::clone(&state)))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin = axum::serve(listeners.admin, admin::admin_router(Arc::clone(&state)))
-        .with_graceful_shutdown(stopped(stop_rx));
+    let admin = axum::serve(
+        listeners.admin,
+        admin::admin_router(Arc::clone(&state))
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx));
     let readiness = Arc::clone(&state);
     tokio::spawn(async move {
         shutdown.await;

@@ -360,3 +360,43 @@ async fn token_ttl_and_description_are_checked() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn admin_token_guessing_is_throttled_per_address() {
+    let relay = Relay::start_with_admin_limit(tempfile::tempdir().expect("tempdir"), "", 5).await;
+    for attempt in 0..5 {
+        let response = relay
+            .http
+            .get(relay.admin_url("/admin/v1/tenants"))
+            .bearer_auth(format!("guess-{attempt}"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 401, "attempt {attempt}");
+    }
+    let response = relay
+        .http
+        .get(relay.admin_url("/admin/v1/tenants"))
+        .bearer_auth("guess-6")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 429);
+    let wait: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    // While throttled even the right token waits: guessing cannot continue in parallel.
+    let (status, _) = relay.admin(Method::GET, "/admin/v1/tenants", None).await;
+    assert_eq!(status, 429);
+    // Probes and metrics stay reachable.
+    let response = relay
+        .http
+        .get(relay.admin_url("/-/ready"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+}

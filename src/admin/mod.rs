@@ -4,8 +4,11 @@
 
 mod tenants;
 
-use axum::extract::{Request, State};
-use axum::http::header;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,6 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::bearer_token;
 use crate::error::{AppError, JsonError};
+use crate::limits::AuthFailureLimiter;
 use crate::server::{healthy, ready, SharedState};
 
 /// The admin API's OpenAPI 3.0 document, kept beside the routes it describes.
@@ -44,18 +48,46 @@ pub fn admin_token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Addresses whose failed admin authentications are remembered at once.
+const MAX_TRACKED_ADDRESSES: usize = 10_000;
+
+/// `failures_per_minute` failed admin authentications per source address, then 429.
+pub fn auth_failure_limiter(failures_per_minute: u32) -> AuthFailureLimiter {
+    AuthFailureLimiter::new(
+        failures_per_minute,
+        Duration::from_secs(60),
+        MAX_TRACKED_ADDRESSES,
+    )
+}
+
 async fn require_admin_token(
     State(state): State<SharedState>,
     request: Request,
     next: Next,
 ) -> Response {
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+    let now = Instant::now();
+    if let Err(wait) = state.admin_auth_failures.check(source, now) {
+        tracing::warn!(%source, "admin authentication throttled after repeated failures");
+        let body =
+            serde_json::json!({ "error": "too many failed admin authentications; retry later" });
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return response;
+    }
     let presented = bearer_token(request.headers()).map(admin_token_digest);
     let authorised = match presented {
         Ok(digest) => bool::from(digest.ct_eq(&state.admin_token_digest)),
         Err(_) => false,
     };
     if !authorised {
-        tracing::warn!(path = %request.uri().path(), "admin request without a valid admin token");
+        state.admin_auth_failures.record_failure(source, now);
+        tracing::warn!(%source, path = %request.uri().path(), "admin request without a valid admin token");
         return JsonError(AppError::Unauthenticated(
             "a valid admin bearer token is required".into(),
         ))

@@ -43,6 +43,8 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Holds the admin bearer token; generated (mode 0600) when missing.
     pub token_file: PathBuf,
+    /// Failed admin authentications per source address and minute before 429.
+    pub auth_failures_per_minute: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -106,6 +108,7 @@ struct RawServer {
 struct RawAdmin {
     listen: Option<String>,
     token_file: Option<PathBuf>,
+    auth_failures_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -238,7 +241,11 @@ impl Config {
             token_file: admin
                 .token_file
                 .unwrap_or_else(|| secrets_dir.join("promgate-admin.token")),
+            auth_failures_per_minute: admin.auth_failures_per_minute.unwrap_or(5),
         };
+        if admin_cfg.auth_failures_per_minute == 0 {
+            problems.push("admin.auth_failures_per_minute must be at least 1".into());
+        }
         if !auth.issuers.is_empty() {
             problems.push(
                 "auth.issuers: external JWT issuers are not available in this version".into(),

@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// SHA-256 of the admin token, compared in constant time.
     pub admin_token_digest: [u8; 32],
+    /// Slows down admin-token guessing per source address.
+    pub admin_auth_failures: crate::limits::AuthFailureLimiter,
     /// False until the registry is loaded and again once shutdown begins.
     pub ready: AtomicBool,
 }

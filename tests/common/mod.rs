@@ -137,8 +137,17 @@ impl Relay {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra_toml: &str) -> Relay {
+        Relay::start_with_admin_limit(dir, extra_toml, 1000).await
+    }
+
+    /// As `start_in`, allowing `failures` failed admin authentications a minute per address.
+    pub async fn start_with_admin_limit(
+        dir: tempfile::TempDir,
+        extra_toml: &str,
+        failures: u32,
+    ) -> Relay {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n{extra_toml}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\nauth_failures_per_minute = {failures}\n[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n{extra_toml}",
             dir.path().display()
         );
         let config = Config::from_toml_str(&text, &BTreeMap::new()).expect("test config is valid");
