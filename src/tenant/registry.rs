@@ -43,6 +43,14 @@ impl From<StoreError> for RegistryError {
     }
 }
 
+/// Names what was missing when the store found no row.
+fn not_found_as(err: StoreError, what: impl FnOnce() -> String) -> RegistryError {
+    match err {
+        StoreError::NotFound => RegistryError::NotFound(what()),
+        other => other.into(),
+    }
+}
+
 pub struct Registry {
     store: Store,
     tenancy: TenancyConfig,
@@ -141,10 +149,7 @@ impl Registry {
         self.store
             .update_tenant(&tenant)
             .await
-            .map_err(|err| match err {
-                StoreError::NotFound => RegistryError::NotFound(format!("tenant {id:?}")),
-                other => other.into(),
-            })?;
+            .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
         self.cache_tenant(tenant.clone());
         Ok(tenant)
     }
@@ -154,10 +159,7 @@ impl Registry {
         self.store
             .delete_tenant(id)
             .await
-            .map_err(|err| match err {
-                StoreError::NotFound => RegistryError::NotFound(format!("tenant {id:?}")),
-                other => other.into(),
-            })?;
+            .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
         self.tenants.remove(id);
         self.tokens.retain(|_, token| token.tenant_id != id);
         Ok(())
@@ -186,11 +188,10 @@ impl Registry {
         self.store
             .revoke_token(tenant_id, token_id, at)
             .await
-            .map_err(|err| match err {
-                StoreError::NotFound => {
-                    RegistryError::NotFound(format!("token {token_id:?} of tenant {tenant_id:?}"))
-                }
-                other => other.into(),
+            .map_err(|err| {
+                not_found_as(err, || {
+                    format!("token {token_id:?} of tenant {tenant_id:?}")
+                })
             })?;
         if let Some(mut token) = self.tokens.get_mut(token_id) {
             token.revoked_at.get_or_insert(at);

@@ -102,16 +102,13 @@ impl Store {
                 tenant.id
             )));
         }
-        sqlx::query(
-            "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        bind_tenant_columns(
+            sqlx::query(
+                "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            ),
+            tenant,
         )
-        .bind(&tenant.id)
-        .bind(&tenant.label_value)
-        .bind(to_json(&tenant.extra_labels))
-        .bind(to_json(&tenant.limits))
-        .bind(to_json(&tenant.backends))
-        .bind(tenant.status.as_str())
         .bind(tenant.created_at)
         .bind(tenant.updated_at)
         .execute(&mut *tx)
@@ -124,16 +121,13 @@ impl Store {
 
     pub async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE tenants SET label_value = $2, extra_labels = $3, limits = $4, backends = $5, status = $6, \
-             updated_at = $7 WHERE id = $1",
+        let updated = bind_tenant_columns(
+            sqlx::query(
+                "UPDATE tenants SET label_value = $2, extra_labels = $3, limits = $4, backends = $5, status = $6, \
+                 updated_at = $7 WHERE id = $1",
+            ),
+            tenant,
         )
-        .bind(&tenant.id)
-        .bind(&tenant.label_value)
-        .bind(to_json(&tenant.extra_labels))
-        .bind(to_json(&tenant.limits))
-        .bind(to_json(&tenant.backends))
-        .bind(tenant.status.as_str())
         .bind(tenant.updated_at)
         .execute(&mut *tx)
         .await?;
@@ -232,6 +226,20 @@ async fn insert_identities(
             })?;
     }
     Ok(())
+}
+
+/// Binds `$1`…`$6`: id, label_value, extra_labels, limits, backends, status.
+fn bind_tenant_columns<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    tenant: &'q Tenant,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(&tenant.id)
+        .bind(&tenant.label_value)
+        .bind(to_json(&tenant.extra_labels))
+        .bind(to_json(&tenant.limits))
+        .bind(to_json(&tenant.backends))
+        .bind(tenant.status.as_str())
 }
 
 fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
