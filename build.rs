@@ -3,6 +3,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(["remote.proto", "types.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    prost_build::Config::new()
+        // Chunk data as `Bytes`: decoded from a `Bytes` frame without copying.
+        .bytes(["."])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -7,74 +7,87 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{HumanDuration, HumanSize};
 
-/// The effective limits for one tenant: config defaults with the tenant's overrides applied.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Limits {
-    pub max_request_bytes: u64,
-    pub max_decoded_bytes: u64,
-    pub max_series_per_request: usize,
-    pub max_labels_per_series: usize,
-    pub max_label_name_bytes: usize,
-    pub max_label_value_bytes: usize,
-    pub max_future_skew: Duration,
-    pub samples_per_second: u64,
-    pub burst_samples: u64,
-    pub requests_per_second: u64,
-    pub read_requests_per_second: u64,
-    pub max_read_samples: u64,
-    pub throttle_status: u16,
+/// Declares [`Limits`] (effective values), [`LimitOverrides`] (the same keys, each
+/// optional, as written in `[limits]` or a tenant's `limits` object) and the defaults,
+/// from one list so the three cannot drift apart.
+macro_rules! limit_keys {
+    ($( $(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:expr, written as $raw:ty; )*) => {
+        /// The effective limits for one tenant: config defaults with the tenant's overrides applied.
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct Limits {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Limits {
+            fn default() -> Self {
+                Limits { $( $name: $default, )* }
+            }
+        }
+
+        /// A partial set of limits. Unknown keys are reported by the callers, which parse
+        /// through `serde_ignored`.
+        #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+        pub struct LimitOverrides {
+            $(
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$raw>,
+            )*
+        }
+
+        impl Limits {
+            /// Applies `overrides` on top of `self`.
+            pub fn with(&self, overrides: &LimitOverrides) -> Limits {
+                Limits { $( $name: overrides.$name.map_or(self.$name, Into::into), )* }
+            }
+        }
+    };
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_request_bytes: 32 * 1024 * 1024,
-            max_decoded_bytes: 32 * 1024 * 1024,
-            max_series_per_request: 50_000,
-            max_labels_per_series: 30,
-            max_label_name_bytes: 1024,
-            max_label_value_bytes: 2048,
-            max_future_skew: Duration::from_secs(600),
-            samples_per_second: 10_000,
-            burst_samples: 200_000,
-            requests_per_second: 100,
-            read_requests_per_second: 10,
-            max_read_samples: 50_000_000,
-            throttle_status: 429,
-        }
+limit_keys! {
+    /// Compressed request body (413 above).
+    max_request_bytes: u64 = 32 * 1024 * 1024, written as HumanSize;
+    /// Snappy's announced decoded length, checked before decompressing.
+    max_decoded_bytes: u64 = 32 * 1024 * 1024, written as HumanSize;
+    max_series_per_request: usize = 50_000, written as usize;
+    /// Counted after the tenant's labels are added.
+    max_labels_per_series: usize = 30, written as usize;
+    max_label_name_bytes: usize = 1024, written as usize;
+    max_label_value_bytes: usize = 2048, written as usize;
+    /// How far ahead of now a sample may be.
+    max_future_skew: Duration = Duration::from_secs(600), written as HumanDuration;
+    samples_per_second: u64 = 10_000, written as u64;
+    burst_samples: u64 = 200_000, written as u64;
+    requests_per_second: u64 = 100, written as u64;
+    read_requests_per_second: u64 = 10, written as u64;
+    /// Samples one remote-read request may return, SAMPLES and streamed alike.
+    max_read_samples: u64 = 50_000_000, written as u64;
+    /// A remote-read request body, compressed and decoded.
+    max_read_request_bytes: u64 = 1024 * 1024, written as HumanSize;
+    /// A buffered (SAMPLES) remote-read response, compressed and decoded.
+    max_read_response_bytes: u64 = 256 * 1024 * 1024, written as HumanSize;
+    /// One frame of a streamed remote-read response. Prometheus cuts frames at 1 MiB
+    /// before marshalling and may exceed that by one chunk, hence 2 MiB.
+    max_read_frame_bytes: u64 = 2 * 1024 * 1024, written as HumanSize;
+    /// The longest time range one remote-read query may cover.
+    max_read_range: Duration = Duration::from_secs(721 * 3600), written as HumanDuration;
+    /// Remote-read requests a tenant may have in flight at once.
+    max_concurrent_reads: usize = 2, written as usize;
+    /// Remote-read requests a tenant may have waiting for a slot; more get a throttle answer.
+    max_queued_reads: usize = 100, written as usize;
+    /// 429 (default) or 503 for senders that never retry 429.
+    throttle_status: u16 = 429, written as u16;
+}
+
+impl From<HumanSize> for u64 {
+    fn from(size: HumanSize) -> u64 {
+        size.0
     }
 }
 
-/// A partial set of limits, as written in `[limits]` or a tenant's `limits` object.
-/// Unknown keys are reported by the callers, which parse through `serde_ignored`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
-pub struct LimitOverrides {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_request_bytes: Option<HumanSize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_decoded_bytes: Option<HumanSize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_series_per_request: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_labels_per_series: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_label_name_bytes: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_label_value_bytes: Option<usize>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_future_skew: Option<HumanDuration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub samples_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub burst_samples: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_requests_per_second: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_read_samples: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub throttle_status: Option<u16>,
+impl From<HumanDuration> for Duration {
+    fn from(duration: HumanDuration) -> Duration {
+        duration.0
+    }
 }
 
 /// The hard ceiling for request and decoded sizes: backends (VictoriaMetrics,
@@ -82,51 +95,15 @@ pub struct LimitOverrides {
 const MAX_CONFIGURABLE_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Limits {
-    /// Applies `overrides` on top of `self`.
-    pub fn with(&self, overrides: &LimitOverrides) -> Limits {
-        Limits {
-            max_request_bytes: overrides
-                .max_request_bytes
-                .map_or(self.max_request_bytes, |v| v.0),
-            max_decoded_bytes: overrides
-                .max_decoded_bytes
-                .map_or(self.max_decoded_bytes, |v| v.0),
-            max_series_per_request: overrides
-                .max_series_per_request
-                .unwrap_or(self.max_series_per_request),
-            max_labels_per_series: overrides
-                .max_labels_per_series
-                .unwrap_or(self.max_labels_per_series),
-            max_label_name_bytes: overrides
-                .max_label_name_bytes
-                .unwrap_or(self.max_label_name_bytes),
-            max_label_value_bytes: overrides
-                .max_label_value_bytes
-                .unwrap_or(self.max_label_value_bytes),
-            max_future_skew: overrides
-                .max_future_skew
-                .map_or(self.max_future_skew, |v| v.0),
-            samples_per_second: overrides
-                .samples_per_second
-                .unwrap_or(self.samples_per_second),
-            burst_samples: overrides.burst_samples.unwrap_or(self.burst_samples),
-            requests_per_second: overrides
-                .requests_per_second
-                .unwrap_or(self.requests_per_second),
-            read_requests_per_second: overrides
-                .read_requests_per_second
-                .unwrap_or(self.read_requests_per_second),
-            max_read_samples: overrides.max_read_samples.unwrap_or(self.max_read_samples),
-            throttle_status: overrides.throttle_status.unwrap_or(self.throttle_status),
-        }
-    }
-
     /// Every problem with these limits, one sentence each.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (key, value) in [
             ("max_request_bytes", self.max_request_bytes),
             ("max_decoded_bytes", self.max_decoded_bytes),
+            ("max_read_request_bytes", self.max_read_request_bytes),
+            ("max_read_response_bytes", self.max_read_response_bytes),
+            ("max_read_frame_bytes", self.max_read_frame_bytes),
         ] {
             if value == 0 || value > MAX_CONFIGURABLE_BYTES {
                 problems.push(format!("limits.{key} must be between 1 byte and 256MiB"));
@@ -137,6 +114,7 @@ impl Limits {
             ("max_labels_per_series", self.max_labels_per_series),
             ("max_label_name_bytes", self.max_label_name_bytes),
             ("max_label_value_bytes", self.max_label_value_bytes),
+            ("max_concurrent_reads", self.max_concurrent_reads),
         ] {
             if value == 0 {
                 problems.push(format!("limits.{key} must be at least 1"));
@@ -147,6 +125,9 @@ impl Limits {
                 "limits.max_labels_per_series must leave room for __name__ and the tenant label"
                     .into(),
             );
+        }
+        if self.max_read_range.is_zero() {
+            problems.push("limits.max_read_range must be longer than 0s".into());
         }
         if self.throttle_status != 429 && self.throttle_status != 503 {
             problems.push(format!(
