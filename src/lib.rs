@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod limits;
 pub mod proto;
+pub mod read;
 pub mod server;
 pub mod telemetry;
 pub mod tenant;
