@@ -27,6 +27,15 @@ pub enum AppError {
     /// 415: a Content-Encoding or Content-Type promgate does not speak.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 429 + Retry-After: the tenant is over one of its limits.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_seconds: u64,
+    },
+    /// 501: the tenant has no backend that serves this endpoint.
+    #[error("{0}")]
+    NotImplemented(String),
     /// 502: a backend refused promgate's own credentials or path (our misconfiguration).
     #[error("{0}")]
     BadGateway(String),
@@ -51,6 +60,8 @@ impl AppError {
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +112,10 @@ fn decorate(err: &AppError, response: &mut Response) {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         AppError::Unavailable {
+            retry_after_seconds,
+            ..
+        }
+        | AppError::TooManyRequests {
             retry_after_seconds,
             ..
         } => {

@@ -74,6 +74,7 @@ pub async fn run(
         backends,
         metrics: telemetry::Metrics::new(),
         admin_token_digest: admin::admin_token_digest(&admin_token),
+        read_gate: limits::ReadGate::default(),
         admin_auth_failures: admin::auth_failure_limiter(config.admin.auth_failures_per_minute),
         ready: AtomicBool::new(false),
         config,

@@ -26,15 +26,23 @@ pub fn init_logging() {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TenantCode {
+pub struct EndpointTenantCode {
+    pub endpoint: String,
     pub tenant: String,
     pub code: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TenantReason {
+pub struct EndpointTenantReason {
+    pub endpoint: String,
     pub tenant: String,
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantBackend {
+    pub tenant: String,
+    pub backend: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,8 +72,10 @@ fn duration_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub write_requests: Family<TenantCode, Counter>,
-    pub write_rejections: Family<TenantReason, Counter>,
+    pub requests: Family<EndpointTenantCode, Counter>,
+    pub rejected_requests: Family<EndpointTenantReason, Counter>,
+    pub read_samples: Family<TenantLabel, Counter>,
+    pub read_foreign_series: Family<TenantBackend, Counter>,
     pub samples_received: Family<TenantLabel, Counter>,
     pub samples_forwarded: Family<TenantLabel, Counter>,
     pub auth_failures: Family<CauseLabel, Counter>,
@@ -83,8 +93,10 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
-            write_requests: Family::default(),
-            write_rejections: Family::default(),
+            requests: Family::default(),
+            rejected_requests: Family::default(),
+            read_samples: Family::default(),
+            read_foreign_series: Family::default(),
             samples_received: Family::default(),
             samples_forwarded: Family::default(),
             auth_failures: Family::default(),
@@ -93,14 +105,24 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register(
-            "promgate_write_requests",
-            "Remote-write requests answered, by tenant and HTTP status code",
-            metrics.write_requests.clone(),
+            "promgate_requests",
+            "Remote-write and remote-read requests answered, by endpoint, tenant and HTTP status code",
+            metrics.requests.clone(),
         );
         registry.register(
-            "promgate_write_rejected_requests",
-            "Remote-write requests refused, by tenant and reason",
-            metrics.write_rejections.clone(),
+            "promgate_rejected_requests",
+            "Requests refused, by endpoint, tenant and reason",
+            metrics.rejected_requests.clone(),
+        );
+        registry.register(
+            "promgate_read_samples",
+            "Samples returned to remote-read callers (streamed: counted from chunk headers)",
+            metrics.read_samples.clone(),
+        );
+        registry.register(
+            "promgate_read_foreign_series_dropped",
+            "Series a backend returned for another tenant, dropped by promgate (the backend ignored the tenant matcher)",
+            metrics.read_foreign_series.clone(),
         );
         registry.register(
             "promgate_write_received_samples",

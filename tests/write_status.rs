@@ -462,7 +462,7 @@ async fn rejections_are_counted_in_metrics() {
         .text()
         .await
         .expect("text");
-    assert!(metrics.contains("promgate_write_rejected_requests_total{tenant=\"alpha\",reason=\"decoded_too_large\"} 1"), "{metrics}");
+    assert!(metrics.contains("promgate_rejected_requests_total{endpoint=\"write\",tenant=\"alpha\",reason=\"decoded_too_large\"} 1"), "{metrics}");
     assert!(
         metrics.contains("promgate_auth_failures_total{cause=\"invalid_token\"} 1"),
         "{metrics}"

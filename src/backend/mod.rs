@@ -5,6 +5,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use http::{HeaderMap, HeaderValue};
 
 use crate::config::BackendConfig;
@@ -38,6 +40,9 @@ const MAX_QUOTED_ERROR_BYTES: usize = 512;
 pub struct BackendClient {
     pub config: BackendConfig,
     http: reqwest::Client,
+    /// For remote read: no whole-request timeout (a stream may run long); the wait for
+    /// the response head and every pause between body chunks are bounded instead.
+    read_http: reqwest::Client,
     /// Static headers: promgate's credentials for this backend.
     auth_headers: HeaderMap,
 }
@@ -54,18 +59,28 @@ impl BackendClient {
             name: config.name.clone(),
             message,
         };
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("promgate/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(ca_file) = &config.ca_file {
-            let pem = std::fs::read(ca_file).map_err(|err| invalid(format!("ca_file: {err}")))?;
-            let certificate = reqwest::Certificate::from_pem(&pem)
-                .map_err(|err| invalid(format!("ca_file: {err}")))?;
-            builder = builder.add_root_certificate(certificate);
-        }
+        let certificate = match &config.ca_file {
+            Some(ca_file) => {
+                let pem =
+                    std::fs::read(ca_file).map_err(|err| invalid(format!("ca_file: {err}")))?;
+                Some(
+                    reqwest::Certificate::from_pem(&pem)
+                        .map_err(|err| invalid(format!("ca_file: {err}")))?,
+                )
+            }
+            None => None,
+        };
+        let builder = || {
+            let builder = reqwest::Client::builder()
+                .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("promgate/", env!("CARGO_PKG_VERSION")))
+                .pool_idle_timeout(Duration::from_secs(90));
+            match &certificate {
+                Some(certificate) => builder.add_root_certificate(certificate.clone()),
+                None => builder,
+            }
+        };
         let mut auth_headers = HeaderMap::new();
         if let Some(file) = &config.bearer_token_file {
             let token = std::fs::read_to_string(file)
@@ -91,10 +106,18 @@ impl BackendClient {
             value.set_sensitive(true);
             auth_headers.insert(http::header::AUTHORIZATION, value);
         }
-        let http = builder.build().map_err(|err| invalid(err.to_string()))?;
+        let http = builder()
+            .timeout(config.timeout)
+            .build()
+            .map_err(|err| invalid(err.to_string()))?;
+        let read_http = builder()
+            .read_timeout(config.timeout)
+            .build()
+            .map_err(|err| invalid(err.to_string()))?;
         Ok(BackendClient {
             config,
             http,
+            read_http,
             auth_headers,
         })
     }
@@ -122,6 +145,78 @@ impl BackendClient {
         };
         metrics.observe_backend(&self.config.name, &outcome, started.elapsed());
         outcome
+    }
+}
+
+impl BackendClient {
+    /// Sends a snappy-compressed `ReadRequest` for `tenant_id` to this backend's read URL
+    /// and returns the response once its head arrived with a 2xx status.
+    pub async fn read(
+        &self,
+        tenant_id: &str,
+        body: Bytes,
+        metrics: &Metrics,
+    ) -> Result<ReadBody, Outcome> {
+        let Some(read_url) = self.config.read_url.clone() else {
+            return Err(Outcome::Misconfigured {
+                message: "no read_url".into(),
+            });
+        };
+        let started = Instant::now();
+        let mut request = self
+            .read_http
+            .post(read_url)
+            .headers(self.auth_headers.clone())
+            .header(http::header::CONTENT_ENCODING, "snappy")
+            .header(http::header::ACCEPT_ENCODING, "snappy")
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
+            .header("X-Prometheus-Remote-Read-Version", "0.1.0")
+            .body(body);
+        if let Some(header) = &self.config.tenant_header {
+            request = request.header(header.clone(), tenant_id);
+        }
+        let result = match tokio::time::timeout(self.config.timeout, request.send()).await {
+            Ok(Ok(response)) if response.status().is_success() => Ok(response),
+            Ok(Ok(response)) => Err(classify(response).await),
+            Ok(Err(err)) => Err(Outcome::Unavailable {
+                message: describe_transport_error(&err),
+                retry_after_seconds: None,
+            }),
+            Err(_) => Err(Outcome::Unavailable {
+                message: "timed out".into(),
+                retry_after_seconds: None,
+            }),
+        };
+        let outcome = result.as_ref().err().cloned().unwrap_or(Outcome::Accepted);
+        metrics.observe_backend(&self.config.name, &outcome, started.elapsed());
+        result.map(ReadBody::new)
+    }
+}
+
+/// A backend's remote-read answer: its head, and its body as it arrives.
+pub struct ReadBody {
+    pub content_type: String,
+    pub content_length: Option<u64>,
+    /// Errors name what broke (a reset, a read timeout), never a secret.
+    pub chunks: BoxStream<'static, Result<Bytes, String>>,
+}
+
+impl ReadBody {
+    fn new(response: reqwest::Response) -> ReadBody {
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        ReadBody {
+            content_type,
+            content_length: response.content_length(),
+            chunks: response
+                .bytes_stream()
+                .map(|chunk| chunk.map_err(|err| describe_transport_error(&err)))
+                .boxed(),
+        }
     }
 }
 
@@ -167,6 +262,8 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
         "timed out".into()
     } else if err.is_connect() {
         "connection failed".into()
+    } else if err.is_body() || err.is_decode() {
+        "response body broke off".into()
     } else {
         "request failed".into()
     }

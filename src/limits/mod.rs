@@ -1,11 +1,76 @@
-//! Limits that protect promgate itself. For now: failed authentications per source
-//! address (SECURITY.md T16/T17: 5 failures a minute, then 429), with bounded memory.
-//! Time is passed in, so tests drive it without sleeping.
+//! Limits that protect promgate and its tenants from one another: failed
+//! authentications per source address (SECURITY.md T16/T17), and each tenant's
+//! concurrent remote reads with a bounded queue (T14/T15). Memory stays bounded; time is
+//! passed in, so tests drive it without sleeping.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Each tenant's remote reads: at most `max_concurrent` at once, at most `max_queued`
+/// waiting, and a waiter gives up after `max_wait`.
+#[derive(Default)]
+pub struct ReadGate {
+    tenants: DashMap<String, Arc<TenantReadGate>>,
+}
+
+struct TenantReadGate {
+    max_concurrent: usize,
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadGateError {
+    QueueFull,
+    WaitedTooLong,
+}
+
+impl ReadGate {
+    pub async fn acquire(
+        &self,
+        tenant: &str,
+        max_concurrent: usize,
+        max_queued: usize,
+        max_wait: Duration,
+    ) -> Result<OwnedSemaphorePermit, ReadGateError> {
+        let gate = self.gate(tenant, max_concurrent);
+        if let Ok(permit) = Arc::clone(&gate.slots).try_acquire_owned() {
+            return Ok(permit);
+        }
+        if gate.waiting.fetch_add(1, Ordering::SeqCst) >= max_queued {
+            gate.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(ReadGateError::QueueFull);
+        }
+        let waited = tokio::time::timeout(max_wait, Arc::clone(&gate.slots).acquire_owned()).await;
+        gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        match waited {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ReadGateError::WaitedTooLong),
+        }
+    }
+
+    /// The tenant's gate, replaced when its concurrency limit changed (permits held on
+    /// the old one stay valid until released).
+    fn gate(&self, tenant: &str, max_concurrent: usize) -> Arc<TenantReadGate> {
+        if let Some(gate) = self.tenants.get(tenant) {
+            if gate.max_concurrent == max_concurrent {
+                return Arc::clone(gate.value());
+            }
+        }
+        let gate = Arc::new(TenantReadGate {
+            max_concurrent,
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            waiting: AtomicUsize::new(0),
+        });
+        self.tenants.insert(tenant.to_string(), Arc::clone(&gate));
+        gate
+    }
+}
 
 /// Counts failed authentications per source address in fixed windows.
 pub struct AuthFailureLimiter {
@@ -83,6 +148,41 @@ impl AuthFailureLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn read_gate_bounds_concurrency_and_queue_per_tenant() {
+        let gate = ReadGate::default();
+        let wait = Duration::from_millis(50);
+        let first = gate.acquire("a", 1, 1, wait).await.expect("free slot");
+        assert_eq!(
+            gate.acquire("a", 1, 1, wait).await.err(),
+            Some(ReadGateError::WaitedTooLong)
+        );
+        assert!(
+            gate.acquire("b", 1, 1, wait).await.is_ok(),
+            "other tenants are unaffected"
+        );
+        let gate = Arc::new(gate);
+        let queued = {
+            let gate = Arc::clone(&gate);
+            tokio::spawn(async move {
+                gate.acquire("a", 1, 1, Duration::from_secs(5))
+                    .await
+                    .is_ok()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            gate.acquire("a", 1, 1, wait).await.err(),
+            Some(ReadGateError::QueueFull),
+            "one waiter is the queue's limit"
+        );
+        drop(first);
+        assert!(
+            queued.await.expect("join"),
+            "the waiter gets the released slot"
+        );
+    }
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])

@@ -49,8 +49,9 @@ pub fn filter_samples_response(
     expected_results: usize,
     max_samples: u64,
 ) -> Result<(Vec<u8>, FilterStats), ReadError> {
-    let mut response = ReadResponse::decode(decoded)
-        .map_err(|err| ReadError::Backend(format!("backend sent an undecodable ReadResponse: {err}")))?;
+    let mut response = ReadResponse::decode(decoded).map_err(|err| {
+        ReadError::Backend(format!("backend sent an undecodable ReadResponse: {err}"))
+    })?;
     if response.results.len() != expected_results {
         return Err(ReadError::Backend(format!(
             "backend answered {} results for {expected_results} queries",
@@ -113,15 +114,20 @@ impl StreamFilter {
     /// `None` when nothing of the frame is the caller's: no frame may carry zero series
     /// (Prometheus' client indexes the first series of every frame).
     fn filter_frame(&mut self, frame: Bytes) -> Result<Option<Vec<u8>>, ReadError> {
-        let mut response = ChunkedReadResponse::decode(frame)
-            .map_err(|err| ReadError::Backend(format!("backend sent an undecodable frame: {err}")))?;
+        let mut response = ChunkedReadResponse::decode(frame).map_err(|err| {
+            ReadError::Backend(format!("backend sent an undecodable frame: {err}"))
+        })?;
         let scope = &self.scope;
         let stats = &mut self.stats;
         response.chunked_series.retain_mut(|series| {
             let keep = scope.admit(&mut series.labels);
             if keep {
                 stats.series += 1;
-                stats.samples += series.chunks.iter().map(|chunk| chunk_samples(&chunk.data)).sum::<u64>();
+                stats.samples += series
+                    .chunks
+                    .iter()
+                    .map(|chunk| chunk_samples(&chunk.data))
+                    .sum::<u64>();
             } else {
                 stats.foreign_series += 1;
             }
@@ -207,7 +213,11 @@ mod tests {
         for pairs in [
             vec![("__name__", "up"), ("tenant_id", "beta")],
             vec![("__name__", "up")],
-            vec![("__name__", "up"), ("tenant_id", "alpha"), ("tenant_id", "beta")],
+            vec![
+                ("__name__", "up"),
+                ("tenant_id", "alpha"),
+                ("tenant_id", "beta"),
+            ],
         ] {
             assert!(!scope.admit(&mut labels(&pairs)), "{pairs:?}");
         }
@@ -217,23 +227,41 @@ mod tests {
     fn samples_response_keeps_result_count_and_drops_foreign_series() {
         let series = |tenant: &str| TimeSeries {
             labels: labels(&[("__name__", "up"), ("tenant_id", tenant)]),
-            samples: vec![Sample { value: 1.0, timestamp: 1 }],
+            samples: vec![Sample {
+                value: 1.0,
+                timestamp: 1,
+            }],
             ..TimeSeries::default()
         };
         let response = ReadResponse {
             results: vec![
-                QueryResult { timeseries: vec![series("alpha"), series("beta")] },
-                QueryResult { timeseries: vec![series("beta")] },
+                QueryResult {
+                    timeseries: vec![series("alpha"), series("beta")],
+                },
+                QueryResult {
+                    timeseries: vec![series("beta")],
+                },
             ],
         };
         let (encoded, stats) =
-            filter_samples_response(&response.encode_to_vec(), &scope(true), 2, 100).expect("filtered");
+            filter_samples_response(&response.encode_to_vec(), &scope(true), 2, 100)
+                .expect("filtered");
         let filtered = ReadResponse::decode(encoded.as_slice()).expect("decodes");
         assert_eq!(filtered.results.len(), 2);
         assert_eq!(filtered.results[0].timeseries.len(), 1);
-        assert_eq!(filtered.results[0].timeseries[0].labels, labels(&[("__name__", "up")]));
+        assert_eq!(
+            filtered.results[0].timeseries[0].labels,
+            labels(&[("__name__", "up")])
+        );
         assert!(filtered.results[1].timeseries.is_empty());
-        assert_eq!(stats, FilterStats { series: 1, foreign_series: 2, samples: 1 });
+        assert_eq!(
+            stats,
+            FilterStats {
+                series: 1,
+                foreign_series: 2,
+                samples: 1
+            }
+        );
         assert!(filter_samples_response(&response.encode_to_vec(), &scope(true), 3, 100).is_err());
         assert_eq!(
             filter_samples_response(&response.encode_to_vec(), &scope(true), 2, 0),
@@ -252,13 +280,23 @@ mod tests {
             filter.push(piece, &mut out).expect("valid");
         }
         filter.finish().expect("complete");
-        assert_eq!(filter.stats, FilterStats { series: 1, foreign_series: 2, samples: 4 });
+        assert_eq!(
+            filter.stats,
+            FilterStats {
+                series: 1,
+                foreign_series: 2,
+                samples: 4
+            }
+        );
         let mut decoder = FrameDecoder::new(1 << 20);
         decoder.push(&out);
         let data = decoder.next_frame().expect("valid").expect("one frame");
         assert_eq!(decoder.next_frame(), Ok(None));
         let response = ChunkedReadResponse::decode(data).expect("decodes");
-        assert_eq!(response.chunked_series[0].labels, labels(&[("__name__", "up")]));
+        assert_eq!(
+            response.chunked_series[0].labels,
+            labels(&[("__name__", "up")])
+        );
         assert_eq!(&response.chunked_series[0].chunks[0].data[..], &XOR_CHUNK);
     }
 
@@ -268,6 +306,9 @@ mod tests {
         input.extend(frame(Some("alpha")));
         let mut filter = StreamFilter::new(scope(false), 1 << 20, 6);
         let mut out = BytesMut::new();
-        assert_eq!(filter.push(&input, &mut out), Err(ReadError::TooManySamples { limit: 6 }));
+        assert_eq!(
+            filter.push(&input, &mut out),
+            Err(ReadError::TooManySamples { limit: 6 })
+        );
     }
 }

@@ -176,12 +176,18 @@ mod tests {
         decoder.push(&bytes);
         assert_eq!(
             decoder.next_frame(),
-            Err(FrameError::TooLarge { length: 48, limit: 16 })
+            Err(FrameError::TooLarge {
+                length: 48,
+                limit: 16
+            })
         );
         // A length of 2^64-1 is refused from the varint alone.
         let mut decoder = FrameDecoder::new(1 << 20);
         decoder.push(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
-        assert!(matches!(decoder.next_frame(), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(FrameError::TooLarge { .. })
+        ));
         let mut decoder = FrameDecoder::new(1 << 20);
         decoder.push(&[0xff; 11]);
         assert_eq!(decoder.next_frame(), Err(FrameError::BadLength));

@@ -53,16 +53,23 @@ pub fn validate(request: &ReadRequest, limits: &Limits) -> Result<ResponseType, 
     let max_range = i64::try_from(limits.max_read_range.as_millis()).unwrap_or(i64::MAX);
     for (index, query) in request.queries.iter().enumerate() {
         if query.end_timestamp_ms < query.start_timestamp_ms {
-            return Err(ReadError::Invalid(format!("query {index}: end is before start")));
+            return Err(ReadError::Invalid(format!(
+                "query {index}: end is before start"
+            )));
         }
-        if query.end_timestamp_ms.saturating_sub(query.start_timestamp_ms) > max_range {
+        if query
+            .end_timestamp_ms
+            .saturating_sub(query.start_timestamp_ms)
+            > max_range
+        {
             return Err(ReadError::Invalid(format!(
                 "query {index}: time range is longer than {}",
                 humantime::format_duration(limits.max_read_range)
             )));
         }
         for matcher in &query.matchers {
-            validate_matcher(matcher).map_err(|why| ReadError::Invalid(format!("query {index}: {why}")))?;
+            validate_matcher(matcher)
+                .map_err(|why| ReadError::Invalid(format!("query {index}: {why}")))?;
         }
     }
     negotiate(&request.accepted_response_types)
@@ -70,8 +77,12 @@ pub fn validate(request: &ReadRequest, limits: &Limits) -> Result<ResponseType, 
 
 fn validate_matcher(matcher: &LabelMatcher) -> Result<(), String> {
     // The raw number: prost's typed getter would turn an unknown type into EQ.
-    let kind = label_matcher::Type::try_from(matcher.r#type)
-        .map_err(|_| format!("matcher type {} is not one of EQ, NEQ, RE, NRE", matcher.r#type))?;
+    let kind = label_matcher::Type::try_from(matcher.r#type).map_err(|_| {
+        format!(
+            "matcher type {} is not one of EQ, NEQ, RE, NRE",
+            matcher.r#type
+        )
+    })?;
     if matcher.name.is_empty() {
         return Err("matcher has an empty label name".into());
     }
@@ -86,7 +97,12 @@ fn validate_matcher(matcher: &LabelMatcher) -> Result<(), String> {
         regex::RegexBuilder::new(&format!("^(?:{})$", matcher.value))
             .size_limit(MAX_REGEX_PROGRAM_BYTES)
             .build()
-            .map_err(|err| format!("regex matcher on {:?} does not compile: {err}", matcher.name))?;
+            .map_err(|err| {
+                format!(
+                    "regex matcher on {:?} does not compile: {err}",
+                    matcher.name
+                )
+            })?;
     }
     Ok(())
 }
@@ -101,15 +117,26 @@ fn negotiate(accepted: &[i32]) -> Result<ResponseType, ReadError> {
         .iter()
         .find_map(|&value| match read_request::ResponseType::try_from(value) {
             Ok(read_request::ResponseType::Samples) => Some(ResponseType::Samples),
-            Ok(read_request::ResponseType::StreamedXorChunks) => Some(ResponseType::StreamedXorChunks),
+            Ok(read_request::ResponseType::StreamedXorChunks) => {
+                Some(ResponseType::StreamedXorChunks)
+            }
             Err(_) => None,
         })
-        .ok_or_else(|| ReadError::Invalid(format!("none of the accepted response types {accepted:?} is supported")))
+        .ok_or_else(|| {
+            ReadError::Invalid(format!(
+                "none of the accepted response types {accepted:?} is supported"
+            ))
+        })
 }
 
 /// Appends the tenant matcher to every query and asks the backend for exactly the
 /// negotiated response type.
-pub fn scope_to_tenant(request: &mut ReadRequest, label: &str, value: &str, response_type: ResponseType) {
+pub fn scope_to_tenant(
+    request: &mut ReadRequest,
+    label: &str,
+    value: &str,
+    response_type: ResponseType,
+) {
     for query in &mut request.queries {
         query.matchers.push(LabelMatcher {
             r#type: label_matcher::Type::Eq as i32,
@@ -152,7 +179,8 @@ mod tests {
             assert!(validate(&request(vec![matcher(kind, "job", "x")], vec![]), &limits).is_ok());
         }
         for kind in [4, 7, -1] {
-            let err = validate(&request(vec![matcher(kind, "job", "x")], vec![]), &limits).expect_err("bad type");
+            let err = validate(&request(vec![matcher(kind, "job", "x")], vec![]), &limits)
+                .expect_err("bad type");
             assert!(err.to_string().contains("matcher type"), "{err}");
         }
     }
@@ -161,11 +189,19 @@ mod tests {
     fn regexes_must_compile_and_stay_small() {
         let limits = Limits::default();
         assert!(validate(&request(vec![matcher(2, "job", "a|b.*")], vec![]), &limits).is_ok());
-        assert!(validate(&request(vec![matcher(2, "job", "(unclosed")], vec![]), &limits).is_err());
+        assert!(validate(
+            &request(vec![matcher(2, "job", "(unclosed")], vec![]),
+            &limits
+        )
+        .is_err());
         let huge = "a".repeat(MAX_MATCHER_VALUE_BYTES + 1);
         assert!(validate(&request(vec![matcher(0, "job", &huge)], vec![]), &limits).is_err());
         let explosive = "((a{100}){100}){100}";
-        assert!(validate(&request(vec![matcher(2, "job", explosive)], vec![]), &limits).is_err());
+        assert!(validate(
+            &request(vec![matcher(2, "job", explosive)], vec![]),
+            &limits
+        )
+        .is_err());
     }
 
     #[test]
@@ -193,7 +229,12 @@ mod tests {
     #[test]
     fn the_tenant_matcher_is_appended_even_when_the_caller_names_the_label() {
         let mut scoped = request(vec![matcher(2, "tenant_id", ".*")], vec![1, 0]);
-        scope_to_tenant(&mut scoped, "tenant_id", "alpha", ResponseType::StreamedXorChunks);
+        scope_to_tenant(
+            &mut scoped,
+            "tenant_id",
+            "alpha",
+            ResponseType::StreamedXorChunks,
+        );
         let matchers = &scoped.queries[0].matchers;
         assert_eq!(matchers.len(), 2);
         assert_eq!(matchers[1], matcher(0, "tenant_id", "alpha"));

@@ -1,6 +1,8 @@
 //! Listeners, routers and graceful shutdown (DESIGN §5). The data listener serves
 //! remote write; the admin listener serves the admin API, `/metrics` and probes.
 
+mod common;
+pub mod read;
 pub mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +29,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// SHA-256 of the admin token, compared in constant time.
     pub admin_token_digest: [u8; 32],
+    /// Each tenant's concurrent remote reads.
+    pub read_gate: crate::limits::ReadGate,
     /// Slows down admin-token guessing per source address.
     pub admin_auth_failures: crate::limits::AuthFailureLimiter,
     /// False until the registry is loaded and again once shutdown begins.
@@ -39,6 +43,7 @@ pub type SharedState = Arc<AppState>;
 pub fn data_router(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/write", post(write::remote_write))
+        .route("/api/v1/read", post(read::remote_read))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .with_state(state)

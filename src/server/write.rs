@@ -11,86 +11,38 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 
+use super::common::{authenticate, count_request, read_body_capped, Endpoint, Failure};
 use super::SharedState;
 use crate::backend::{self, Outcome};
 use crate::codec::write::{self as write_codec, WriteStats};
 use crate::codec::{snappy, CodecError};
 use crate::error::AppError;
 use crate::proto::WriteRequest;
-use crate::telemetry::{CauseLabel, TenantCode, TenantLabel, TenantReason};
+use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
-
-/// Why a write failed, with what the logs and metrics need to say about it.
-struct Failure {
-    tenant: Option<Arc<TenantEntry>>,
-    reason: &'static str,
-    error: AppError,
-}
-
-impl Failure {
-    fn new(tenant: &Arc<TenantEntry>, reason: &'static str, error: AppError) -> Failure {
-        Failure {
-            tenant: Some(Arc::clone(tenant)),
-            reason,
-            error,
-        }
-    }
-}
 
 pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     match handle(&state, &parts.headers, body).await {
         Ok((tenant, stats)) => {
-            let tenant_label = TenantLabel {
-                tenant: tenant.tenant.id.clone(),
-            };
             state
                 .metrics
                 .samples_forwarded
-                .get_or_create(&tenant_label)
+                .get_or_create(&TenantLabel {
+                    tenant: tenant.tenant.id.clone(),
+                })
                 .inc_by(stats.total_samples() as u64);
-            count_request(&state, &tenant.tenant.id, StatusCode::NO_CONTENT);
+            count_request(
+                &state,
+                Endpoint::Write,
+                &tenant.tenant.id,
+                StatusCode::NO_CONTENT,
+            );
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(failure) => {
-            let tenant = failure
-                .tenant
-                .as_ref()
-                .map(|t| t.tenant.id.as_str())
-                .unwrap_or_default();
-            let status = failure.error.status();
-            tracing::warn!(
-                tenant,
-                status = status.as_u16(),
-                reason = failure.reason,
-                error = %failure.error,
-                "write rejected"
-            );
-            count_request(&state, tenant, status);
-            state
-                .metrics
-                .write_rejections
-                .get_or_create(&TenantReason {
-                    tenant: tenant.to_string(),
-                    reason: failure.reason.to_string(),
-                })
-                .inc();
-            failure.error.into_response()
-        }
+        Err(failure) => failure.respond(&state, Endpoint::Write),
     }
-}
-
-fn count_request(state: &SharedState, tenant: &str, status: StatusCode) {
-    state
-        .metrics
-        .write_requests
-        .get_or_create(&TenantCode {
-            tenant: tenant.to_string(),
-            code: status.as_u16(),
-        })
-        .inc();
 }
 
 async fn handle(
@@ -98,29 +50,11 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Arc<TenantEntry>, WriteStats), Failure> {
-    check_media_type(headers).map_err(|error| Failure {
-        tenant: None,
-        reason: "unsupported_media_type",
-        error,
-    })?;
-    let tenant = state.auth.authenticate(headers).map_err(|err| {
-        state
-            .metrics
-            .auth_failures
-            .get_or_create(&CauseLabel {
-                cause: err.cause().to_string(),
-            })
-            .inc();
-        Failure {
-            tenant: None,
-            reason: err.cause(),
-            error: err.into(),
-        }
-    })?;
+    check_media_type(headers)
+        .map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
+    let tenant = authenticate(state, headers)?;
     let limits = &tenant.limits;
-    let compressed = read_body_capped(headers, body, limits.max_request_bytes)
-        .await
-        .map_err(|(reason, error)| Failure::new(&tenant, reason, error))?;
+    let compressed = read_body_capped(&tenant, headers, body, limits.max_request_bytes).await?;
     let codec_failure = |err: CodecError| {
         Failure::new(&tenant, err.reason(), AppError::BadRequest(err.to_string()))
     };
@@ -180,37 +114,6 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), AppError> {
         }
     }
     Ok(())
-}
-
-/// Reads the body under `limit` bytes: a Content-Length over the limit is refused before
-/// a byte is read, and a body that runs past it is cut off.
-async fn read_body_capped(
-    headers: &HeaderMap,
-    body: Body,
-    limit: u64,
-) -> Result<Bytes, (&'static str, AppError)> {
-    let too_large = || {
-        (
-            "body_too_large",
-            AppError::PayloadTooLarge(format!("request body is over the {limit}-byte limit")),
-        )
-    };
-    let announced = headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > limit) {
-        return Err(too_large());
-    }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(_) => Err((
-            "body_read_failed",
-            AppError::BadRequest("the request body could not be read".into()),
-        )),
-    }
 }
 
 /// Sends the request to the tenant's backends, one request each, all at once.

@@ -1,0 +1,352 @@
+//! `POST /api/v1/read`: authenticate → read slot → decode → validate → scope to the
+//! tenant → forward → filter → answer (DESIGN §7). SAMPLES responses are decoded,
+//! filtered and re-encoded whole; STREAMED_XOR_CHUNKS responses are filtered frame by
+//! frame as they arrive, so memory does not grow with the response. A backend stream
+//! that breaks after the answer began aborts the client's connection: it never ends
+//! cleanly on a frame boundary.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::common::{authenticate, count_request, read_body_capped, Endpoint, Failure};
+use super::SharedState;
+use crate::backend::{self, BackendClient, ReadBody};
+use crate::codec::snappy;
+use crate::error::AppError;
+use crate::limits::ReadGateError;
+use crate::read::filter::{filter_samples_response, FilterStats, ReadScope, StreamFilter};
+use crate::read::request::{self, ResponseType};
+use crate::read::ReadError;
+use crate::telemetry::{TenantBackend, TenantLabel};
+use crate::tenant::TenantEntry;
+
+/// The exact Content-Type Prometheus' clients dispatch on (with the space).
+pub const STREAMED_CONTENT_TYPE: &str =
+    "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse";
+/// How long a read may wait for one of its tenant's read slots.
+const MAX_READ_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+pub async fn remote_read(State(state): State<SharedState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    match handle(&state, &parts.headers, body).await {
+        Ok((tenant, response)) => {
+            count_request(&state, Endpoint::Read, &tenant.tenant.id, response.status());
+            response
+        }
+        Err(failure) => failure.respond(&state, Endpoint::Read),
+    }
+}
+
+async fn handle(
+    state: &SharedState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Arc<TenantEntry>, Response), Failure> {
+    check_encoding(headers).map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
+    let tenant = authenticate(state, headers)?;
+    let limits = &tenant.limits;
+    let permit = state
+        .read_gate
+        .acquire(
+            &tenant.tenant.id,
+            limits.max_concurrent_reads,
+            limits.max_queued_reads,
+            MAX_READ_QUEUE_WAIT,
+        )
+        .await
+        .map_err(|err| Failure::new(&tenant, "read_throttled", throttle(&tenant, err)))?;
+    let body = read_body_capped(&tenant, headers, body, limits.max_read_request_bytes).await?;
+    let invalid = |err: ReadError| Failure::new(&tenant, "invalid_read", read_error(err));
+    let mut read_request = request::decode(&body, limits).map_err(invalid)?;
+    let response_type = request::validate(&read_request, limits).map_err(invalid)?;
+    let backend = read_backend(state, &tenant).ok_or_else(|| {
+        Failure::new(
+            &tenant,
+            "no_read_backend",
+            AppError::NotImplemented("no backend with a read_url serves this tenant".into()),
+        )
+    })?;
+    let scope = ReadScope {
+        label: state.config.tenancy.label.clone(),
+        value: tenant.tenant.label_value.clone(),
+        strip: state.config.tenancy.strip_label_on_read,
+    };
+    request::scope_to_tenant(&mut read_request, &scope.label, &scope.value, response_type);
+    let query_count = read_request.queries.len();
+    let upstream_body = Bytes::from(snappy::compress(&read_request.encode_to_vec()));
+    let upstream = backend
+        .read(&tenant.tenant.id, upstream_body, &state.metrics)
+        .await
+        .map_err(|outcome| {
+            let error = backend::combine(&[(backend.config.name.as_str(), outcome)])
+                .err()
+                .unwrap_or_else(|| AppError::Internal("backend outcome without error".into()));
+            Failure::new(&tenant, "backend", error)
+        })?;
+    let report = ReadReport {
+        state: Arc::clone(state),
+        tenant: Arc::clone(&tenant),
+        backend: backend.config.name.clone(),
+        stats: FilterStats::default(),
+    };
+    let response = match response_type {
+        ResponseType::Samples => {
+            samples_response(&tenant, upstream, scope, query_count, report).await?
+        }
+        ResponseType::StreamedXorChunks => {
+            streamed_response(&tenant, upstream, scope, report, permit).await?
+        }
+    };
+    Ok((tenant, response))
+}
+
+/// Remote-read requests are snappy-compressed (or, leniently, unlabelled).
+fn check_encoding(headers: &HeaderMap) -> Result<(), AppError> {
+    match headers.get(header::CONTENT_ENCODING) {
+        None => Ok(()),
+        Some(value)
+            if value
+                .to_str()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("snappy") =>
+        {
+            Ok(())
+        }
+        Some(value) => Err(AppError::UnsupportedMediaType(format!(
+            "Content-Encoding {:?} is not supported; send snappy",
+            value.to_str().unwrap_or_default()
+        ))),
+    }
+}
+
+fn throttle(tenant: &TenantEntry, err: ReadGateError) -> AppError {
+    let message = match err {
+        ReadGateError::QueueFull => "too many remote reads queued for this tenant",
+        ReadGateError::WaitedTooLong => "no remote-read slot became free for this tenant in time",
+    };
+    if tenant.limits.throttle_status == 503 {
+        AppError::Unavailable {
+            message: message.into(),
+            retry_after_seconds: 1,
+        }
+    } else {
+        AppError::TooManyRequests {
+            message: message.into(),
+            retry_after_seconds: 1,
+        }
+    }
+}
+
+fn read_error(err: ReadError) -> AppError {
+    match err {
+        ReadError::Backend(message) => AppError::BadGateway(message),
+        ReadError::Frame(frame) => AppError::BadGateway(frame.to_string()),
+        other => AppError::BadRequest(other.to_string()),
+    }
+}
+
+/// The first of the tenant's backends that has a read URL.
+fn read_backend<'a>(state: &'a SharedState, tenant: &TenantEntry) -> Option<&'a BackendClient> {
+    tenant
+        .backends
+        .iter()
+        .filter_map(|&index| state.backends.get(index))
+        .find(|backend| backend.config.read_url.is_some())
+}
+
+async fn samples_response(
+    tenant: &Arc<TenantEntry>,
+    upstream: ReadBody,
+    scope: ReadScope,
+    query_count: usize,
+    mut report: ReadReport,
+) -> Result<Response, Failure> {
+    let limits = &tenant.limits;
+    let backend_failure =
+        |message: String| Failure::new(tenant, "backend", AppError::BadGateway(message));
+    let compressed = read_upstream_capped(upstream, limits.max_read_response_bytes)
+        .await
+        .map_err(backend_failure)?;
+    let decoded = snappy::decompress_capped(&compressed, limits.max_read_response_bytes)
+        .map_err(|err| backend_failure(format!("backend SAMPLES response: {err}")))?;
+    let (encoded, stats) =
+        filter_samples_response(&decoded, &scope, query_count, limits.max_read_samples)
+            .map_err(|err| Failure::new(tenant, "read_filter", read_error(err)))?;
+    report.stats = stats;
+    drop(report);
+    let mut response = snappy::compress(&encoded).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("snappy"));
+    Ok(response)
+}
+
+/// Reads a backend body of at most `limit` bytes.
+async fn read_upstream_capped(mut upstream: ReadBody, limit: u64) -> Result<Vec<u8>, String> {
+    if upstream.content_length.is_some_and(|length| length > limit) {
+        return Err(format!("backend response is over the {limit}-byte limit"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = upstream.chunks.next().await {
+        let chunk = chunk.map_err(|err| format!("backend response broke off: {err}"))?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(format!("backend response is over the {limit}-byte limit"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Starts the streamed answer once the first filtered frames are ready: a backend
+/// stream that breaks before anything was sent becomes a clean 502 (or 400 for the
+/// sample budget); once bytes went out, a break aborts the connection.
+async fn streamed_response(
+    tenant: &Arc<TenantEntry>,
+    upstream: ReadBody,
+    scope: ReadScope,
+    report: ReadReport,
+    permit: OwnedSemaphorePermit,
+) -> Result<Response, Failure> {
+    let content_type = &upstream.content_type;
+    if !content_type.starts_with("application/x-streamed-protobuf") {
+        return Err(Failure::new(
+            tenant,
+            "backend",
+            AppError::BadGateway(format!(
+                "backend answered {content_type:?} to a streamed read"
+            )),
+        ));
+    }
+    let filter = StreamFilter::new(
+        scope,
+        tenant.limits.max_read_frame_bytes,
+        tenant.limits.max_read_samples,
+    );
+    let mut frames = filtered_frames(upstream.chunks, filter, report, permit).boxed();
+    let first = match frames.next().await {
+        Some(Ok(first)) => Some(first),
+        Some(Err(err)) => return Err(Failure::new(tenant, "backend_stream", read_error(err))),
+        None => None,
+    };
+    let aborting = |err: ReadError| std::io::Error::other(err.to_string());
+    let body = Body::from_stream(
+        futures::stream::iter(first.map(Ok)).chain(frames.map(move |item| item.map_err(aborting))),
+    );
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(STREAMED_CONTENT_TYPE),
+    );
+    Ok(response)
+}
+
+/// The backend's frames, filtered; ends after the first error. An error passed on to
+/// the response body makes hyper abort the connection instead of ending it cleanly.
+fn filtered_frames(
+    upstream: impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static,
+    filter: StreamFilter,
+    report: ReadReport,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<Bytes, ReadError>> + Send + 'static {
+    struct Relay<S> {
+        upstream: S,
+        filter: StreamFilter,
+        report: ReadReport,
+        /// Held until the stream ends: the read's slot stays taken while it streams.
+        _permit: OwnedSemaphorePermit,
+        done: bool,
+    }
+    let relay = Relay {
+        upstream,
+        filter,
+        report,
+        _permit: permit,
+        done: false,
+    };
+    futures::stream::unfold(relay, |mut relay| async move {
+        if relay.done {
+            return None;
+        }
+        loop {
+            let step = match relay.upstream.next().await {
+                Some(Ok(chunk)) => {
+                    let mut out = BytesMut::new();
+                    relay
+                        .filter
+                        .push(&chunk, &mut out)
+                        .map(|()| Some(out.freeze()))
+                }
+                Some(Err(err)) => Err(ReadError::Backend(format!(
+                    "backend stream broke off: {err}"
+                ))),
+                None => relay.filter.finish().map(|()| None),
+            };
+            relay.report.stats = relay.filter.stats;
+            match step {
+                Ok(Some(frames)) if frames.is_empty() => continue,
+                Ok(Some(frames)) => return Some((Ok(frames), relay)),
+                Ok(None) => return None,
+                Err(err) => {
+                    relay.done = true;
+                    tracing::warn!(
+                        tenant = %relay.report.tenant.tenant.id,
+                        backend = %relay.report.backend,
+                        error = %err,
+                        "streamed read failed"
+                    );
+                    return Some((Err(err), relay));
+                }
+            }
+        }
+    })
+}
+
+/// Counts what a read returned and reports foreign series, once, however the read ends.
+struct ReadReport {
+    state: SharedState,
+    tenant: Arc<TenantEntry>,
+    backend: String,
+    stats: FilterStats,
+}
+
+impl Drop for ReadReport {
+    fn drop(&mut self) {
+        let tenant = &self.tenant.tenant.id;
+        self.state
+            .metrics
+            .read_samples
+            .get_or_create(&TenantLabel {
+                tenant: tenant.clone(),
+            })
+            .inc_by(self.stats.samples);
+        if self.stats.foreign_series > 0 {
+            self.state
+                .metrics
+                .read_foreign_series
+                .get_or_create(&TenantBackend {
+                    tenant: tenant.clone(),
+                    backend: self.backend.clone(),
+                })
+                .inc_by(self.stats.foreign_series);
+            tracing::error!(
+                tenant = %tenant,
+                backend = %self.backend,
+                dropped = self.stats.foreign_series,
+                "backend returned series of another tenant; dropped (it ignored the tenant matcher)"
+            );
+        }
+    }
+}
