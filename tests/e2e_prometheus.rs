@@ -7,165 +7,36 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, wait_ready, Process};
-use serde_json::{json, Value};
+use common::stack::{series, value_of, LabelSet, Stack};
+use serde_json::Value;
 
-type LabelSet = Vec<(String, String)>;
-
-struct Backends {
-    prometheus: String,
-    victoria: String,
-}
+const ALL: &str = "{__name__=~\".+\"}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_land_in_both_backends_stamped_with_their_own_tenant() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path();
-
-    let backend_port = free_port();
-    let mut backend = start_prometheus(
-        root,
-        "backend",
-        backend_port,
-        "global:\n  scrape_interval: 1s\n",
-        true,
-    );
-    let vm_port = free_port();
-    let mut victoria = Process::spawn(
-        "victoria-metrics",
-        "victoria-metrics",
-        &[
-            format!("-storageDataPath={}", root.join("vm-data").display()),
-            format!("-httpListenAddr=127.0.0.1:{vm_port}"),
-            "-search.latencyOffset=1s".into(),
-            "-search.disableCache".into(),
-        ],
-        root,
-    );
-    let backends = Backends {
-        prometheus: format!("http://127.0.0.1:{backend_port}"),
-        victoria: format!("http://127.0.0.1:{vm_port}"),
-    };
-    wait_ready(
-        &mut backend,
-        &format!("{}/-/ready", backends.prometheus),
-        Duration::from_secs(30),
-    )
-    .await;
-    wait_ready(
-        &mut victoria,
-        &format!("{}/health", backends.victoria),
-        Duration::from_secs(30),
-    )
-    .await;
-
-    let (data_port, admin_port) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{data_port}"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[storage]
-database_url = "sqlite://{db}"
-[[backends]]
-name = "prometheus"
-write_url = "{prom}/api/v1/write"
-read_url = "{prom}/api/v1/read"
-timeout = "10s"
-[[backends]]
-name = "victoria"
-write_url = "{vm}/api/v1/write"
-timeout = "10s"
-"#,
-        db = root.join("promgate.db").display(),
-        prom = backends.prometheus,
-        vm = backends.victoria,
-    );
-    let config_path = root.join("promgate.toml");
-    std::fs::write(&config_path, config).expect("config");
-    let mut promgate = Process::spawn(
-        "promgate",
-        env!("CARGO_BIN_EXE_promgate"),
-        &[
-            "serve".into(),
-            "--config".into(),
-            config_path.display().to_string(),
-        ],
-        root,
-    );
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    wait_ready(
-        &mut promgate,
-        &format!("{admin}/-/ready"),
-        Duration::from_secs(30),
-    )
-    .await;
-    let admin_token =
-        std::fs::read_to_string(root.join("promgate-admin.token")).expect("admin token");
-    let http = reqwest::Client::new();
+    let mut stack = Stack::start(true).await;
+    let victoria_url = stack.victoria.as_ref().expect("victoria").1.clone();
+    let prometheus_url = stack.prometheus_url.clone();
+    let http = stack.http.clone();
     for tenant in ["alpha", "beta"] {
-        let created = http
-            .post(format!("{admin}/admin/v1/tenants"))
-            .bearer_auth(admin_token.trim())
-            .json(&json!({ "id": tenant }))
-            .send()
-            .await
-            .expect("create tenant");
-        assert_eq!(created.status(), 201);
-        let issued: Value = http
-            .post(format!("{admin}/admin/v1/tenants/{tenant}/tokens"))
-            .bearer_auth(admin_token.trim())
-            .json(&json!({ "description": "e2e sender" }))
-            .send()
-            .await
-            .expect("issue token")
-            .json()
-            .await
-            .expect("json");
-        let secret = issued["token"].as_str().expect("token");
-        std::fs::write(root.join(format!("{tenant}.token")), secret).expect("token file");
+        stack.add_tenant(tenant).await;
     }
-
-    let write_url = format!("http://127.0.0.1:{data_port}/api/v1/write");
-    let mut senders = Vec::new();
-    for (tenant, external_labels) in [
-        ("alpha", "    sender: alpha\n"),
+    let mut senders = vec![
+        stack.start_sender("alpha", &[("sender", "alpha")]).await,
         // beta's Prometheus claims to be alpha; promgate must stamp it beta regardless.
-        ("beta", "    sender: beta\n    tenant_id: alpha\n"),
-    ] {
-        let port = free_port();
-        let sender_config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n  external_labels:\n{external_labels}\
-scrape_configs:\n  - job_name: {tenant}-self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n\
-remote_write:\n  - url: {write_url}\n    authorization:\n      credentials_file: {token}\n    queue_config:\n      batch_send_deadline: 1s\n",
-            token = root.join(format!("{tenant}.token")).display(),
-        );
-        let mut sender = start_prometheus(
-            root,
-            &format!("sender-{tenant}"),
-            port,
-            &sender_config,
-            false,
-        );
-        wait_ready(
-            &mut sender,
-            &format!("http://127.0.0.1:{port}/-/ready"),
-            Duration::from_secs(30),
-        )
-        .await;
-        senders.push(sender);
-    }
+        stack
+            .start_sender("beta", &[("sender", "beta"), ("tenant_id", "alpha")])
+            .await,
+    ];
 
     // Wait until both backends hold series from both senders.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        promgate.assert_running();
-        let prom = series(&http, &backends.prometheus).await;
-        let vm = series(&http, &backends.victoria).await;
+        stack.promgate.assert_running();
+        let prom = series(&http, &prometheus_url, ALL).await;
+        let vm = series(&http, &victoria_url, ALL).await;
         let senders_seen = |all: &BTreeSet<LabelSet>| {
             ["alpha", "beta"].iter().all(|sender| {
                 all.iter()
@@ -180,7 +51,7 @@ remote_write:\n  - url: {write_url}\n    authorization:\n      credentials_file:
             "series did not arrive: prometheus has {}, victoria {}\npromgate log:\n{}\nsender log:\n{}",
             prom.len(),
             vm.len(),
-            promgate.log_tail(),
+            stack.promgate.log_tail(),
             senders[1].log_tail()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -195,8 +66,8 @@ remote_write:\n  - url: {write_url}\n    authorization:\n      credentials_file:
     while stable < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (next_prom, next_vm) = (
-            series(&http, &backends.prometheus).await,
-            series(&http, &backends.victoria).await,
+            series(&http, &prometheus_url, ALL).await,
+            series(&http, &victoria_url, ALL).await,
         );
         stable = if next_prom == prom && next_vm == vm {
             stable + 1
@@ -240,7 +111,7 @@ remote_write:\n  - url: {write_url}\n    authorization:\n      credentials_file:
     // Prometheus. Every other series must be in both.
     let mut only_prometheus = Vec::new();
     for labels in prom.difference(&vm) {
-        if !all_samples_nan(&http, &backends.prometheus, labels).await {
+        if !all_samples_nan(&http, &prometheus_url, labels).await {
             only_prometheus.push(labels.clone());
         }
     }
@@ -252,7 +123,7 @@ remote_write:\n  - url: {write_url}\n    authorization:\n      credentials_file:
         vm.len(),
         &only_prometheus[..only_prometheus.len().min(10)]
     );
-    for base in [&backends.prometheus, &backends.victoria] {
+    for base in [&prometheus_url, &victoria_url] {
         let unlabelled = count(&http, base, "{__name__=~\".+\", tenant_id=\"\"}").await;
         assert_eq!(unlabelled, 0, "{base} holds series without a tenant label");
         let stamped = count(&http, base, "{__name__=~\".+\", tenant_id=~\"alpha|beta\"}").await;
@@ -263,70 +134,21 @@ remote_write:\n  - url: {write_url}\n    authorization:\n      credentials_file:
     }
 
     assert!(
-        promgate.terminate(Duration::from_secs(10)),
+        stack.promgate.terminate(Duration::from_secs(10)),
         "promgate stops cleanly on SIGTERM"
     );
-    let log = std::fs::read_to_string(&promgate.log).expect("promgate log");
+    let log = std::fs::read_to_string(&stack.promgate.log).expect("promgate log");
     assert!(log.contains("shutting down"), "graceful shutdown is logged");
-    let mut secrets = vec![admin_token.trim().to_string()];
+    let mut secrets = vec![stack.admin_token.clone()];
     for tenant in ["alpha", "beta"] {
-        secrets.push(std::fs::read_to_string(root.join(format!("{tenant}.token"))).expect("token"));
+        secrets.push(
+            std::fs::read_to_string(stack.root().join(format!("{tenant}.token"))).expect("token"),
+        );
     }
     for secret in &secrets {
         let signature = secret.rsplit('.').next().expect("secret");
         assert!(!log.contains(signature), "a secret reached promgate's log");
     }
-    backend.terminate(Duration::from_secs(10));
-    victoria.terminate(Duration::from_secs(10));
-}
-
-fn start_prometheus(root: &Path, name: &str, port: u16, config: &str, receiver: bool) -> Process {
-    let config_path = root.join(format!("{name}.yml"));
-    std::fs::write(&config_path, config).expect("prometheus config");
-    let mut args = vec![
-        format!("--config.file={}", config_path.display()),
-        format!(
-            "--storage.tsdb.path={}",
-            root.join(format!("{name}-data")).display()
-        ),
-        format!("--web.listen-address=127.0.0.1:{port}"),
-    ];
-    if receiver {
-        args.push("--web.enable-remote-write-receiver".into());
-    }
-    Process::spawn(name, "prometheus", &args, root)
-}
-
-/// Every series' label set, sorted, from a backend's `/api/v1/series`.
-async fn series(http: &reqwest::Client, base: &str) -> BTreeSet<LabelSet> {
-    let response = http
-        .get(format!("{base}/api/v1/series"))
-        .query(&[("match[]", "{__name__=~\".+\"}"), ("start", "0")])
-        .send()
-        .await;
-    let Ok(response) = response else {
-        return BTreeSet::new();
-    };
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    body["data"]
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(Value::as_object)
-                .map(|object| {
-                    let mut labels: LabelSet = object
-                        .iter()
-                        .map(|(name, value)| {
-                            (name.clone(), value.as_str().unwrap_or_default().to_string())
-                        })
-                        .collect();
-                    labels.sort();
-                    labels
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 async fn count(http: &reqwest::Client, base: &str, selector: &str) -> usize {
@@ -370,11 +192,4 @@ async fn all_samples_nan(http: &reqwest::Client, base: &str, labels: &LabelSet) 
         .flat_map(|result| result["values"].as_array().into_iter().flatten())
         .collect();
     !values.is_empty() && values.iter().all(|pair| pair[1] == "NaN")
-}
-
-fn value_of<'a>(labels: &'a LabelSet, name: &str) -> Option<&'a str> {
-    labels
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod stack;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,269 @@
+//! The end-to-end stack: a backend Prometheus 2.42 (remote-write receiver and
+//! remote-read server), optionally a VictoriaMetrics single node, the promgate binary
+//! in front of them, tenants with token files, and sender Prometheus instances.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::process::{free_port, wait_ready, Process};
+
+pub type LabelSet = Vec<(String, String)>;
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub backend: Process,
+    pub prometheus_url: String,
+    pub victoria: Option<(Process, String)>,
+    pub promgate: Process,
+    pub data_url: String,
+    pub admin_url: String,
+    pub admin_token: String,
+    pub http: reqwest::Client,
+}
+
+impl Stack {
+    pub async fn start(with_victoria: bool) -> Stack {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let backend_port = free_port();
+        let mut backend = start_prometheus(
+            &root,
+            "backend",
+            backend_port,
+            "global:\n  scrape_interval: 1s\n",
+            true,
+        );
+        let prometheus_url = format!("http://127.0.0.1:{backend_port}");
+        wait_ready(
+            &mut backend,
+            &format!("{prometheus_url}/-/ready"),
+            Duration::from_secs(30),
+        )
+        .await;
+        let mut backends_toml = format!(
+            "[[backends]]\nname = \"prometheus\"\nwrite_url = \"{prometheus_url}/api/v1/write\"\nread_url = \"{prometheus_url}/api/v1/read\"\ntimeout = \"10s\"\n"
+        );
+        let victoria = if with_victoria {
+            let port = free_port();
+            let mut process = Process::spawn(
+                "victoria-metrics",
+                "victoria-metrics",
+                &[
+                    format!("-storageDataPath={}", root.join("vm-data").display()),
+                    format!("-httpListenAddr=127.0.0.1:{port}"),
+                    "-search.latencyOffset=1s".into(),
+                    "-search.disableCache".into(),
+                ],
+                &root,
+            );
+            let url = format!("http://127.0.0.1:{port}");
+            wait_ready(
+                &mut process,
+                &format!("{url}/health"),
+                Duration::from_secs(30),
+            )
+            .await;
+            backends_toml.push_str(&format!(
+                "[[backends]]\nname = \"victoria\"\nwrite_url = \"{url}/api/v1/write\"\ntimeout = \"10s\"\n"
+            ));
+            Some((process, url))
+        } else {
+            None
+        };
+        let (data_port, admin_port) = (free_port(), free_port());
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{data_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[storage]\ndatabase_url = \"sqlite://{}\"\n{backends_toml}",
+            root.join("promgate.db").display()
+        );
+        let config_path = root.join("promgate.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let mut promgate = Process::spawn(
+            "promgate",
+            env!("CARGO_BIN_EXE_promgate"),
+            &[
+                "serve".into(),
+                "--config".into(),
+                config_path.display().to_string(),
+            ],
+            &root,
+        );
+        let admin_url = format!("http://127.0.0.1:{admin_port}");
+        wait_ready(
+            &mut promgate,
+            &format!("{admin_url}/-/ready"),
+            Duration::from_secs(30),
+        )
+        .await;
+        let admin_token = std::fs::read_to_string(root.join("promgate-admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
+        Stack {
+            dir,
+            backend,
+            prometheus_url,
+            victoria,
+            promgate,
+            data_url: format!("http://127.0.0.1:{data_port}"),
+            admin_url,
+            admin_token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Registers `tenant`, issues a token and writes it to `<tenant>.token`.
+    pub async fn add_tenant(&self, tenant: &str) -> PathBuf {
+        let created = self
+            .http
+            .post(format!("{}/admin/v1/tenants", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({ "id": tenant }))
+            .send()
+            .await
+            .expect("create tenant");
+        assert_eq!(created.status(), 201);
+        let issued: Value = self
+            .http
+            .post(format!(
+                "{}/admin/v1/tenants/{tenant}/tokens",
+                self.admin_url
+            ))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({ "description": "e2e" }))
+            .send()
+            .await
+            .expect("issue token")
+            .json()
+            .await
+            .expect("json");
+        let path = self.root().join(format!("{tenant}.token"));
+        std::fs::write(&path, issued["token"].as_str().expect("token")).expect("token file");
+        path
+    }
+
+    /// A Prometheus scraping itself every second as job `<tenant>-self` and writing
+    /// through promgate with the tenant's token.
+    pub async fn start_sender(&self, tenant: &str, external_labels: &[(&str, &str)]) -> Process {
+        let port = free_port();
+        let labels: String = external_labels
+            .iter()
+            .map(|(name, value)| format!("    {name}: {value}\n"))
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  external_labels:\n{labels}\
+scrape_configs:\n  - job_name: {tenant}-self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n\
+remote_write:\n  - url: {}/api/v1/write\n    authorization:\n      credentials_file: {}\n    queue_config:\n      batch_send_deadline: 1s\n",
+            self.data_url,
+            self.root().join(format!("{tenant}.token")).display(),
+        );
+        let mut sender = start_prometheus(
+            self.root(),
+            &format!("sender-{tenant}"),
+            port,
+            &config,
+            false,
+        );
+        wait_ready(
+            &mut sender,
+            &format!("http://127.0.0.1:{port}/-/ready"),
+            Duration::from_secs(30),
+        )
+        .await;
+        sender
+    }
+
+    /// A Prometheus with no scrape targets whose only data is what it reads back from
+    /// promgate with `tenant`'s token (`read_recent: true`). Returns it and its URL.
+    pub async fn start_reader(&self, tenant: &str) -> (Process, String) {
+        let port = free_port();
+        let config = format!(
+            "global:\n  scrape_interval: 1m\nremote_read:\n  - url: {}/api/v1/read\n    read_recent: true\n    authorization:\n      credentials_file: {}\n",
+            self.data_url,
+            self.root().join(format!("{tenant}.token")).display(),
+        );
+        let mut reader = start_prometheus(
+            self.root(),
+            &format!("reader-{tenant}"),
+            port,
+            &config,
+            false,
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(
+            &mut reader,
+            &format!("{url}/-/ready"),
+            Duration::from_secs(30),
+        )
+        .await;
+        (reader, url)
+    }
+}
+
+pub fn start_prometheus(
+    root: &Path,
+    name: &str,
+    port: u16,
+    config: &str,
+    receiver: bool,
+) -> Process {
+    let config_path = root.join(format!("{name}.yml"));
+    std::fs::write(&config_path, config).expect("prometheus config");
+    let mut args = vec![
+        format!("--config.file={}", config_path.display()),
+        format!(
+            "--storage.tsdb.path={}",
+            root.join(format!("{name}-data")).display()
+        ),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+    ];
+    if receiver {
+        args.push("--web.enable-remote-write-receiver".into());
+    }
+    Process::spawn(name, "prometheus", &args, root)
+}
+
+/// Every series' label set, sorted, from `/api/v1/series` of Prometheus or VictoriaMetrics.
+pub async fn series(http: &reqwest::Client, base: &str, selector: &str) -> BTreeSet<LabelSet> {
+    let response = http
+        .get(format!("{base}/api/v1/series"))
+        .query(&[("match[]", selector), ("start", "0")])
+        .send()
+        .await;
+    let Ok(response) = response else {
+        return BTreeSet::new();
+    };
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    body["data"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(Value::as_object)
+                .map(label_set)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn label_set(object: &serde_json::Map<String, Value>) -> LabelSet {
+    let mut labels: LabelSet = object
+        .iter()
+        .map(|(name, value)| (name.clone(), value.as_str().unwrap_or_default().to_string()))
+        .collect();
+    labels.sort();
+    labels
+}
+
+pub fn value_of<'a>(labels: &'a LabelSet, name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
