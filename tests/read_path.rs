@@ -361,6 +361,20 @@ async fn streamed_frames_of_other_tenants_are_dropped() {
 }
 
 #[tokio::test]
+async fn a_stream_with_nothing_of_the_callers_ends_cleanly_and_empty() {
+    let (relay, _fake, token) = relay_with(Mode::Streamed, "").await;
+    let gamma = relay.tenant_with_token("gamma").await;
+    for _ in 0..2 {
+        let response = post_read(&relay, &gamma, read_request(vec![], vec![1], 1)).await;
+        assert_eq!(response.status(), 200);
+        assert!(response.bytes().await.expect("clean end").is_empty());
+    }
+    // promgate is still serving.
+    let response = post_read(&relay, &token, read_request(vec![], vec![1], 1)).await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
 async fn label_is_kept_when_stripping_is_off() {
     let (relay, _fake, token) =
         relay_with(Mode::Streamed, "[tenancy]\nstrip_label_on_read = false").await;

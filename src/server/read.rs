@@ -235,16 +235,20 @@ async fn streamed_response(
         tenant.limits.max_read_frame_bytes,
         tenant.limits.max_read_samples,
     );
-    let mut frames = filtered_frames(upstream.chunks, filter, report, permit).boxed();
-    let first = match frames.next().await {
-        Some(Ok(first)) => Some(first),
+    // Fused: the body may be polled again after the frames ended.
+    let mut frames = filtered_frames(upstream.chunks, filter, report, permit)
+        .boxed()
+        .fuse();
+    let body = match frames.next().await {
+        Some(Ok(first)) => {
+            let aborting = |err: ReadError| std::io::Error::other(err.to_string());
+            let rest = frames.map(move |item| item.map_err(aborting));
+            Body::from_stream(futures::stream::once(async { Ok(first) }).chain(rest))
+        }
         Some(Err(err)) => return Err(Failure::new(tenant, "backend_stream", read_error(err))),
-        None => None,
+        // Nothing of the caller's: a complete, empty stream.
+        None => Body::empty(),
     };
-    let aborting = |err: ReadError| std::io::Error::other(err.to_string());
-    let body = Body::from_stream(
-        futures::stream::iter(first.map(Ok)).chain(frames.map(move |item| item.map_err(aborting))),
-    );
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

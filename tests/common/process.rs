@@ -67,10 +67,11 @@ impl Process {
         }
     }
 
+    /// Panic messages (without their backtraces) and the last lines of the log.
     pub fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        let lines: Vec<&str> = log.lines().filter(|line| !line.starts_with(' ')).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 }
 
