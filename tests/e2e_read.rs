@@ -14,6 +14,8 @@ use promgate::read::frame::FrameDecoder;
 use prost::Message;
 use serde_json::Value;
 
+type TenantMatcherCase = (&'static str, Option<(i32, &'static str)>, bool);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_are_scoped_to_the_callers_tenant() {
     let stack = Stack::start(false).await;
@@ -73,7 +75,8 @@ async fn reads_are_scoped_to_the_callers_tenant() {
 
     // Hand-built requests: every matcher on the tenant label, both response types.
     let token = std::fs::read_to_string(stack.root().join("alpha.token")).expect("token");
-    let tenant_matchers: [(&str, Option<(i32, &str)>, bool); 6] = [
+    // (how it reads, the matcher on tenant_id as (type, value), whether alpha's series match)
+    let tenant_matchers: [TenantMatcherCase; 6] = [
         ("none", None, true),
         ("=~\".*\"", Some((2, ".*")), true),
         ("=\"beta\"", Some((0, "beta")), false),
