@@ -323,15 +323,7 @@ async fn samples_from_a_backend_that_ignores_matchers_leak_nothing() {
         );
         assert_eq!(query.matchers.len(), 3, "the caller's matchers are kept");
     }
-    let metrics = relay
-        .http
-        .get(relay.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = relay.metrics().await;
     assert!(
         metrics.contains(
             "promgate_read_foreign_series_dropped_total{tenant=\"alpha\",backend=\"store\"} 4"

@@ -453,15 +453,7 @@ async fn rejections_are_counted_in_metrics() {
         .write(&token, vec![0xff, 0xff, 0xff, 0xff, 0x0f])
         .await;
     relay.write("garbage", simple_body(&[])).await;
-    let metrics = relay
-        .http
-        .get(relay.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = relay.metrics().await;
     assert!(metrics.contains("promgate_rejected_requests_total{endpoint=\"write\",tenant=\"alpha\",reason=\"decoded_too_large\"} 1"), "{metrics}");
     assert!(
         metrics.contains("promgate_auth_failures_total{cause=\"invalid_token\"} 1"),

@@ -260,6 +260,18 @@ impl Relay {
         self.issue_token(id).await.1
     }
 
+    /// The `/metrics` text of the admin listener.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// POSTs a snappy body as Prometheus does.
     pub async fn write(&self, token: &str, body: Vec<u8>) -> reqwest::Response {
         self.http
