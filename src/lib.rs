@@ -28,10 +28,15 @@ use crate::auth::secrets::{load_or_create_admin_token, load_or_create_signing_ke
 use crate::auth::tokens::TokenSigner;
 use crate::auth::Authenticator;
 use crate::backend::BackendClient;
-use crate::config::Config;
+use crate::config::{Config, ConnectionLimits};
 use crate::server::AppState;
 use crate::tenant::store::Store;
 use crate::tenant::Registry;
+
+/// Addresses remembered at once by the failed-authentication limiters.
+const MAX_TRACKED_ADDRESSES: usize = 10_000;
+/// The admin listener serves operators and scrapers, not fleets of senders.
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// Both listeners, bound by the caller (port 0 in tests).
 pub struct Listeners {
@@ -75,6 +80,17 @@ pub async fn run(
         metrics: telemetry::Metrics::new(),
         admin_token_digest: admin::admin_token_digest(&admin_token),
         read_gate: limits::ReadGate::default(),
+        rate_limits: limits::RateLimits::default(),
+        in_flight: limits::InFlight::new(
+            config.server.max_in_flight_requests,
+            config.server.max_in_flight_decoded_bytes,
+            config.server.in_flight_wait,
+        ),
+        data_auth_failures: limits::AuthFailureLimiter::new(
+            config.server.auth_failures_per_minute,
+            std::time::Duration::from_secs(60),
+            MAX_TRACKED_ADDRESSES,
+        ),
         admin_auth_failures: admin::auth_failure_limiter(config.admin.auth_failures_per_minute),
         ready: AtomicBool::new(false),
         config,
@@ -82,19 +98,26 @@ pub async fn run(
     drop(admin_token);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = receiver.wait_for(|stop| *stop).await;
-    };
     let data_addr = listeners.data.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
-    let data = axum::serve(listeners.data, server::data_router(Arc::clone(&state)))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let admin = axum::serve(
+    let connection_limits = state.config.server.connections;
+    let data = server::listener::serve(
+        listeners.data,
+        server::data_router(Arc::clone(&state)),
+        connection_limits,
+        state.metrics.open_connections("data"),
+        stop_rx.clone(),
+    );
+    let admin = server::listener::serve(
         listeners.admin,
-        admin::admin_router(Arc::clone(&state))
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx));
+        admin::admin_router(Arc::clone(&state)),
+        ConnectionLimits {
+            max_connections: ADMIN_MAX_CONNECTIONS,
+            ..connection_limits
+        },
+        state.metrics.open_connections("admin"),
+        stop_rx,
+    );
     let readiness = Arc::clone(&state);
     tokio::spawn(async move {
         shutdown.await;
@@ -104,7 +127,7 @@ pub async fn run(
     });
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.backends.len(), "promgate is serving");
-    let (data_result, admin_result) = tokio::join!(async { data.await }, async { admin.await });
+    let (data_result, admin_result) = tokio::join!(data, admin);
     data_result?;
     admin_result?;
     tracing::info!("stopped");

@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -62,6 +63,19 @@ pub struct BackendOutcome {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ThrottleLabels {
+    pub endpoint: String,
+    pub tenant: String,
+    /// `samples`, `requests`, `read_requests`, `read_slots`.
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
     pub backend: String,
 }
@@ -81,6 +95,11 @@ pub struct Metrics {
     pub auth_failures: Family<CauseLabel, Counter>,
     pub backend_requests: Family<BackendOutcome, Counter>,
     pub backend_duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    pub throttled_requests: Family<ThrottleLabels, Counter>,
+    pub throttled_samples: Family<TenantLabel, Counter>,
+    pub connections: Family<ListenerLabel, Gauge>,
+    pub in_flight_requests: Gauge,
+    pub in_flight_decoded_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -102,6 +121,11 @@ impl Metrics {
             auth_failures: Family::default(),
             backend_requests: Family::default(),
             backend_duration: Family::new_with_constructor(duration_histogram),
+            throttled_requests: Family::default(),
+            throttled_samples: Family::default(),
+            connections: Family::default(),
+            in_flight_requests: Gauge::default(),
+            in_flight_decoded_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -150,6 +174,31 @@ impl Metrics {
             metrics.backend_duration.clone(),
         );
         registry.register(
+            "promgate_throttled_requests",
+            "Requests answered with the throttle status, by endpoint, tenant and the limit that was hit",
+            metrics.throttled_requests.clone(),
+        );
+        registry.register(
+            "promgate_throttled_samples",
+            "Samples, histogram samples and exemplars in write requests refused by a tenant's sample rate",
+            metrics.throttled_samples.clone(),
+        );
+        registry.register(
+            "promgate_open_connections",
+            "Open client connections, by listener",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "promgate_in_flight_requests",
+            "Remote-write and remote-read requests being handled",
+            metrics.in_flight_requests.clone(),
+        );
+        registry.register(
+            "promgate_in_flight_decoded_bytes",
+            "Decoded write bodies held, by their announced size",
+            metrics.in_flight_decoded_bytes.clone(),
+        );
+        registry.register(
             "promgate_build",
             "promgate build information",
             Info::new(vec![(
@@ -161,6 +210,15 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// The open-connections gauge of one listener.
+    pub fn open_connections(&self, listener: &str) -> Gauge {
+        self.connections
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone()
     }
 
     pub fn observe_backend(&self, backend: &str, outcome: &Outcome, elapsed: Duration) {

@@ -36,6 +36,42 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    pub connections: ConnectionLimits,
+    /// Requests being handled at once (writes and reads, until the answer began).
+    pub max_in_flight_requests: usize,
+    /// Decoded write bodies held at once, by their announced decoded size.
+    pub max_in_flight_decoded_bytes: u64,
+    /// How long a request may wait for either budget before 503.
+    pub in_flight_wait: Duration,
+    /// Failed authentications per source address and minute before 429.
+    pub auth_failures_per_minute: u32,
+}
+
+/// Connection-level protection of a listener (SECURITY.md T13).
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// From the connection's first byte (or the end of the previous response) to the end
+    /// of the request headers; also closes idle keep-alive connections.
+    pub header_read_timeout: Duration,
+    /// Request line + headers; more → 431.
+    pub max_header_bytes: usize,
+    /// The whole request body must arrive within this.
+    pub body_read_timeout: Duration,
+    /// After a grace second, the body must keep arriving at least this fast.
+    pub min_body_bytes_per_second: u64,
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            min_body_bytes_per_second: 1000,
+            max_connections: 4096,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -102,6 +138,15 @@ pub struct BasicAuth {
 struct RawServer {
     listen: Option<String>,
     tls: Option<toml::Value>,
+    header_read_timeout: Option<HumanDuration>,
+    max_header_bytes: Option<units::HumanSize>,
+    body_read_timeout: Option<HumanDuration>,
+    min_body_bytes_per_second: Option<u64>,
+    max_connections: Option<usize>,
+    max_in_flight_requests: Option<usize>,
+    max_in_flight_decoded_bytes: Option<units::HumanSize>,
+    in_flight_wait: Option<HumanDuration>,
+    auth_failures_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,14 +263,7 @@ impl Config {
                 .unwrap_or_else(|| "sqlite://promgate.db".into()),
         };
         let secrets_dir = secrets_dir(&storage.database_url, &mut problems);
-        let server_cfg = ServerConfig {
-            listen: parse_addr(
-                "server.listen",
-                server.listen.as_deref(),
-                "127.0.0.1:9201",
-                &mut problems,
-            ),
-        };
+        let server_cfg = validate_server(&server, &mut problems);
         if server.tls.is_some() {
             problems.push(
                 "server.tls: TLS on the data listener is not available in this version".into(),
@@ -411,6 +449,69 @@ fn parse_addr(
             SocketAddr::from(([127, 0, 0, 1], 0))
         }
     }
+}
+
+fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig {
+    let defaults = ConnectionLimits::default();
+    let connections = ConnectionLimits {
+        header_read_timeout: raw
+            .header_read_timeout
+            .map_or(defaults.header_read_timeout, |d| d.0),
+        max_header_bytes: raw
+            .max_header_bytes
+            .map_or(defaults.max_header_bytes, |size| {
+                usize::try_from(size.0).unwrap_or(usize::MAX)
+            }),
+        body_read_timeout: raw
+            .body_read_timeout
+            .map_or(defaults.body_read_timeout, |d| d.0),
+        min_body_bytes_per_second: raw
+            .min_body_bytes_per_second
+            .unwrap_or(defaults.min_body_bytes_per_second),
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+    };
+    let config = ServerConfig {
+        listen: parse_addr(
+            "server.listen",
+            raw.listen.as_deref(),
+            "127.0.0.1:9201",
+            problems,
+        ),
+        connections,
+        max_in_flight_requests: raw.max_in_flight_requests.unwrap_or(32),
+        max_in_flight_decoded_bytes: raw
+            .max_in_flight_decoded_bytes
+            .map_or(256 * 1024 * 1024, |size| size.0),
+        in_flight_wait: raw.in_flight_wait.map_or(Duration::from_secs(5), |d| d.0),
+        auth_failures_per_minute: raw.auth_failures_per_minute.unwrap_or(30),
+    };
+    for (key, value) in [
+        ("header_read_timeout", connections.header_read_timeout),
+        ("body_read_timeout", connections.body_read_timeout),
+    ] {
+        if value.is_zero() {
+            problems.push(format!("server.{key} must be longer than 0s"));
+        }
+    }
+    if !(8 * 1024..=1024 * 1024).contains(&connections.max_header_bytes) {
+        problems.push("server.max_header_bytes must be between 8KiB and 1MiB".into());
+    }
+    for (key, value) in [
+        ("max_connections", connections.max_connections),
+        ("max_in_flight_requests", config.max_in_flight_requests),
+        (
+            "auth_failures_per_minute",
+            config.auth_failures_per_minute as usize,
+        ),
+    ] {
+        if value == 0 {
+            problems.push(format!("server.{key} must be at least 1"));
+        }
+    }
+    if config.max_in_flight_decoded_bytes < 1024 * 1024 {
+        problems.push("server.max_in_flight_decoded_bytes must be at least 1MiB".into());
+    }
+    config
 }
 
 fn validate_tenancy(raw: RawTenancy, problems: &mut Vec<String>) -> TenancyConfig {

@@ -2,6 +2,7 @@
 //! remote write; the admin listener serves the admin API, `/metrics` and probes.
 
 mod common;
+pub mod listener;
 pub mod read;
 pub mod write;
 
@@ -31,6 +32,12 @@ pub struct AppState {
     pub admin_token_digest: [u8; 32],
     /// Each tenant's concurrent remote reads.
     pub read_gate: crate::limits::ReadGate,
+    /// Each tenant's token buckets.
+    pub rate_limits: crate::limits::RateLimits,
+    /// Requests and decoded bytes in flight, process-wide.
+    pub in_flight: crate::limits::InFlight,
+    /// Slows down token guessing on the data listener per source address.
+    pub data_auth_failures: crate::limits::AuthFailureLimiter,
     /// Slows down admin-token guessing per source address.
     pub admin_auth_failures: crate::limits::AuthFailureLimiter,
     /// False until the registry is loaded and again once shutdown begins.

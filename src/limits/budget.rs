@@ -1,0 +1,86 @@
+//! Global budgets of one promgate process: requests in flight and decoded bytes in
+//! flight (SECURITY.md §4: 32 concurrent writes, excess waits ≤ 5 s, then 503). Waiting
+//! is bounded; a request that cannot get its share in time is answered 503 so the
+//! sender retries later and nothing is lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub struct InFlight {
+    requests: Arc<Semaphore>,
+    decoded_bytes: Arc<Semaphore>,
+    decoded_budget: u64,
+    max_wait: Duration,
+}
+
+/// Budget is measured in KiB so that it fits a semaphore's permit count.
+const BYTES_PER_PERMIT: u64 = 1024;
+
+impl InFlight {
+    pub fn new(max_requests: usize, max_decoded_bytes: u64, max_wait: Duration) -> InFlight {
+        let permits = usize::try_from(max_decoded_bytes / BYTES_PER_PERMIT)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        InFlight {
+            requests: Arc::new(Semaphore::new(max_requests.max(1))),
+            decoded_bytes: Arc::new(Semaphore::new(permits)),
+            decoded_budget: max_decoded_bytes,
+            max_wait,
+        }
+    }
+
+    /// A place among the requests in flight, or `None` after waiting `max_wait`.
+    pub async fn request(&self) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(self.max_wait, Arc::clone(&self.requests).acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// `bytes` of the decoded-bytes budget, or `None` after waiting `max_wait` (or at
+    /// once when `bytes` exceeds the whole budget).
+    pub async fn decoded_bytes(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        if bytes > self.decoded_budget {
+            return None;
+        }
+        let permits = u32::try_from(bytes.div_ceil(BYTES_PER_PERMIT).max(1)).ok()?;
+        tokio::time::timeout(
+            self.max_wait,
+            Arc::clone(&self.decoded_bytes).acquire_many_owned(permits),
+        )
+        .await
+        .ok()?
+        .ok()
+    }
+
+    pub fn requests_in_flight(&self, max_requests: usize) -> usize {
+        max_requests.saturating_sub(self.requests.available_permits())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn budgets_are_bounded_and_released() {
+        let in_flight = InFlight::new(1, 4096, Duration::from_millis(20));
+        let first = in_flight.request().await.expect("free");
+        assert!(
+            in_flight.request().await.is_none(),
+            "full: gives up after the wait"
+        );
+        drop(first);
+        assert!(in_flight.request().await.is_some());
+        let bytes = in_flight.decoded_bytes(3000).await.expect("fits");
+        assert!(
+            in_flight.decoded_bytes(2000).await.is_none(),
+            "3000 + 2000 > 4096"
+        );
+        assert!(in_flight.decoded_bytes(5000).await.is_none(), "never fits");
+        drop(bytes);
+        assert!(in_flight.decoded_bytes(4096).await.is_some());
+    }
+}
