@@ -12,7 +12,7 @@ use crate::error::AppError;
 use crate::tenant::{Registry, TenantEntry, TenantStatus};
 use tokens::{TokenSigner, MAX_TOKEN_BYTES};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing bearer token")]
     Missing,

@@ -7,9 +7,9 @@ use super::CodecError;
 /// Stream identifier chunk that starts every snappy *framed* stream.
 const FRAMED_MAGIC: &[u8] = b"\xff\x06\x00\x00sNaPpY";
 
-/// Decompresses a snappy block, refusing before allocation when the preamble claims more
-/// than `max_decoded` bytes.
-pub fn decompress_capped(body: &[u8], max_decoded: u64) -> Result<Vec<u8>, CodecError> {
+/// The decoded length a snappy block announces, checked against `max_decoded`; nothing
+/// is allocated. Empty and framed bodies are named.
+pub fn checked_decoded_len(body: &[u8], max_decoded: u64) -> Result<u64, CodecError> {
     if body.is_empty() {
         return Err(CodecError::EmptyBody);
     }
@@ -24,6 +24,13 @@ pub fn decompress_capped(body: &[u8], max_decoded: u64) -> Result<Vec<u8>, Codec
             limit: max_decoded,
         });
     }
+    Ok(claimed)
+}
+
+/// Decompresses a snappy block, refusing before allocation when the preamble claims more
+/// than `max_decoded` bytes.
+pub fn decompress_capped(body: &[u8], max_decoded: u64) -> Result<Vec<u8>, CodecError> {
+    checked_decoded_len(body, max_decoded)?;
     snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|err| CodecError::Snappy(err.to_string()))

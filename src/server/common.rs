@@ -1,17 +1,22 @@
-//! What the data handlers share: authentication with its metric, the capped body
-//! read, and one way to log, count and answer a refused request.
+//! What the data handlers share: authentication with its metric and per-address
+//! failure limit, the throttle answer, the in-flight request cap, the capped and timed
+//! body read, and one way to log, count and answer a refused request.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::SharedState;
 use crate::error::AppError;
-use crate::telemetry::{CauseLabel, EndpointTenantCode, EndpointTenantReason};
+use crate::telemetry::{CauseLabel, EndpointTenantCode, EndpointTenantReason, ThrottleLabels};
 use crate::tenant::TenantEntry;
 
 #[derive(Clone, Copy, Debug)]
@@ -97,8 +102,30 @@ pub fn count_request(state: &SharedState, endpoint: Endpoint, tenant: &str, stat
         .inc();
 }
 
-/// The caller's tenant, from the request's credentials alone.
-pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Arc<TenantEntry>, Failure> {
+/// The peer's address, as the accept loop recorded it.
+pub fn peer_ip(extensions: &http::Extensions) -> IpAddr {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip())
+}
+
+/// The caller's tenant, from the request's credentials alone. An address that failed
+/// too often lately is refused before its credential is even looked at.
+pub fn authenticate(
+    state: &SharedState,
+    headers: &HeaderMap,
+    peer: IpAddr,
+) -> Result<Arc<TenantEntry>, Failure> {
+    let now = Instant::now();
+    if let Err(wait) = state.data_auth_failures.check(peer, now) {
+        return Err(Failure::anonymous(
+            "auth_failures_throttled",
+            AppError::TooManyRequests {
+                message: "too many failed authentications from this address; retry later".into(),
+                retry_after_seconds: wait,
+            },
+        ));
+    }
     state.auth.authenticate(headers).map_err(|err| {
         state
             .metrics
@@ -107,13 +134,78 @@ pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> Result<Arc<Tena
                 cause: err.cause().to_string(),
             })
             .inc();
-        Failure::anonymous(err.cause(), err.into())
+        let error = AppError::from(err.clone());
+        if error.status() == StatusCode::UNAUTHORIZED {
+            state.data_auth_failures.record_failure(peer, now);
+        }
+        Failure::anonymous(err.cause(), error)
     })
 }
 
+/// The tenant's throttle answer: 429 (or 503 with `throttle_status = 503`) with an
+/// integer `Retry-After`, counted per tenant and limit.
+pub fn throttled(
+    state: &SharedState,
+    endpoint: Endpoint,
+    tenant: &Arc<TenantEntry>,
+    limit: &'static str,
+    retry_after_seconds: u64,
+) -> Failure {
+    state
+        .metrics
+        .throttled_requests
+        .get_or_create(&ThrottleLabels {
+            endpoint: endpoint.as_str().to_string(),
+            tenant: tenant.tenant.id.clone(),
+            limit: limit.to_string(),
+        })
+        .inc();
+    let message = format!(
+        "tenant {} is over its {limit} limit; retry later",
+        tenant.tenant.id
+    );
+    let error = if tenant.limits.throttle_status == 503 {
+        AppError::Unavailable {
+            message,
+            retry_after_seconds,
+        }
+    } else {
+        AppError::TooManyRequests {
+            message,
+            retry_after_seconds,
+        }
+    };
+    Failure::new(tenant, "throttled", error)
+}
+
+/// Holds a place among the requests in flight for the rest of the request; 503 when
+/// none frees up within `in_flight_wait`.
+pub async fn limit_in_flight(
+    State(state): State<SharedState>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let Some(permit) = state.in_flight.request().await else {
+        tracing::warn!(path = %request.uri().path(), "request refused: too many requests in flight");
+        return AppError::Unavailable {
+            message: "promgate is at its in-flight request limit; retry later".into(),
+            retry_after_seconds: 1,
+        }
+        .into_response();
+    };
+    state.metrics.in_flight_requests.inc();
+    let response = next.run(request).await;
+    state.metrics.in_flight_requests.dec();
+    drop(permit);
+    response
+}
+
 /// Reads the body under `limit` bytes: a Content-Length over the limit is refused before
-/// a byte is read, and a body that runs past it is cut off.
+/// a byte is read, and a body that runs past it is cut off. The body must arrive within
+/// `body_read_timeout` and, after a grace second, at `min_body_bytes_per_second` or
+/// faster (408 otherwise).
 pub async fn read_body_capped(
+    state: &SharedState,
     tenant: &Arc<TenantEntry>,
     headers: &HeaderMap,
     body: Body,
@@ -126,6 +218,13 @@ pub async fn read_body_capped(
             AppError::PayloadTooLarge(format!("request body is over the {limit}-byte limit")),
         )
     };
+    let too_slow = |what: &str| {
+        Failure::new(
+            tenant,
+            "body_too_slow",
+            AppError::RequestTimeout(format!("request body {what}")),
+        )
+    };
     let announced = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -133,14 +232,53 @@ pub async fn read_body_capped(
     if announced.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(_) => Err(Failure::new(
-            tenant,
-            "body_read_failed",
-            AppError::BadRequest("the request body could not be read".into()),
-        )),
+    let connections = &state.config.server.connections;
+    let started = tokio::time::Instant::now();
+    let deadline = started + connections.body_read_timeout;
+    let min_rate = connections.min_body_bytes_per_second;
+    let mut body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let mut collected = BytesMut::new();
+    loop {
+        // The next chunk must come before the overall deadline and before the average
+        // rate falls under the minimum.
+        let received = collected.len() as u64;
+        let rate_deadline =
+            started + GRACE + Duration::from_secs_f64((received as f64) / (min_rate.max(1) as f64));
+        let wait_until = if min_rate == 0 {
+            deadline
+        } else {
+            deadline.min(rate_deadline.max(started + GRACE))
+        };
+        let frame = match tokio::time::timeout_at(wait_until, body.frame()).await {
+            Ok(frame) => frame,
+            Err(_) if wait_until >= deadline => {
+                return Err(too_slow(&format!(
+                    "did not arrive within {:?}",
+                    connections.body_read_timeout
+                )))
+            }
+            Err(_) => return Err(too_slow(&format!("arrived slower than {min_rate} bytes/s"))),
+        };
+        match frame {
+            None => return Ok(collected.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    collected.extend_from_slice(&data);
+                }
+            }
+            Some(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(too_large())
+            }
+            Some(Err(_)) => {
+                return Err(Failure::new(
+                    tenant,
+                    "body_read_failed",
+                    AppError::BadRequest("the request body could not be read".into()),
+                ))
+            }
+        }
     }
 }
+
+/// Before the minimum body rate applies.
+const GRACE: Duration = Duration::from_secs(1);

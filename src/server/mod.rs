@@ -51,6 +51,10 @@ pub fn data_router(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/write", post(write::remote_write))
         .route("/api/v1/read", post(read::remote_read))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            common::limit_in_flight,
+        ))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .with_state(state)

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
@@ -17,12 +18,14 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::common::{authenticate, count_request, read_body_capped, Endpoint, Failure};
+use super::common::{
+    authenticate, count_request, peer_ip, read_body_capped, throttled, Endpoint, Failure,
+};
 use super::SharedState;
 use crate::backend::{self, BackendClient, ReadBody};
 use crate::codec::snappy;
 use crate::error::AppError;
-use crate::limits::ReadGateError;
+use crate::limits::{ReadGateError, Verdict};
 use crate::read::filter::{filter_samples_response, FilterStats, ReadScope, StreamFilter};
 use crate::read::request::{self, ResponseType};
 use crate::read::ReadError;
@@ -37,7 +40,7 @@ const MAX_READ_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn remote_read(State(state): State<SharedState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    match handle(&state, &parts.headers, body).await {
+    match handle(&state, &parts, body).await {
         Ok((tenant, response)) => {
             count_request(&state, Endpoint::Read, &tenant.tenant.id, response.status());
             response
@@ -48,12 +51,26 @@ pub async fn remote_read(State(state): State<SharedState>, request: Request) -> 
 
 async fn handle(
     state: &SharedState,
-    headers: &HeaderMap,
+    parts: &Parts,
     body: Body,
 ) -> Result<(Arc<TenantEntry>, Response), Failure> {
+    let headers = &parts.headers;
     check_encoding(headers).map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
-    let tenant = authenticate(state, headers)?;
+    let tenant = authenticate(state, headers, peer_ip(&parts.extensions))?;
     let limits = &tenant.limits;
+    if let Verdict::Throttled { retry_after } = state
+        .rate_limits
+        .check_read_request(&tenant.tenant.id, limits)
+    {
+        let seconds = Verdict::retry_after_seconds(retry_after);
+        return Err(throttled(
+            state,
+            Endpoint::Read,
+            &tenant,
+            "read_requests",
+            seconds,
+        ));
+    }
     let permit = state
         .read_gate
         .acquire(
@@ -63,8 +80,9 @@ async fn handle(
             MAX_READ_QUEUE_WAIT,
         )
         .await
-        .map_err(|err| Failure::new(&tenant, "read_throttled", throttle(&tenant, err)))?;
-    let body = read_body_capped(&tenant, headers, body, limits.max_read_request_bytes).await?;
+        .map_err(|_: ReadGateError| throttled(state, Endpoint::Read, &tenant, "read_slots", 1))?;
+    let body =
+        read_body_capped(state, &tenant, headers, body, limits.max_read_request_bytes).await?;
     let invalid = |err: ReadError| Failure::new(&tenant, "invalid_read", read_error(err));
     let mut read_request = request::decode(&body, limits).map_err(invalid)?;
     let response_type = request::validate(&read_request, limits).map_err(invalid)?;
@@ -126,24 +144,6 @@ fn check_encoding(headers: &HeaderMap) -> Result<(), AppError> {
             "Content-Encoding {:?} is not supported; send snappy",
             value.to_str().unwrap_or_default()
         ))),
-    }
-}
-
-fn throttle(tenant: &TenantEntry, err: ReadGateError) -> AppError {
-    let message = match err {
-        ReadGateError::QueueFull => "too many remote reads queued for this tenant",
-        ReadGateError::WaitedTooLong => "no remote-read slot became free for this tenant in time",
-    };
-    if tenant.limits.throttle_status == 503 {
-        AppError::Unavailable {
-            message: message.into(),
-            retry_after_seconds: 1,
-        }
-    } else {
-        AppError::TooManyRequests {
-            message: message.into(),
-            retry_after_seconds: 1,
-        }
     }
 }
 

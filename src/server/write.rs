@@ -8,23 +8,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::common::{authenticate, count_request, read_body_capped, Endpoint, Failure};
+use super::common::{
+    authenticate, count_request, peer_ip, read_body_capped, throttled, Endpoint, Failure,
+};
 use super::SharedState;
 use crate::backend::{self, Outcome};
 use crate::codec::write::{self as write_codec, WriteStats};
 use crate::codec::{snappy, CodecError};
 use crate::error::AppError;
+use crate::limits::Verdict;
 use crate::proto::WriteRequest;
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
 
 pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    match handle(&state, &parts.headers, body).await {
+    match handle(&state, &parts, body).await {
         Ok((tenant, stats)) => {
             state
                 .metrics
@@ -47,17 +51,44 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
 
 async fn handle(
     state: &SharedState,
-    headers: &HeaderMap,
+    parts: &Parts,
     body: Body,
 ) -> Result<(Arc<TenantEntry>, WriteStats), Failure> {
+    let headers = &parts.headers;
     check_media_type(headers)
         .map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
-    let tenant = authenticate(state, headers)?;
+    let tenant = authenticate(state, headers, peer_ip(&parts.extensions))?;
     let limits = &tenant.limits;
-    let compressed = read_body_capped(&tenant, headers, body, limits.max_request_bytes).await?;
+    if let Verdict::Throttled { retry_after } = state
+        .rate_limits
+        .check_write_request(&tenant.tenant.id, limits)
+    {
+        let seconds = Verdict::retry_after_seconds(retry_after);
+        return Err(throttled(
+            state,
+            Endpoint::Write,
+            &tenant,
+            "requests",
+            seconds,
+        ));
+    }
+    let compressed =
+        read_body_capped(state, &tenant, headers, body, limits.max_request_bytes).await?;
     let codec_failure = |err: CodecError| {
         Failure::new(&tenant, err.reason(), AppError::BadRequest(err.to_string()))
     };
+    let claimed = snappy::checked_decoded_len(&compressed, limits.max_decoded_bytes)
+        .map_err(codec_failure)?;
+    let _decoded_budget = DecodedBudget::take(state, claimed).await.ok_or_else(|| {
+        Failure::new(
+            &tenant,
+            "decoded_budget",
+            AppError::Unavailable {
+                message: "promgate is at its in-flight decoded-bytes budget; retry later".into(),
+                retry_after_seconds: 1,
+            },
+        )
+    })?;
     let decoded =
         snappy::decompress_capped(&compressed, limits.max_decoded_bytes).map_err(codec_failure)?;
     drop(compressed);
@@ -65,17 +96,80 @@ async fn handle(
     drop(decoded);
     let stats = write_codec::validate_and_enforce(&mut request, &tenant.policy, limits, now_ms())
         .map_err(codec_failure)?;
+    let samples = stats.total_samples() as u64;
+    match state
+        .rate_limits
+        .check_samples(&tenant.tenant.id, limits, samples)
+    {
+        Verdict::Allowed => {}
+        Verdict::Throttled { retry_after } => {
+            state
+                .metrics
+                .throttled_samples
+                .get_or_create(&TenantLabel {
+                    tenant: tenant.tenant.id.clone(),
+                })
+                .inc_by(samples);
+            let seconds = Verdict::retry_after_seconds(retry_after);
+            return Err(throttled(
+                state,
+                Endpoint::Write,
+                &tenant,
+                "samples",
+                seconds,
+            ));
+        }
+        Verdict::NeverFits { burst } => {
+            return Err(Failure::new(
+                &tenant,
+                "over_burst",
+                AppError::BadRequest(format!(
+                    "request holds {samples} samples, more than the tenant's burst of {burst}: it can never be \
+                     accepted; send smaller batches (queue_config.max_samples_per_send)"
+                )),
+            ));
+        }
+    }
     state
         .metrics
         .samples_received
         .get_or_create(&TenantLabel {
             tenant: tenant.tenant.id.clone(),
         })
-        .inc_by(stats.total_samples() as u64);
+        .inc_by(samples);
     forward(state, &tenant, request)
         .await
         .map_err(|error| Failure::new(&tenant, "backend", error))?;
     Ok((tenant, stats))
+}
+
+/// A share of the process-wide decoded-bytes budget, shown in the in-flight gauge while held.
+struct DecodedBudget {
+    state: SharedState,
+    bytes: i64,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl DecodedBudget {
+    async fn take(state: &SharedState, bytes: u64) -> Option<DecodedBudget> {
+        let permit = state.in_flight.decoded_bytes(bytes).await?;
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        state.metrics.in_flight_decoded_bytes.inc_by(bytes);
+        Some(DecodedBudget {
+            state: Arc::clone(state),
+            bytes,
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for DecodedBudget {
+    fn drop(&mut self) {
+        self.state
+            .metrics
+            .in_flight_decoded_bytes
+            .dec_by(self.bytes);
+    }
 }
 
 /// Content-Encoding must be snappy (or absent); Content-Type must name remote write 1.0

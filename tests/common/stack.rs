@@ -148,6 +148,19 @@ impl Stack {
         path
     }
 
+    /// Overrides some of `tenant`'s limits through the admin API.
+    pub async fn set_limits(&self, tenant: &str, limits: Value) {
+        let response = self
+            .http
+            .patch(format!("{}/admin/v1/tenants/{tenant}", self.admin_url))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({ "limits": limits }))
+            .send()
+            .await
+            .expect("patch tenant");
+        assert_eq!(response.status(), 200);
+    }
+
     /// A Prometheus scraping itself every second as job `<tenant>-self` and writing
     /// through promgate with the tenant's token.
     pub async fn start_sender(&self, tenant: &str, external_labels: &[(&str, &str)]) -> Process {
