@@ -8,6 +8,14 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+#[derive(Debug, PartialEq, Eq)]
+pub enum BudgetError {
+    /// Other requests hold the budget; retry later.
+    Busy,
+    /// Larger than the whole budget: no wait can help.
+    NeverFits { budget: u64 },
+}
+
 pub struct InFlight {
     requests: Arc<Semaphore>,
     decoded_bytes: Arc<Semaphore>,
@@ -39,24 +47,21 @@ impl InFlight {
             .ok()
     }
 
-    /// `bytes` of the decoded-bytes budget, or `None` after waiting `max_wait` (or at
-    /// once when `bytes` exceeds the whole budget).
-    pub async fn decoded_bytes(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+    /// `bytes` of the decoded-bytes budget, waiting at most `max_wait`.
+    pub async fn decoded_bytes(&self, bytes: u64) -> Result<OwnedSemaphorePermit, BudgetError> {
+        let never_fits = BudgetError::NeverFits {
+            budget: self.decoded_budget,
+        };
         if bytes > self.decoded_budget {
-            return None;
+            return Err(never_fits);
         }
-        let permits = u32::try_from(bytes.div_ceil(BYTES_PER_PERMIT).max(1)).ok()?;
-        tokio::time::timeout(
-            self.max_wait,
-            Arc::clone(&self.decoded_bytes).acquire_many_owned(permits),
-        )
-        .await
-        .ok()?
-        .ok()
-    }
-
-    pub fn requests_in_flight(&self, max_requests: usize) -> usize {
-        max_requests.saturating_sub(self.requests.available_permits())
+        let permits =
+            u32::try_from(bytes.div_ceil(BYTES_PER_PERMIT).max(1)).map_err(|_| never_fits)?;
+        let decoded_bytes = Arc::clone(&self.decoded_bytes);
+        match tokio::time::timeout(self.max_wait, decoded_bytes.acquire_many_owned(permits)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(BudgetError::Busy),
+        }
     }
 }
 
@@ -75,12 +80,16 @@ mod tests {
         drop(first);
         assert!(in_flight.request().await.is_some());
         let bytes = in_flight.decoded_bytes(3000).await.expect("fits");
-        assert!(
-            in_flight.decoded_bytes(2000).await.is_none(),
+        assert_eq!(
+            in_flight.decoded_bytes(2000).await.err(),
+            Some(BudgetError::Busy),
             "3000 + 2000 > 4096"
         );
-        assert!(in_flight.decoded_bytes(5000).await.is_none(), "never fits");
+        assert_eq!(
+            in_flight.decoded_bytes(5000).await.err(),
+            Some(BudgetError::NeverFits { budget: 4096 })
+        );
         drop(bytes);
-        assert!(in_flight.decoded_bytes(4096).await.is_some());
+        assert!(in_flight.decoded_bytes(4096).await.is_ok());
     }
 }

@@ -7,6 +7,6 @@ pub mod budget;
 pub mod guards;
 pub mod rate;
 
-pub use budget::InFlight;
+pub use budget::{BudgetError, InFlight};
 pub use guards::{AuthFailureLimiter, ReadGate, ReadGateError};
 pub use rate::{RateLimits, Verdict};

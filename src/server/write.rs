@@ -21,7 +21,7 @@ use crate::backend::{self, Outcome};
 use crate::codec::write::{self as write_codec, WriteStats};
 use crate::codec::{snappy, CodecError};
 use crate::error::AppError;
-use crate::limits::Verdict;
+use crate::limits::{BudgetError, Verdict};
 use crate::proto::WriteRequest;
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
@@ -79,15 +79,17 @@ async fn handle(
     };
     let claimed = snappy::checked_decoded_len(&compressed, limits.max_decoded_bytes)
         .map_err(codec_failure)?;
-    let _decoded_budget = DecodedBudget::take(state, claimed).await.ok_or_else(|| {
-        Failure::new(
-            &tenant,
-            "decoded_budget",
-            AppError::Unavailable {
+    let _decoded_budget = DecodedBudget::take(state, claimed).await.map_err(|err| {
+        let error = match err {
+            BudgetError::Busy => AppError::Unavailable {
                 message: "promgate is at its in-flight decoded-bytes budget; retry later".into(),
                 retry_after_seconds: 1,
             },
-        )
+            BudgetError::NeverFits { budget } => AppError::BadRequest(format!(
+                "decoded body of {claimed} bytes is larger than promgate's whole in-flight budget of {budget} bytes"
+            )),
+        };
+        Failure::new(&tenant, "decoded_budget", error)
     })?;
     let decoded =
         snappy::decompress_capped(&compressed, limits.max_decoded_bytes).map_err(codec_failure)?;
@@ -151,11 +153,11 @@ struct DecodedBudget {
 }
 
 impl DecodedBudget {
-    async fn take(state: &SharedState, bytes: u64) -> Option<DecodedBudget> {
+    async fn take(state: &SharedState, bytes: u64) -> Result<DecodedBudget, BudgetError> {
         let permit = state.in_flight.decoded_bytes(bytes).await?;
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         state.metrics.in_flight_decoded_bytes.inc_by(bytes);
-        Some(DecodedBudget {
+        Ok(DecodedBudget {
             state: Arc::clone(state),
             bytes,
             _permit: permit,

@@ -8,7 +8,7 @@ pub mod stack;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -44,6 +44,7 @@ pub struct FakeBackend {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Recorded>>>,
     status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -51,15 +52,18 @@ pub struct FakeBackend {
 struct FakeState {
     received: Arc<Mutex<Vec<Recorded>>>,
     status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl FakeBackend {
     pub async fn start() -> FakeBackend {
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(204));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let state = FakeState {
             received: Arc::clone(&received),
             status: Arc::clone(&status),
+            delay_ms: Arc::clone(&delay_ms),
         };
         let router = Router::new()
             .route("/api/v1/write", post(record))
@@ -78,12 +82,19 @@ impl FakeBackend {
             addr,
             received,
             status,
+            delay_ms,
             _stop: stop,
         }
     }
 
     pub fn write_url(&self) -> String {
         format!("http://{}/api/v1/write", self.addr)
+    }
+
+    /// Makes every answer wait this long.
+    pub fn delay(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn answer_with(&self, status: u16) {
@@ -100,6 +111,10 @@ async fn record(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, HeaderMap, String) {
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     state
         .received
         .lock()
@@ -138,7 +153,7 @@ impl Relay {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, extra_toml: &str) -> Relay {
-        Relay::start_with_admin_limit(dir, extra_toml, 1000).await
+        Relay::start_with(dir, "", 1000, extra_toml).await
     }
 
     /// As `start_in`, allowing `failures` failed admin authentications a minute per address.
@@ -147,8 +162,28 @@ impl Relay {
         extra_toml: &str,
         failures: u32,
     ) -> Relay {
+        Relay::start_with(dir, "", failures, extra_toml).await
+    }
+
+    /// With `server_toml` lines added to `[server]` (timeouts, caps).
+    pub async fn start_with_server(server_toml: &str, extra_toml: &str) -> Relay {
+        Relay::start_with(
+            tempfile::tempdir().expect("tempdir"),
+            server_toml,
+            1000,
+            extra_toml,
+        )
+        .await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        server_toml: &str,
+        failures: u32,
+        extra_toml: &str,
+    ) -> Relay {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\nauth_failures_per_minute = {failures}\n[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n{extra_toml}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\nauth_failures_per_minute = {failures}\n[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n{extra_toml}",
             dir.path().display()
         );
         let config = Config::from_toml_str(&text, &BTreeMap::new()).expect("test config is valid");
