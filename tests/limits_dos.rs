@@ -47,6 +47,13 @@ fn retry_after(response: &reqwest::Response) -> u64 {
 async fn samples_over_the_rate_get_429_with_retry_after_and_over_the_burst_400() {
     let (relay, backend, token) =
         relay_with_limits(json!({"samples_per_second": 100, "burst_samples": 300})).await;
+    let response = relay.write(&token, samples_body(301)).await;
+    assert_eq!(response.status(), 400, "more than the burst can never pass");
+    assert!(response
+        .text()
+        .await
+        .expect("body")
+        .contains("burst of 300"));
     assert_eq!(
         relay.write(&token, samples_body(300)).await.status(),
         204,
@@ -56,13 +63,10 @@ async fn samples_over_the_rate_get_429_with_retry_after_and_over_the_burst_400()
     assert_eq!(response.status(), 429);
     // 200 samples at 100/s: the bucket has room again in 2 s.
     assert_eq!(retry_after(&response), 2);
-    let response = relay.write(&token, samples_body(301)).await;
-    assert_eq!(response.status(), 400, "more than the burst can never pass");
-    assert!(response
-        .text()
-        .await
-        .expect("body")
-        .contains("burst of 300"));
+    // Within that wait, further writes are refused before their bodies are read.
+    let response = relay.write(&token, samples_body(1)).await;
+    assert_eq!(response.status(), 429);
+    assert!((1..=2).contains(&retry_after(&response)));
     assert_eq!(
         backend.requests().len(),
         1,
@@ -74,7 +78,7 @@ async fn samples_over_the_rate_get_429_with_retry_after_and_over_the_burst_400()
         "{metrics}"
     );
     assert!(
-        metrics.contains("promgate_throttled_requests_total{endpoint=\"write\",tenant=\"alpha\",limit=\"samples\"} 1"),
+        metrics.contains("promgate_throttled_requests_total{endpoint=\"write\",tenant=\"alpha\",limit=\"samples\"} 2"),
         "{metrics}"
     );
 }

@@ -294,6 +294,9 @@ async fn bad_and_revoked_tokens_are_401_and_disabled_tenants_403() {
     )
     .await;
     let (token_id, revoked) = relay.issue_token("alpha").await;
+    // Used once (its verification is cached), then revoked: refused at once.
+    assert_eq!(relay.write(&revoked, simple_body(&[])).await.status(), 204);
+    backend.received.lock().expect("lock").clear();
     let (status, _) = relay
         .admin(
             reqwest::Method::DELETE,

@@ -6,7 +6,9 @@ pub mod tokens;
 
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use http::HeaderMap;
+use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
 use crate::tenant::{Registry, TenantEntry, TenantStatus};
@@ -76,11 +78,30 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 pub struct Authenticator {
     signer: TokenSigner,
     registry: Arc<Registry>,
+    /// Tokens whose signature and claims already verified, by SHA-256 of the whole token:
+    /// a signature check per request would cost more than decoding a small write.
+    /// Only an exact token matches; expiry is checked on every hit; revocation and tenant
+    /// status are looked up on every request as before.
+    verified: DashMap<[u8; 32], VerifiedToken>,
 }
+
+#[derive(Clone, Debug)]
+struct VerifiedToken {
+    tenant_id: String,
+    token_id: String,
+    expires_at: i64,
+}
+
+/// Verified tokens remembered at once; the cache starts over when full.
+const MAX_VERIFIED_TOKENS: usize = 10_000;
 
 impl Authenticator {
     pub fn new(signer: TokenSigner, registry: Arc<Registry>) -> Authenticator {
-        Authenticator { signer, registry }
+        Authenticator {
+            signer,
+            registry,
+            verified: DashMap::new(),
+        }
     }
 
     pub fn signer(&self) -> &TokenSigner {
@@ -90,29 +111,58 @@ impl Authenticator {
     /// Maps the request's credentials to an active tenant, from the in-memory registry.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<TenantEntry>, AuthError> {
         let token = bearer_token(headers)?;
-        let claims = self
-            .signer
-            .verify(token)
-            .map_err(|err| AuthError::InvalidToken(err.to_string()))?;
+        let verified = self.verify(token)?;
         let record = self
             .registry
-            .token(&claims.jti)
+            .token(&verified.token_id)
             .ok_or(AuthError::UnknownToken)?;
         if record.revoked_at.is_some() {
             return Err(AuthError::Revoked);
         }
-        if record.tenant_id != claims.sub {
+        if record.tenant_id != verified.tenant_id {
             return Err(AuthError::UnknownToken);
         }
         let entry = self
             .registry
-            .tenant(&claims.sub)
-            .ok_or_else(|| AuthError::UnknownTenant(claims.sub.clone()))?;
+            .tenant(&verified.tenant_id)
+            .ok_or_else(|| AuthError::UnknownTenant(verified.tenant_id.clone()))?;
         if entry.tenant.status != TenantStatus::Active {
-            return Err(AuthError::DisabledTenant(claims.sub));
+            return Err(AuthError::DisabledTenant(verified.tenant_id));
         }
         Ok(entry)
     }
+
+    fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some(hit) = self.verified.get(&key) {
+            if hit.expires_at > now {
+                return Ok(hit.clone());
+            }
+        }
+        let claims = self
+            .signer
+            .verify(token)
+            .map_err(|err| AuthError::InvalidToken(err.to_string()))?;
+        let verified = VerifiedToken {
+            tenant_id: claims.sub,
+            token_id: claims.jti,
+            expires_at: claims.exp,
+        };
+        if self.verified.len() >= MAX_VERIFIED_TOKENS {
+            self.verified.clear();
+        }
+        self.verified.insert(key, verified.clone());
+        Ok(verified)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
 }
 
 #[cfg(test)]

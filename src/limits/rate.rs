@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -53,6 +53,9 @@ struct TenantBuckets<C: Clock> {
     samples: Option<Bucket<C>>,
     requests: Option<Bucket<C>>,
     reads: Option<Bucket<C>>,
+    /// Until when the tenant was told to wait after its last sample throttle: writes
+    /// before then are refused before their bodies are read, so a flood costs headers only.
+    samples_blocked_until: parking_lot::Mutex<Option<C::Instant>>,
 }
 
 pub struct RateLimits<C: Clock = DefaultClock> {
@@ -92,7 +95,30 @@ impl<C: Clock + Clone> RateLimits<C> {
             return Verdict::Allowed;
         }
         let buckets = self.buckets(tenant, limits);
-        self.take(buckets.samples.as_ref(), samples, limits.burst_samples)
+        let verdict = self.take(buckets.samples.as_ref(), samples, limits.burst_samples);
+        if let Verdict::Throttled { retry_after } = verdict {
+            *buckets.samples_blocked_until.lock() = Some(self.clock.now() + retry_after.into());
+        }
+        verdict
+    }
+
+    /// Before a write's body is read: still inside the wait the tenant was last given
+    /// for its samples? Then refuse at once with the time left.
+    pub fn check_samples_blocked(&self, tenant: &str, limits: &Limits) -> Verdict {
+        let buckets = self.buckets(tenant, limits);
+        let blocked_until = *buckets.samples_blocked_until.lock();
+        match blocked_until {
+            Some(until) => {
+                let now = self.clock.now();
+                let left: Duration = until.duration_since(now).into();
+                if left.is_zero() {
+                    Verdict::Allowed
+                } else {
+                    Verdict::Throttled { retry_after: left }
+                }
+            }
+            None => Verdict::Allowed,
+        }
     }
 
     /// Forgets a tenant's buckets (it was deleted).
@@ -141,6 +167,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             samples: bucket(key.samples_per_second, key.burst_samples),
             requests: bucket(key.requests_per_second, key.requests_per_second),
             reads: bucket(key.read_requests_per_second, key.read_requests_per_second),
+            samples_blocked_until: parking_lot::Mutex::new(None),
         });
         self.tenants
             .insert(tenant.to_string(), Arc::clone(&buckets));
@@ -181,7 +208,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        clock.advance(Duration::from_secs(2));
+        assert_eq!(
+            rates.check_samples_blocked("a", &limits),
+            Verdict::Throttled {
+                retry_after: Duration::from_secs(2)
+            },
+            "told to wait: refused before reading the next body"
+        );
+        clock.advance(Duration::from_millis(500));
+        assert!(matches!(
+            rates.check_samples_blocked("b", &limits),
+            Verdict::Allowed
+        ));
+        clock.advance(Duration::from_millis(1500));
+        assert_eq!(rates.check_samples_blocked("a", &limits), Verdict::Allowed);
         assert_eq!(rates.check_samples("a", &limits, 2000), Verdict::Allowed);
         assert_eq!(
             rates.check_samples("a", &limits, 5001),

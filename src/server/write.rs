@@ -59,18 +59,26 @@ async fn handle(
         .map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
     let tenant = authenticate(state, headers, peer_ip(&parts.extensions))?;
     let limits = &tenant.limits;
-    if let Verdict::Throttled { retry_after } = state
-        .rate_limits
-        .check_write_request(&tenant.tenant.id, limits)
-    {
-        let seconds = Verdict::retry_after_seconds(retry_after);
-        return Err(throttled(
-            state,
-            Endpoint::Write,
-            &tenant,
+    // Throttles that need no body first: the request rate, and a tenant still inside the
+    // wait it was given for its samples (a flood then costs headers only).
+    for (verdict, limit) in [
+        (
+            state
+                .rate_limits
+                .check_write_request(&tenant.tenant.id, limits),
             "requests",
-            seconds,
-        ));
+        ),
+        (
+            state
+                .rate_limits
+                .check_samples_blocked(&tenant.tenant.id, limits),
+            "samples",
+        ),
+    ] {
+        if let Verdict::Throttled { retry_after } = verdict {
+            let seconds = Verdict::retry_after_seconds(retry_after);
+            return Err(throttled(state, Endpoint::Write, &tenant, limit, seconds));
+        }
     }
     let compressed =
         read_body_capped(state, &tenant, headers, body, limits.max_request_bytes).await?;
