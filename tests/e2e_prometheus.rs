@@ -34,7 +34,7 @@ async fn senders_land_in_both_backends_stamped_with_their_own_tenant() {
     // Wait until both backends hold series from both senders.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        stack.promgate.assert_running();
+        stack.promgate.process.assert_running();
         let prom = series(&http, &prometheus_url, ALL).await;
         let vm = series(&http, &victoria_url, ALL).await;
         let senders_seen = |all: &BTreeSet<LabelSet>| {
@@ -51,7 +51,7 @@ async fn senders_land_in_both_backends_stamped_with_their_own_tenant() {
             "series did not arrive: prometheus has {}, victoria {}\npromgate log:\n{}\nsender log:\n{}",
             prom.len(),
             vm.len(),
-            stack.promgate.log_tail(),
+            stack.promgate.process.log_tail(),
             senders[1].log_tail()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -134,12 +134,12 @@ async fn senders_land_in_both_backends_stamped_with_their_own_tenant() {
     }
 
     assert!(
-        stack.promgate.terminate(Duration::from_secs(10)),
+        stack.promgate.process.terminate(Duration::from_secs(10)),
         "promgate stops cleanly on SIGTERM"
     );
-    let log = std::fs::read_to_string(&stack.promgate.log).expect("promgate log");
+    let log = std::fs::read_to_string(&stack.promgate.process.log).expect("promgate log");
     assert!(log.contains("shutting down"), "graceful shutdown is logged");
-    let mut secrets = vec![stack.admin_token.clone()];
+    let mut secrets = vec![stack.promgate.admin_token.clone()];
     for tenant in ["alpha", "beta"] {
         secrets.push(
             std::fs::read_to_string(stack.root().join(format!("{tenant}.token"))).expect("token"),

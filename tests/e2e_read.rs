@@ -23,6 +23,7 @@ async fn reads_are_scoped_to_the_callers_tenant() {
     stack.add_tenant("beta").await;
     // The hand-built reads below come faster than the default 10 reads/s.
     stack
+        .promgate
         .set_limits(
             "alpha",
             serde_json::json!({"read_requests_per_second": 1000}),
@@ -44,7 +45,7 @@ async fn reads_are_scoped_to_the_callers_tenant() {
         assert!(
             Instant::now() < deadline,
             "writes did not arrive:\n{}",
-            stack.promgate.log_tail()
+            stack.promgate.process.log_tail()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -206,7 +207,7 @@ async fn read(
     };
     let response = stack
         .http
-        .post(format!("{}/api/v1/read", stack.data_url))
+        .post(format!("{}/api/v1/read", stack.promgate.data_url))
         .bearer_auth(token.trim())
         .header("Content-Encoding", "snappy")
         .header("Content-Type", "application/x-protobuf")
@@ -220,14 +221,14 @@ async fn read(
         .unwrap_or_else(|err| {
             panic!(
                 "read failed: {err}\npromgate log:\n{}",
-                stack.promgate.log_tail()
+                stack.promgate.process.log_tail()
             )
         });
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     let body = response.bytes().await.unwrap_or_else(|err| {
         panic!(
             "read aborted: {err}\npromgate log:\n{}",
-            stack.promgate.log_tail()
+            stack.promgate.process.log_tail()
         )
     });
     let mut results = vec![Vec::new(); query_count];

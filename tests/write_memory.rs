@@ -13,10 +13,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{free_port, wait_ready, Process};
+use common::binary::PromgateBinary;
 use common::{snappy_body, FakeBackend};
 use promgate::proto::{Label, Sample, TimeSeries, WriteRequest};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const MAX_BYTES_MIB: u64 = 8;
 const IN_FLIGHT_REQUESTS: u64 = 32;
@@ -71,81 +71,33 @@ fn peak_rss_mib(pid: u32) -> f64 {
 async fn peak_memory_stays_under_budget_under_max_size_writes_and_bombs() {
     let backend = FakeBackend::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (data_port, admin_port) = (free_port(), free_port());
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{data_port}"
-max_in_flight_requests = {IN_FLIGHT_REQUESTS}
-max_in_flight_decoded_bytes = "{IN_FLIGHT_DECODED_MIB}MiB"
-in_flight_wait = "60s"
-[admin]
-listen = "127.0.0.1:{admin_port}"
-[storage]
-database_url = "sqlite://{db}"
-[limits]
-max_request_bytes = "{MAX_BYTES_MIB}MiB"
-max_decoded_bytes = "{MAX_BYTES_MIB}MiB"
-samples_per_second = 100000000
-burst_samples = 100000000
-requests_per_second = 100000
-[[backends]]
-name = "sink"
-write_url = "{url}"
-timeout = "29s"
-"#,
-        db = dir.path().join("promgate.db").display(),
-        url = backend.write_url(),
-    );
-    let config_path = dir.path().join("promgate.toml");
-    std::fs::write(&config_path, config).expect("config");
-    let mut promgate = Process::spawn(
-        "promgate",
-        env!("CARGO_BIN_EXE_promgate"),
-        &[
-            "serve".into(),
-            "--config".into(),
-            config_path.display().to_string(),
-        ],
+    let mut promgate = PromgateBinary::start(
         dir.path(),
-    );
-    let admin = format!("http://127.0.0.1:{admin_port}");
-    wait_ready(
-        &mut promgate,
-        &format!("{admin}/-/ready"),
-        Duration::from_secs(30),
+        &format!(
+            "max_in_flight_requests = {IN_FLIGHT_REQUESTS}\nmax_in_flight_decoded_bytes = \"{IN_FLIGHT_DECODED_MIB}MiB\"\nin_flight_wait = \"60s\""
+        ),
+        &format!(
+            "[limits]\nmax_request_bytes = \"{MAX_BYTES_MIB}MiB\"\nmax_decoded_bytes = \"{MAX_BYTES_MIB}MiB\"\n\
+             [[backends]]\nname = \"sink\"\nwrite_url = \"{}\"\ntimeout = \"29s\"\n",
+            backend.write_url()
+        ),
     )
     .await;
-    let admin_token =
-        std::fs::read_to_string(dir.path().join("promgate-admin.token")).expect("token");
-    let http = reqwest::Client::new();
-    let created = http
-        .post(format!("{admin}/admin/v1/tenants"))
-        .bearer_auth(admin_token.trim())
-        .json(&json!({"id": "alpha"}))
-        .send()
-        .await
-        .expect("tenant");
-    assert_eq!(created.status(), 201);
-    let issued: Value = http
-        .post(format!("{admin}/admin/v1/tenants/alpha/tokens"))
-        .bearer_auth(admin_token.trim())
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("json");
-    let token = issued["token"].as_str().expect("token").to_string();
-
+    let token = promgate
+        .add_tenant(
+            "alpha",
+            json!({"samples_per_second": 100_000_000, "burst_samples": 100_000_000, "requests_per_second": 100_000}),
+        )
+        .await;
+    let http = promgate.http.clone();
     let body = bytes::Bytes::from(max_size_body());
     let decoded = snap::raw::decompress_len(&body).expect("snappy");
     assert!(
         decoded as u64 <= MAX_BYTES_MIB << 20 && decoded as u64 > (MAX_BYTES_MIB - 2) << 20,
         "{decoded}"
     );
-    let before = peak_rss_mib(promgate.pid());
-    let url = format!("http://127.0.0.1:{data_port}/api/v1/write");
+    let before = peak_rss_mib(promgate.process.pid());
+    let url = promgate.write_url();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..100 {
@@ -185,7 +137,7 @@ timeout = "29s"
         statuses.push(task.await.expect("join"));
     }
     let elapsed = started.elapsed();
-    let peak = peak_rss_mib(promgate.pid());
+    let peak = peak_rss_mib(promgate.process.pid());
     let budget = BASE_MIB + IN_FLIGHT_REQUESTS * MAX_BYTES_MIB + 6 * IN_FLIGHT_DECODED_MIB;
     let accepted = statuses.iter().filter(|status| **status == 204).count();
     println!(
@@ -210,5 +162,5 @@ timeout = "29s"
         peak < budget as f64,
         "peak RSS {peak:.0} MiB over the budget of {budget} MiB"
     );
-    assert!(promgate.terminate(Duration::from_secs(30)));
+    assert!(promgate.process.terminate(Duration::from_secs(30)));
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::binary::PromgateBinary;
 use super::process::{free_port, wait_ready, Process};
 
 pub type LabelSet = Vec<(String, String)>;
@@ -17,10 +18,7 @@ pub struct Stack {
     pub backend: Process,
     pub prometheus_url: String,
     pub victoria: Option<(Process, String)>,
-    pub promgate: Process,
-    pub data_url: String,
-    pub admin_url: String,
-    pub admin_token: String,
+    pub promgate: PromgateBinary,
     pub http: reqwest::Client,
 }
 
@@ -73,43 +71,13 @@ impl Stack {
         } else {
             None
         };
-        let (data_port, admin_port) = (free_port(), free_port());
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{data_port}\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[storage]\ndatabase_url = \"sqlite://{}\"\n{backends_toml}",
-            root.join("promgate.db").display()
-        );
-        let config_path = root.join("promgate.toml");
-        std::fs::write(&config_path, config).expect("config");
-        let mut promgate = Process::spawn(
-            "promgate",
-            env!("CARGO_BIN_EXE_promgate"),
-            &[
-                "serve".into(),
-                "--config".into(),
-                config_path.display().to_string(),
-            ],
-            &root,
-        );
-        let admin_url = format!("http://127.0.0.1:{admin_port}");
-        wait_ready(
-            &mut promgate,
-            &format!("{admin_url}/-/ready"),
-            Duration::from_secs(30),
-        )
-        .await;
-        let admin_token = std::fs::read_to_string(root.join("promgate-admin.token"))
-            .expect("admin token")
-            .trim()
-            .to_string();
+        let promgate = PromgateBinary::start(&root, "", &backends_toml).await;
         Stack {
             dir,
             backend,
             prometheus_url,
             victoria,
             promgate,
-            data_url: format!("http://127.0.0.1:{data_port}"),
-            admin_url,
-            admin_token,
             http: reqwest::Client::new(),
         }
     }
@@ -120,45 +88,8 @@ impl Stack {
 
     /// Registers `tenant`, issues a token and writes it to `<tenant>.token`.
     pub async fn add_tenant(&self, tenant: &str) -> PathBuf {
-        let created = self
-            .http
-            .post(format!("{}/admin/v1/tenants", self.admin_url))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({ "id": tenant }))
-            .send()
-            .await
-            .expect("create tenant");
-        assert_eq!(created.status(), 201);
-        let issued: Value = self
-            .http
-            .post(format!(
-                "{}/admin/v1/tenants/{tenant}/tokens",
-                self.admin_url
-            ))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({ "description": "e2e" }))
-            .send()
-            .await
-            .expect("issue token")
-            .json()
-            .await
-            .expect("json");
-        let path = self.root().join(format!("{tenant}.token"));
-        std::fs::write(&path, issued["token"].as_str().expect("token")).expect("token file");
-        path
-    }
-
-    /// Overrides some of `tenant`'s limits through the admin API.
-    pub async fn set_limits(&self, tenant: &str, limits: Value) {
-        let response = self
-            .http
-            .patch(format!("{}/admin/v1/tenants/{tenant}", self.admin_url))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({ "limits": limits }))
-            .send()
-            .await
-            .expect("patch tenant");
-        assert_eq!(response.status(), 200);
+        self.promgate.add_tenant(tenant, json!({})).await;
+        self.promgate.token_path(tenant)
     }
 
     /// A Prometheus scraping itself every second as job `<tenant>-self` and writing
@@ -173,7 +104,7 @@ impl Stack {
             "global:\n  scrape_interval: 1s\n  external_labels:\n{labels}\
 scrape_configs:\n  - job_name: {tenant}-self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n\
 remote_write:\n  - url: {}/api/v1/write\n    authorization:\n      credentials_file: {}\n    queue_config:\n      batch_send_deadline: 1s\n",
-            self.data_url,
+            self.promgate.data_url,
             self.root().join(format!("{tenant}.token")).display(),
         );
         let mut sender = start_prometheus(
@@ -198,7 +129,7 @@ remote_write:\n  - url: {}/api/v1/write\n    authorization:\n      credentials_f
         let port = free_port();
         let config = format!(
             "global:\n  scrape_interval: 1m\nremote_read:\n  - url: {}/api/v1/read\n    read_recent: true\n    authorization:\n      credentials_file: {}\n",
-            self.data_url,
+            self.promgate.data_url,
             self.root().join(format!("{tenant}.token")).display(),
         );
         let mut reader = start_prometheus(
