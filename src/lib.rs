@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::auth::issuers::Issuers;
 use crate::auth::secrets::{load_or_create_admin_token, load_or_create_signing_key};
 use crate::auth::tokens::TokenSigner;
 use crate::auth::Authenticator;
@@ -74,7 +75,11 @@ pub async fn run(
         .map(BackendClient::new)
         .collect::<Result<Vec<_>, _>>()?;
     let state = Arc::new(AppState {
-        auth: Authenticator::new(signer, Arc::clone(&registry)),
+        auth: Authenticator::new(
+            signer,
+            Issuers::start(&config.issuers).await,
+            Arc::clone(&registry),
+        ),
         registry,
         backends,
         metrics: telemetry::Metrics::new(),

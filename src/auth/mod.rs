@@ -1,6 +1,7 @@
 //! Who is calling: credentials to a tenant (DESIGN §4, §6 step 2). The tenant comes
 //! from authentication alone; headers such as `X-Scope-OrgID` never choose it.
 
+pub mod issuers;
 pub mod secrets;
 pub mod tokens;
 
@@ -12,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::AppError;
 use crate::tenant::{Registry, TenantEntry, TenantStatus};
+use issuers::{IssuerError, Issuers};
 use tokens::{TokenSigner, MAX_TOKEN_BYTES};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +32,9 @@ pub enum AuthError {
     UnknownTenant(String),
     #[error("tenant {0:?} is disabled")]
     DisabledTenant(String),
+    /// An identity provider's keys cannot be had right now: retryable.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl AuthError {
@@ -43,6 +48,7 @@ impl AuthError {
             AuthError::Revoked => "revoked",
             AuthError::UnknownTenant(_) => "unknown_tenant",
             AuthError::DisabledTenant(_) => "disabled_tenant",
+            AuthError::Unavailable(_) => "issuer_unavailable",
         }
     }
 }
@@ -53,6 +59,10 @@ impl From<AuthError> for AppError {
             AuthError::UnknownTenant(_) | AuthError::DisabledTenant(_) => {
                 AppError::Forbidden(err.to_string())
             }
+            AuthError::Unavailable(message) => AppError::Unavailable {
+                message,
+                retry_after_seconds: issuers::UNAVAILABLE_RETRY_SECONDS,
+            },
             _ => AppError::Unauthenticated(err.to_string()),
         }
     }
@@ -77,6 +87,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 
 pub struct Authenticator {
     signer: TokenSigner,
+    issuers: Issuers,
     registry: Arc<Registry>,
     /// Tokens whose signature and claims already verified, by SHA-256 of the whole token:
     /// a signature check per request would cost more than decoding a small write.
@@ -88,7 +99,9 @@ pub struct Authenticator {
 #[derive(Clone, Debug)]
 struct VerifiedToken {
     tenant_id: String,
-    token_id: String,
+    /// The `jti` of a token promgate issued (checked against the registry on every
+    /// request); `None` for an external issuer's token.
+    issued_token_id: Option<String>,
     expires_at: i64,
 }
 
@@ -96,9 +109,10 @@ struct VerifiedToken {
 const MAX_VERIFIED_TOKENS: usize = 10_000;
 
 impl Authenticator {
-    pub fn new(signer: TokenSigner, registry: Arc<Registry>) -> Authenticator {
+    pub fn new(signer: TokenSigner, issuers: Issuers, registry: Arc<Registry>) -> Authenticator {
         Authenticator {
             signer,
+            issuers,
             registry,
             verified: DashMap::new(),
         }
@@ -109,18 +123,20 @@ impl Authenticator {
     }
 
     /// Maps the request's credentials to an active tenant, from the in-memory registry.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<TenantEntry>, AuthError> {
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<TenantEntry>, AuthError> {
         let token = bearer_token(headers)?;
-        let verified = self.verify(token)?;
-        let record = self
-            .registry
-            .token(&verified.token_id)
-            .ok_or(AuthError::UnknownToken)?;
-        if record.revoked_at.is_some() {
-            return Err(AuthError::Revoked);
-        }
-        if record.tenant_id != verified.tenant_id {
-            return Err(AuthError::UnknownToken);
+        let verified = self.verify(token).await?;
+        if let Some(token_id) = &verified.issued_token_id {
+            let record = self
+                .registry
+                .token(token_id)
+                .ok_or(AuthError::UnknownToken)?;
+            if record.revoked_at.is_some() {
+                return Err(AuthError::Revoked);
+            }
+            if record.tenant_id != verified.tenant_id {
+                return Err(AuthError::UnknownToken);
+            }
         }
         let entry = self
             .registry
@@ -132,7 +148,7 @@ impl Authenticator {
         Ok(entry)
     }
 
-    fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+    async fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
         if let Some(hit) = self.verified.get(&key) {
@@ -140,21 +156,53 @@ impl Authenticator {
                 return Ok(hit.clone());
             }
         }
-        let claims = self
-            .signer
-            .verify(token)
-            .map_err(|err| AuthError::InvalidToken(err.to_string()))?;
-        let verified = VerifiedToken {
-            tenant_id: claims.sub,
-            token_id: claims.jti,
-            expires_at: claims.exp,
-        };
+        let verified = self.verify_uncached(token).await?;
         if self.verified.len() >= MAX_VERIFIED_TOKENS {
             self.verified.clear();
         }
         self.verified.insert(key, verified.clone());
         Ok(verified)
     }
+
+    /// The unverified `iss` only picks which verifier runs; that verifier then checks
+    /// `iss` itself along with the signature.
+    async fn verify_uncached(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let invalid = |err: jsonwebtoken::errors::Error| AuthError::InvalidToken(err.to_string());
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        let unverified =
+            jsonwebtoken::dangerous::insecure_decode::<UnverifiedIssuer>(token).map_err(invalid)?;
+        let issuer = unverified.claims.iss.unwrap_or_default();
+        if issuer == tokens::ISSUER {
+            let claims = self.signer.verify(token).map_err(invalid)?;
+            return Ok(VerifiedToken {
+                tenant_id: claims.sub,
+                issued_token_id: Some(claims.jti),
+                expires_at: claims.exp,
+            });
+        }
+        let Some(external) = self.issuers.get(&issuer) else {
+            return Err(AuthError::InvalidToken(format!(
+                "unknown issuer {issuer:?}"
+            )));
+        };
+        let identity = external
+            .verify(token, &header)
+            .await
+            .map_err(|err| match err {
+                IssuerError::Invalid(message) => AuthError::InvalidToken(message),
+                IssuerError::Unavailable(message) => AuthError::Unavailable(message),
+            })?;
+        Ok(VerifiedToken {
+            tenant_id: identity.tenant_id,
+            issued_token_id: None,
+            expires_at: identity.expires_at,
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct UnverifiedIssuer {
+    iss: Option<String>,
 }
 
 fn unix_now() -> i64 {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::secrets::{random_bytes, SigningKeyPem};
 
 /// `iss` and `aud` of every token promgate issues.
-pub const ISSUER: &str = "promgate";
+pub const ISSUER: &str = crate::config::PROMGATE_ISSUER;
 pub const AUDIENCE: &str = "promgate";
 /// Tokens longer than this are refused before any parsing (SECURITY.md §4: JWT ≤ 8 KiB).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

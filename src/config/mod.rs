@@ -20,6 +20,8 @@ use units::HumanDuration;
 /// so promgate answers before the sender gives up (SECURITY.md §1).
 pub const MAX_BACKEND_TIMEOUT: Duration = Duration::from_secs(29);
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(20);
+/// The `iss` of the tokens promgate issues itself; no external issuer may claim it.
+pub const PROMGATE_ISSUER: &str = "promgate";
 
 /// The validated configuration the relay runs on.
 #[derive(Clone, Debug)]
@@ -29,6 +31,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub tenancy: TenancyConfig,
     pub tokens: TokenConfig,
+    pub issuers: Vec<IssuerConfig>,
     pub limits: Limits,
     pub backends: Vec<BackendConfig>,
 }
@@ -103,6 +106,32 @@ pub struct TenancyConfig {
     pub strip_label_on_read: bool,
 }
 
+/// An external identity provider whose JWTs name a tenant (DESIGN §4b).
+#[derive(Clone, Debug)]
+pub struct IssuerConfig {
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// The exact `aud` its tokens must carry.
+    pub audience: String,
+    pub jwks: JwksSource,
+    /// The only algorithms accepted; never taken from a token's header.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// The claim that names the tenant.
+    pub tenant_claim: String,
+    /// How often the JWKS is fetched again (cache lifetime).
+    pub jwks_refresh: Duration,
+    /// The least time between two fetches triggered by unknown key ids.
+    pub jwks_cooldown: Duration,
+    pub jwks_timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    /// HTTPS, or plain HTTP to a loopback address only.
+    Url(url::Url),
+}
+
 #[derive(Clone, Debug)]
 pub struct TokenConfig {
     /// PKCS#8 PEM Ed25519 key that signs the tokens promgate issues; generated when missing.
@@ -173,7 +202,20 @@ struct RawAuth {
     #[serde(default)]
     tokens: RawTokens,
     #[serde(default)]
-    issuers: Vec<toml::Value>,
+    issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawIssuer {
+    issuer: Option<String>,
+    audience: Option<String>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    algorithms: Option<Vec<String>>,
+    tenant_claim: Option<String>,
+    jwks_refresh: Option<HumanDuration>,
+    jwks_cooldown: Option<HumanDuration>,
+    jwks_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,11 +326,7 @@ impl Config {
         if admin_cfg.auth_failures_per_minute == 0 {
             problems.push("admin.auth_failures_per_minute must be at least 1".into());
         }
-        if !auth.issuers.is_empty() {
-            problems.push(
-                "auth.issuers: external JWT issuers are not available in this version".into(),
-            );
-        }
+        let issuers = validate_issuers(auth.issuers, &mut problems);
         let tokens = TokenConfig {
             signing_key_file: auth
                 .tokens
@@ -314,6 +352,7 @@ impl Config {
                 storage,
                 tenancy,
                 tokens,
+                issuers,
                 limits,
                 backends,
             })
@@ -512,6 +551,91 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
         problems.push("server.max_in_flight_decoded_bytes must be at least 1MiB".into());
     }
     config
+}
+
+fn validate_issuers(raw: Vec<RawIssuer>, problems: &mut Vec<String>) -> Vec<IssuerConfig> {
+    let mut issuers: Vec<IssuerConfig> = Vec::new();
+    for (index, issuer) in raw.into_iter().enumerate() {
+        let context = format!("auth.issuers[{index}]");
+        let name = issuer.issuer.unwrap_or_default();
+        if name.is_empty() {
+            problems.push(format!("{context}.issuer is required"));
+        } else if name == PROMGATE_ISSUER {
+            problems.push(format!(
+                "{context}.issuer: {name:?} is promgate's own issuer"
+            ));
+        } else if issuers.iter().any(|other| other.issuer == name) {
+            problems.push(format!("{context}.issuer: {name:?} is configured twice"));
+        }
+        let audience = issuer.audience.unwrap_or_default();
+        if audience.is_empty() {
+            problems.push(format!("{context}.audience is required"));
+        }
+        let jwks = match (issuer.jwks_file, issuer.jwks_url) {
+            (Some(file), None) => Some(JwksSource::File(file)),
+            (None, Some(text)) => match url::Url::parse(&text) {
+                Ok(url) if url.scheme() == "https" => Some(JwksSource::Url(url)),
+                Ok(url) if url.scheme() == "http" && is_loopback(&url) => {
+                    Some(JwksSource::Url(url))
+                }
+                _ => {
+                    problems.push(format!(
+                        "{context}.jwks_url: {text:?} must be an https:// URL (http:// only to a loopback address)"
+                    ));
+                    None
+                }
+            },
+            _ => {
+                problems.push(format!(
+                    "{context}: set exactly one of jwks_file and jwks_url"
+                ));
+                None
+            }
+        };
+        let mut algorithms = Vec::new();
+        for text in issuer.algorithms.unwrap_or_default() {
+            match text.parse::<jsonwebtoken::Algorithm>() {
+                Ok(algorithm) if algorithm.family() == jsonwebtoken::AlgorithmFamily::Hmac => problems.push(format!(
+                    "{context}.algorithms: {text} is an HMAC algorithm; only asymmetric algorithms are accepted"
+                )),
+                Ok(algorithm) => algorithms.push(algorithm),
+                Err(_) => problems.push(format!("{context}.algorithms: {text:?} is not a JWT algorithm")),
+            }
+        }
+        if algorithms.is_empty() {
+            problems.push(format!(
+                "{context}.algorithms: list the algorithms this issuer signs with"
+            ));
+        }
+        let config = IssuerConfig {
+            issuer: name,
+            audience,
+            jwks: jwks.unwrap_or(JwksSource::File(PathBuf::new())),
+            algorithms,
+            tenant_claim: issuer.tenant_claim.unwrap_or_else(|| "tenant".into()),
+            jwks_refresh: issuer
+                .jwks_refresh
+                .map_or(Duration::from_secs(600), |d| d.0),
+            jwks_cooldown: issuer
+                .jwks_cooldown
+                .map_or(Duration::from_secs(30), |d| d.0),
+            jwks_timeout: issuer.jwks_timeout.map_or(Duration::from_secs(5), |d| d.0),
+        };
+        if config.tenant_claim.is_empty() {
+            problems.push(format!("{context}.tenant_claim must not be empty"));
+        }
+        issuers.push(config);
+    }
+    issuers
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(domain)) => domain == "localhost",
+        None => false,
+    }
 }
 
 fn validate_tenancy(raw: RawTenancy, problems: &mut Vec<String>) -> TenancyConfig {

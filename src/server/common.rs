@@ -111,7 +111,7 @@ pub fn peer_ip(extensions: &http::Extensions) -> IpAddr {
 
 /// The caller's tenant, from the request's credentials alone. An address that failed
 /// too often lately is refused before its credential is even looked at.
-pub fn authenticate(
+pub async fn authenticate(
     state: &SharedState,
     headers: &HeaderMap,
     peer: IpAddr,
@@ -126,7 +126,7 @@ pub fn authenticate(
             },
         ));
     }
-    state.auth.authenticate(headers).map_err(|err| {
+    state.auth.authenticate(headers).await.map_err(|err| {
         state
             .metrics
             .auth_failures

@@ -56,7 +56,7 @@ async fn handle(
 ) -> Result<(Arc<TenantEntry>, Response), Failure> {
     let headers = &parts.headers;
     check_encoding(headers).map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
-    let tenant = authenticate(state, headers, peer_ip(&parts.extensions))?;
+    let tenant = authenticate(state, headers, peer_ip(&parts.extensions)).await?;
     let limits = &tenant.limits;
     if let Verdict::Throttled { retry_after } = state
         .rate_limits

@@ -57,7 +57,7 @@ async fn handle(
     let headers = &parts.headers;
     check_media_type(headers)
         .map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
-    let tenant = authenticate(state, headers, peer_ip(&parts.extensions))?;
+    let tenant = authenticate(state, headers, peer_ip(&parts.extensions)).await?;
     let limits = &tenant.limits;
     // Throttles that need no body first: the request rate, and a tenant still inside the
     // wait it was given for its samples (a flood then costs headers only).
