@@ -916,6 +916,42 @@ mod tests {
     }
 
     #[test]
+    fn issuers_are_checked() {
+        let errors = parse(
+            r#"
+            [[auth.issuers]]
+            issuer = "https://idp.example"
+            audience = "promgate"
+            jwks_url = "http://idp.example/jwks.json"
+            algorithms = ["HS256", "XX1"]
+            [[auth.issuers]]
+            issuer = "promgate"
+            audience = "promgate"
+            jwks_file = "jwks.json"
+            jwks_url = "https://idp.example/jwks.json"
+            algorithms = ["RS256"]
+            "#,
+        )
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "auth.issuers[0].jwks_url",
+            "HMAC",
+            "\"XX1\" is not a JWT algorithm",
+            "auth.issuers[1].issuer",
+            "exactly one of jwks_file and jwks_url",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let config = parse(
+            "[[auth.issuers]]\nissuer = \"https://idp.example\"\naudience = \"promgate\"\njwks_url = \"http://127.0.0.1:8080/jwks\"\nalgorithms = [\"RS256\", \"ES256\"]\n",
+        )
+        .expect("loopback http and asymmetric algorithms are fine");
+        assert_eq!(config.issuers[0].tenant_claim, "tenant");
+        assert_eq!(config.issuers[0].jwks_cooldown, Duration::from_secs(30));
+    }
+
+    #[test]
     fn secrets_default_next_to_the_database() {
         let config =
             parse("[storage]\ndatabase_url = \"sqlite:///var/lib/promgate/db.sqlite?mode=rwc\"\n")

@@ -1,0 +1,397 @@
+//! External JWT issuers (DESIGN §4b; SECURITY.md T1–T5, test group "JWT"): tokens of a
+//! configured issuer map to the tenant in their claim; forged, expired, misaddressed and
+//! algorithm-confused tokens are 401 and reach no backend; JWKS rotation is picked up;
+//! during a JWKS outage known keys keep working and unknown key ids get 503; sprayed key
+//! ids fetch the JWKS at most once per cooldown.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::{backends_toml, simple_body, FakeBackend, Relay};
+use ed25519_dalek::pkcs8::EncodePrivateKey;
+use ed25519_dalek::SigningKey;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+const ISSUER: &str = "https://idp.example";
+const AUDIENCE: &str = "promgate";
+
+struct TestKey {
+    encoding: EncodingKey,
+    public: [u8; 32],
+}
+
+fn test_key(seed: u8) -> TestKey {
+    let signing = SigningKey::from_bytes(&[seed; 32]);
+    let pem = signing.to_pkcs8_pem(Default::default()).expect("pem");
+    TestKey {
+        encoding: EncodingKey::from_ed_pem(pem.as_bytes()).expect("key"),
+        public: signing.verifying_key().to_bytes(),
+    }
+}
+
+fn jwk(key: &TestKey, kid: &str) -> Value {
+    json!({"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(key.public), "kid": kid, "alg": "EdDSA", "use": "sig"})
+}
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+fn claims(tenant: &str) -> Value {
+    json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "prometheus-eu-1", "tenant": tenant, "iat": now(), "exp": now() + 600})
+}
+
+fn sign(key: &TestKey, kid: Option<&str>, claims: &Value) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, claims, &key.encoding).expect("token")
+}
+
+#[derive(Clone)]
+struct Jwks {
+    document: Arc<Mutex<Value>>,
+    fetches: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+}
+
+async fn serve_jwks(State(jwks): State<Jwks>) -> Response {
+    jwks.fetches.fetch_add(1, Ordering::SeqCst);
+    if jwks.failing.load(Ordering::SeqCst) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+    }
+    Json(jwks.document.lock().expect("lock").clone()).into_response()
+}
+
+async fn start_jwks(keys: Vec<Value>) -> (Jwks, String) {
+    let jwks = Jwks {
+        document: Arc::new(Mutex::new(json!({ "keys": keys }))),
+        fetches: Arc::new(AtomicUsize::new(0)),
+        failing: Arc::new(AtomicBool::new(false)),
+    };
+    let router = Router::new()
+        .route("/jwks.json", get(serve_jwks))
+        .with_state(jwks.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (jwks, format!("http://{addr}/jwks.json"))
+}
+
+fn issuer_toml(source: &str, cooldown: &str) -> String {
+    format!(
+        "[[auth.issuers]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n{source}\nalgorithms = [\"EdDSA\"]\ntenant_claim = \"tenant\"\njwks_cooldown = \"{cooldown}\"\n"
+    )
+}
+
+async fn setup(cooldown: &str) -> (Relay, FakeBackend, Jwks, TestKey) {
+    let key = test_key(1);
+    let (jwks, url) = start_jwks(vec![jwk(&key, "k1")]).await;
+    let backend = FakeBackend::start().await;
+    let toml = format!(
+        "{}{}",
+        issuer_toml(&format!("jwks_url = \"{url}\""), cooldown),
+        backends_toml(&[&backend])
+    );
+    let relay = Relay::start(&toml).await;
+    relay.create_tenant(json!({"id": "alpha"})).await;
+    (relay, backend, jwks, key)
+}
+
+async fn status(relay: &Relay, token: &str) -> u16 {
+    relay.write(token, simple_body(&[])).await.status().as_u16()
+}
+
+#[tokio::test]
+async fn issuer_tokens_map_to_the_tenant_in_their_claim() {
+    let (relay, backend, _jwks, key) = setup("30s").await;
+    assert_eq!(
+        status(&relay, &sign(&key, Some("k1"), &claims("alpha"))).await,
+        204
+    );
+    assert_eq!(backend.requests().len(), 1);
+    let forwarded = backend.requests()[0].write_request();
+    assert_eq!(
+        common::label_value(&forwarded.timeseries[0], "tenant_id"),
+        ["alpha"]
+    );
+    // A registered-but-disabled tenant and an unregistered one: valid identity, 403.
+    assert_eq!(
+        status(&relay, &sign(&key, Some("k1"), &claims("ghost"))).await,
+        403
+    );
+    relay
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/alpha",
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    assert_eq!(
+        status(&relay, &sign(&key, Some("k1"), &claims("alpha"))).await,
+        403
+    );
+    relay
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/alpha",
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    // Tokens promgate issues keep working beside the issuer's.
+    let (_, issued) = relay.issue_token("alpha").await;
+    assert_eq!(status(&relay, &issued).await, 204);
+}
+
+#[tokio::test]
+async fn bad_claims_are_401_and_reach_no_backend() {
+    let (relay, backend, _jwks, key) = setup("30s").await;
+    let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+        let mut claims = claims("alpha");
+        change(claims.as_object_mut().expect("object"));
+        sign(&key, Some("k1"), &claims)
+    };
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "wrong audience",
+            with(&|c| {
+                c.insert("aud".into(), json!("someone-else"));
+            }),
+        ),
+        (
+            "no audience",
+            with(&|c| {
+                c.remove("aud");
+            }),
+        ),
+        (
+            "unknown issuer",
+            with(&|c| {
+                c.insert("iss".into(), json!("https://evil.example"));
+            }),
+        ),
+        (
+            "no issuer",
+            with(&|c| {
+                c.remove("iss");
+            }),
+        ),
+        (
+            "promgate as issuer",
+            with(&|c| {
+                c.insert("iss".into(), json!("promgate"));
+            }),
+        ),
+        (
+            "expired",
+            with(&|c| {
+                c.insert("exp".into(), json!(now() - 3600));
+            }),
+        ),
+        (
+            "no exp",
+            with(&|c| {
+                c.remove("exp");
+            }),
+        ),
+        (
+            "exp as a string",
+            with(&|c| {
+                c.insert("exp".into(), json!("tomorrow"));
+            }),
+        ),
+        (
+            "not yet valid",
+            with(&|c| {
+                c.insert("nbf".into(), json!(now() + 3600));
+            }),
+        ),
+        (
+            "no sub",
+            with(&|c| {
+                c.remove("sub");
+            }),
+        ),
+        (
+            "no tenant claim",
+            with(&|c| {
+                c.remove("tenant");
+            }),
+        ),
+        (
+            "tenant claim not a string",
+            with(&|c| {
+                c.insert("tenant".into(), json!(["alpha"]));
+            }),
+        ),
+    ];
+    for (name, token) in cases {
+        assert_eq!(status(&relay, &token).await, 401, "{name}");
+    }
+    assert!(backend.requests().is_empty());
+}
+
+#[tokio::test]
+async fn algorithm_and_key_confusion_is_refused() {
+    let (relay, backend, _jwks, key) = setup("30s").await;
+    let payload = URL_SAFE_NO_PAD.encode(claims("alpha").to_string());
+    // alg "none" with no signature.
+    let none = format!(
+        "{}.{payload}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT","kid":"k1"}"#)
+    );
+    // HS256 keyed with the issuer's public key bytes (the classic confusion).
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some("k1".into());
+    let hs256 = jsonwebtoken::encode(
+        &hs_header,
+        &claims("alpha"),
+        &EncodingKey::from_secret(&key.public),
+    )
+    .expect("token");
+    // ES256, a real asymmetric algorithm, but not in the issuer's allow-list.
+    let es_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ec key");
+    let mut es_header = Header::new(Algorithm::ES256);
+    es_header.kid = Some("k1".into());
+    let es256 = jsonwebtoken::encode(
+        &es_header,
+        &claims("alpha"),
+        &EncodingKey::from_ec_pem(es_key.serialize_pem().as_bytes()).expect("ec"),
+    )
+    .expect("token");
+    // Another key presented under the real kid, with its public key embedded as `jwk`
+    // and a `jku` pointing elsewhere: both headers are ignored.
+    let attacker = test_key(9);
+    let mut forged_header = Header::new(Algorithm::EdDSA);
+    forged_header.kid = Some("k1".into());
+    forged_header.jku = Some("https://evil.example/jwks.json".into());
+    forged_header.jwk = Some(serde_json::from_value(jwk(&attacker, "k1")).expect("jwk"));
+    let forged =
+        jsonwebtoken::encode(&forged_header, &claims("alpha"), &attacker.encoding).expect("token");
+    for (name, token) in [
+        ("none", none),
+        ("HS256 with the public key", hs256),
+        ("ES256", es256),
+        ("wrong key, real kid", forged),
+    ] {
+        assert_eq!(status(&relay, &token).await, 401, "{name}");
+    }
+    let oversized = format!("{}.{}.x", "a".repeat(6000), "b".repeat(6000));
+    assert_eq!(status(&relay, &oversized).await, 401, "oversized token");
+    assert_eq!(status(&relay, "not.a.jwt").await, 401);
+    assert!(backend.requests().is_empty());
+}
+
+#[tokio::test]
+async fn rotation_is_picked_up_and_outages_answer_503_for_unknown_kids() {
+    let (relay, _backend, jwks, key) = setup("1s").await;
+    assert_eq!(
+        status(&relay, &sign(&key, Some("k1"), &claims("alpha"))).await,
+        204
+    );
+    // Rotation: the IdP publishes k2 next to k1; a k2 token triggers a refetch.
+    let next = test_key(2);
+    *jwks.document.lock().expect("lock") = json!({"keys": [jwk(&key, "k1"), jwk(&next, "k2")]});
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        status(&relay, &sign(&next, Some("k2"), &claims("alpha"))).await,
+        204
+    );
+
+    // Outage: cached kids keep working, an unknown kid is 503 (retryable), never 401.
+    jwks.failing.store(true, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let third = test_key(3);
+    let unknown = sign(&third, Some("k3"), &claims("alpha"));
+    let response = relay.write(&unknown, simple_body(&[])).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(
+        status(&relay, &sign(&next, Some("k2"), &json!(claims("alpha")))).await,
+        204,
+        "cached kid"
+    );
+    // Within the cooldown no new fetch is made; the answer stays 503.
+    assert_eq!(
+        status(&relay, &sign(&third, Some("k3"), &claims("alpha"))).await,
+        503
+    );
+    // Recovery: the IdP is back with k3.
+    *jwks.document.lock().expect("lock") = json!({"keys": [jwk(&next, "k2"), jwk(&third, "k3")]});
+    jwks.failing.store(false, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(status(&relay, &unknown).await, 204);
+}
+
+#[tokio::test]
+async fn sprayed_key_ids_fetch_the_jwks_at_most_once_per_cooldown() {
+    let (relay, backend, jwks, _key) = setup("30s").await;
+    let before = jwks.fetches.load(Ordering::SeqCst);
+    let stranger = test_key(7);
+    for attempt in 0..30 {
+        let token = sign(
+            &stranger,
+            Some(&format!("spray-{attempt}")),
+            &claims("alpha"),
+        );
+        assert_eq!(status(&relay, &token).await, 401);
+    }
+    let fetched = jwks.fetches.load(Ordering::SeqCst) - before;
+    assert!(
+        fetched <= 1,
+        "the JWKS was fetched {fetched} times for 30 sprayed kids"
+    );
+    assert!(backend.requests().is_empty());
+}
+
+#[tokio::test]
+async fn jwks_files_work_and_oct_keys_are_ignored() {
+    let key = test_key(4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jwks.json");
+    let oct = json!({"kty": "oct", "k": URL_SAFE_NO_PAD.encode(b"shared secret"), "kid": "shared", "alg": "HS256"});
+    std::fs::write(
+        &path,
+        json!({"keys": [jwk(&key, "file-key"), oct]}).to_string(),
+    )
+    .expect("jwks file");
+    let backend = FakeBackend::start().await;
+    let toml = format!(
+        "{}{}",
+        issuer_toml(&format!("jwks_file = \"{}\"", path.display()), "30s"),
+        backends_toml(&[&backend])
+    );
+    let relay = Relay::start(&toml).await;
+    relay.create_tenant(json!({"id": "alpha"})).await;
+    assert_eq!(
+        status(&relay, &sign(&key, Some("file-key"), &claims("alpha"))).await,
+        204
+    );
+    // No kid, one key of the family: that key.
+    assert_eq!(
+        status(&relay, &sign(&key, None, &claims("alpha"))).await,
+        204
+    );
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("shared".into());
+    let hs = jsonwebtoken::encode(
+        &header,
+        &claims("alpha"),
+        &EncodingKey::from_secret(b"shared secret"),
+    )
+    .expect("token");
+    assert_eq!(status(&relay, &hs).await, 401);
+}
