@@ -106,10 +106,20 @@ pub async fn run(
     let data_addr = listeners.data.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let connection_limits = state.config.server.connections;
+    let data_tls = match &state.config.server.tls {
+        Some(tls) => {
+            let tls = server::tls::TlsState::new(tls.clone())
+                .map_err(|err| anyhow::anyhow!("TLS: {err}"))?;
+            tls.spawn_reload();
+            Some(tls)
+        }
+        None => None,
+    };
     let data = server::listener::serve(
         listeners.data,
         server::data_router(Arc::clone(&state)),
         connection_limits,
+        data_tls,
         state.metrics.open_connections("data"),
         stop_rx.clone(),
     );
@@ -120,6 +130,7 @@ pub async fn run(
             max_connections: ADMIN_MAX_CONNECTIONS,
             ..connection_limits
         },
+        None,
         state.metrics.open_connections("admin"),
         stop_rx,
     );

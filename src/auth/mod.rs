@@ -2,6 +2,7 @@
 //! from authentication alone; headers such as `X-Scope-OrgID` never choose it.
 
 pub mod issuers;
+pub mod mtls;
 pub mod secrets;
 pub mod tokens;
 
@@ -14,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::error::AppError;
 use crate::tenant::{Registry, TenantEntry, TenantStatus};
 use issuers::{IssuerError, Issuers};
+use mtls::ClientCertificate;
 use tokens::{TokenSigner, MAX_TOKEN_BYTES};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,6 +34,12 @@ pub enum AuthError {
     UnknownTenant(String),
     #[error("tenant {0:?} is disabled")]
     DisabledTenant(String),
+    #[error("client certificate is not registered to a tenant")]
+    UnregisteredCertificate,
+    #[error("client certificate names identities of different tenants")]
+    AmbiguousCertificate,
+    #[error("client certificate and bearer token name different tenants")]
+    ConflictingCredentials,
     /// An identity provider's keys cannot be had right now: retryable.
     #[error("{0}")]
     Unavailable(String),
@@ -49,6 +57,9 @@ impl AuthError {
             AuthError::UnknownTenant(_) => "unknown_tenant",
             AuthError::DisabledTenant(_) => "disabled_tenant",
             AuthError::Unavailable(_) => "issuer_unavailable",
+            AuthError::UnregisteredCertificate => "unregistered_certificate",
+            AuthError::AmbiguousCertificate => "ambiguous_certificate",
+            AuthError::ConflictingCredentials => "conflicting_credentials",
         }
     }
 }
@@ -122,9 +133,63 @@ impl Authenticator {
         &self.signer
     }
 
-    /// Maps the request's credentials to an active tenant, from the in-memory registry.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<TenantEntry>, AuthError> {
-        let token = bearer_token(headers)?;
+    /// Maps the request's credentials (a bearer token, a verified client certificate, or
+    /// both naming the same tenant) to an active tenant, from the in-memory registry.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<Arc<TenantEntry>, AuthError> {
+        let certificate_tenant = match certificate {
+            Some(certificate) => self.tenant_of_certificate(certificate)?,
+            None => None,
+        };
+        let token_tenant = match bearer_token(headers) {
+            Ok(token) => Some(self.tenant_of_token(token).await?),
+            Err(AuthError::Missing) => None,
+            Err(err) => return Err(err),
+        };
+        let tenant_id = match (certificate_tenant, token_tenant) {
+            (Some(from_certificate), Some(from_token)) if from_certificate != from_token => {
+                return Err(AuthError::ConflictingCredentials)
+            }
+            (Some(tenant), _) | (None, Some(tenant)) => tenant,
+            (None, None) if certificate.is_some() => {
+                return Err(AuthError::UnregisteredCertificate)
+            }
+            (None, None) => return Err(AuthError::Missing),
+        };
+        let entry = self
+            .registry
+            .tenant(&tenant_id)
+            .ok_or_else(|| AuthError::UnknownTenant(tenant_id.clone()))?;
+        if entry.tenant.status != TenantStatus::Active {
+            return Err(AuthError::DisabledTenant(tenant_id));
+        }
+        Ok(entry)
+    }
+
+    /// The tenant every registered SAN of the certificate names; SANs naming different
+    /// tenants make the certificate ambiguous.
+    fn tenant_of_certificate(
+        &self,
+        certificate: &ClientCertificate,
+    ) -> Result<Option<String>, AuthError> {
+        let mut tenant: Option<String> = None;
+        for san in certificate.sans() {
+            if let Some(owner) = self.registry.tenant_of_identity(san) {
+                match &tenant {
+                    Some(existing) if *existing != owner => {
+                        return Err(AuthError::AmbiguousCertificate)
+                    }
+                    _ => tenant = Some(owner),
+                }
+            }
+        }
+        Ok(tenant)
+    }
+
+    async fn tenant_of_token(&self, token: &str) -> Result<String, AuthError> {
         let verified = self.verify(token).await?;
         if let Some(token_id) = &verified.issued_token_id {
             let record = self
@@ -138,14 +203,7 @@ impl Authenticator {
                 return Err(AuthError::UnknownToken);
             }
         }
-        let entry = self
-            .registry
-            .tenant(&verified.tenant_id)
-            .ok_or_else(|| AuthError::UnknownTenant(verified.tenant_id.clone()))?;
-        if entry.tenant.status != TenantStatus::Active {
-            return Err(AuthError::DisabledTenant(verified.tenant_id));
-        }
-        Ok(entry)
+        Ok(verified.tenant_id)
     }
 
     async fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {

@@ -39,6 +39,8 @@ pub struct Config {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// TLS on the data listener; `None` serves plain HTTP.
+    pub tls: Option<TlsConfig>,
     pub connections: ConnectionLimits,
     /// Requests being handled at once (writes and reads, until the answer began).
     pub max_in_flight_requests: usize,
@@ -48,6 +50,113 @@ pub struct ServerConfig {
     pub in_flight_wait: Duration,
     /// Failed authentications per source address and minute before 429.
     pub auth_failures_per_minute: u32,
+}
+
+/// TLS on the data listener (DESIGN §4c; SECURITY.md T6–T8, T22).
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The only roots client certificates are verified against (never system roots).
+    pub client_ca_file: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    /// Revocation lists; a certificate whose status cannot be determined is refused and
+    /// an expired list fails verification.
+    pub crl_files: Vec<PathBuf>,
+    /// TLS 1.2 (default) or 1.3 as the lowest version.
+    pub min_version_13: bool,
+    /// How often the files are checked for changes and reloaded.
+    pub reload_interval: Duration,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Required,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTls {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    client_ca_file: Option<PathBuf>,
+    client_auth: Option<String>,
+    crl_files: Option<Vec<PathBuf>>,
+    min_version: Option<String>,
+    reload_interval: Option<HumanDuration>,
+    handshake_timeout: Option<HumanDuration>,
+}
+
+fn validate_tls(raw: RawTls, problems: &mut Vec<String>) -> TlsConfig {
+    let mut required_file = |key: &str, value: Option<PathBuf>| {
+        let path = value.unwrap_or_default();
+        if path.as_os_str().is_empty() {
+            problems.push(format!("server.tls.{key} is required"));
+        } else if !path.is_file() {
+            problems.push(format!(
+                "server.tls.{key}: {} is not a readable file",
+                path.display()
+            ));
+        }
+        path
+    };
+    let cert_file = required_file("cert_file", raw.cert_file);
+    let key_file = required_file("key_file", raw.key_file);
+    let client_auth = match raw.client_auth.as_deref().unwrap_or("none") {
+        "none" => ClientAuth::None,
+        "optional" => ClientAuth::Optional,
+        "required" => ClientAuth::Required,
+        other => {
+            problems.push(format!(
+                "server.tls.client_auth: {other:?} must be \"none\", \"optional\" or \"required\""
+            ));
+            ClientAuth::None
+        }
+    };
+    let client_ca_file = raw.client_ca_file;
+    match (&client_ca_file, client_auth) {
+        (None, ClientAuth::Optional | ClientAuth::Required) => {
+            problems.push("server.tls.client_ca_file is required for client certificates".into())
+        }
+        (Some(path), _) if !path.is_file() => problems.push(format!(
+            "server.tls.client_ca_file: {} is not a readable file",
+            path.display()
+        )),
+        _ => {}
+    }
+    let crl_files = raw.crl_files.unwrap_or_default();
+    for path in &crl_files {
+        if !path.is_file() {
+            problems.push(format!(
+                "server.tls.crl_files: {} is not a readable file",
+                path.display()
+            ));
+        }
+    }
+    let min_version_13 = match raw.min_version.as_deref().unwrap_or("1.2") {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            problems.push(format!(
+                "server.tls.min_version: {other:?} must be \"1.2\" or \"1.3\""
+            ));
+            false
+        }
+    };
+    TlsConfig {
+        cert_file,
+        key_file,
+        client_ca_file,
+        client_auth,
+        crl_files,
+        min_version_13,
+        reload_interval: raw.reload_interval.map_or(Duration::from_secs(30), |d| d.0),
+        handshake_timeout: raw
+            .handshake_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
+    }
 }
 
 /// Connection-level protection of a listener (SECURITY.md T13).
@@ -166,7 +275,7 @@ pub struct BasicAuth {
 #[derive(Debug, Default, Deserialize)]
 struct RawServer {
     listen: Option<String>,
-    tls: Option<toml::Value>,
+    tls: Option<RawTls>,
     header_read_timeout: Option<HumanDuration>,
     max_header_bytes: Option<units::HumanSize>,
     body_read_timeout: Option<HumanDuration>,
@@ -305,12 +414,8 @@ impl Config {
                 .unwrap_or_else(|| "sqlite://promgate.db".into()),
         };
         let secrets_dir = secrets_dir(&storage.database_url, &mut problems);
-        let server_cfg = validate_server(&server, &mut problems);
-        if server.tls.is_some() {
-            problems.push(
-                "server.tls: TLS on the data listener is not available in this version".into(),
-            );
-        }
+        let mut server_cfg = validate_server(&server, &mut problems);
+        server_cfg.tls = server.tls.map(|raw| validate_tls(raw, &mut problems));
         let admin_cfg = AdminConfig {
             listen: parse_addr(
                 "admin.listen",
@@ -510,6 +615,7 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
         max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
     };
     let config = ServerConfig {
+        tls: None,
         listen: parse_addr(
             "server.listen",
             raw.listen.as_deref(),

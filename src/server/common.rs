@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::SharedState;
+use crate::auth::mtls::ClientCertificate;
 use crate::error::AppError;
 use crate::telemetry::{CauseLabel, EndpointTenantCode, EndpointTenantReason, ThrottleLabels};
 use crate::tenant::TenantEntry;
@@ -111,11 +113,9 @@ pub fn peer_ip(extensions: &http::Extensions) -> IpAddr {
 
 /// The caller's tenant, from the request's credentials alone. An address that failed
 /// too often lately is refused before its credential is even looked at.
-pub async fn authenticate(
-    state: &SharedState,
-    headers: &HeaderMap,
-    peer: IpAddr,
-) -> Result<Arc<TenantEntry>, Failure> {
+pub async fn authenticate(state: &SharedState, parts: &Parts) -> Result<Arc<TenantEntry>, Failure> {
+    let (headers, extensions) = (&parts.headers, &parts.extensions);
+    let peer = peer_ip(extensions);
     let now = Instant::now();
     if let Err(wait) = state.data_auth_failures.check(peer, now) {
         return Err(Failure::anonymous(
@@ -126,20 +126,25 @@ pub async fn authenticate(
             },
         ));
     }
-    state.auth.authenticate(headers).await.map_err(|err| {
-        state
-            .metrics
-            .auth_failures
-            .get_or_create(&CauseLabel {
-                cause: err.cause().to_string(),
-            })
-            .inc();
-        let error = AppError::from(err.clone());
-        if error.status() == StatusCode::UNAUTHORIZED {
-            state.data_auth_failures.record_failure(peer, now);
-        }
-        Failure::anonymous(err.cause(), error)
-    })
+    let certificate = extensions.get::<ClientCertificate>();
+    state
+        .auth
+        .authenticate(headers, certificate)
+        .await
+        .map_err(|err| {
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&CauseLabel {
+                    cause: err.cause().to_string(),
+                })
+                .inc();
+            let error = AppError::from(err.clone());
+            if error.status() == StatusCode::UNAUTHORIZED {
+                state.data_auth_failures.record_failure(peer, now);
+            }
+            Failure::anonymous(err.cause(), error)
+        })
 }
 
 /// The tenant's throttle answer: 429 (or 503 with `throttle_status = 503`) with an

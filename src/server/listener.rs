@@ -18,6 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use super::tls::{ClientCertificate, TlsState};
 use crate::config::ConnectionLimits;
 
 /// How long shutdown waits for in-flight requests before closing what is left.
@@ -28,6 +29,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnectionLimits,
+    tls: Option<Arc<TlsState>>,
     open_connections: Gauge,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
@@ -57,37 +59,35 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let gauge = open_connections.clone();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         while connections.try_join_next().is_some() {}
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
             gauge.inc();
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    let router = router.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            router
-                                .oneshot(request)
-                                .await
-                                .unwrap_or_else(|never| match never {}),
-                        )
+            match tls {
+                None => serve_connection(stream, peer, None, router, limits, stop).await,
+                Some(tls) => {
+                    match tokio::time::timeout(
+                        tls.handshake_timeout(),
+                        tls.acceptor().accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => {
+                            let certificate = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .map(|leaf| ClientCertificate::from_der(leaf));
+                            serve_connection(stream, peer, certificate, router, limits, stop).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
-                });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .keep_alive(true);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => log_connection_end(peer, result),
-                _ = stopped(&mut stop) => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
                 }
             }
             gauge.dec();
@@ -100,6 +100,49 @@ pub async fn serve(
     })
     .await;
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends or shutdown.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    certificate: Option<ClientCertificate>,
+    router: Router,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(certificate) = &certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
+        let router = router.clone();
+        async move {
+            Ok::<_, Infallible>(
+                router
+                    .oneshot(request)
+                    .await
+                    .unwrap_or_else(|never| match never {}),
+            )
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => log_connection_end(peer, result),
+        _ = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
+        }
+    }
 }
 
 /// Completes once shutdown was signalled (or the signal's sender is gone).

@@ -4,6 +4,7 @@
 mod common;
 pub mod listener;
 pub mod read;
+pub mod tls;
 pub mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};

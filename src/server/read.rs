@@ -18,9 +18,7 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::common::{
-    authenticate, count_request, peer_ip, read_body_capped, throttled, Endpoint, Failure,
-};
+use super::common::{authenticate, count_request, read_body_capped, throttled, Endpoint, Failure};
 use super::SharedState;
 use crate::backend::{self, BackendClient, ReadBody};
 use crate::codec::snappy;
@@ -56,7 +54,7 @@ async fn handle(
 ) -> Result<(Arc<TenantEntry>, Response), Failure> {
     let headers = &parts.headers;
     check_encoding(headers).map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
-    let tenant = authenticate(state, headers, peer_ip(&parts.extensions)).await?;
+    let tenant = authenticate(state, parts).await?;
     let limits = &tenant.limits;
     if let Verdict::Throttled { retry_after } = state
         .rate_limits

@@ -13,9 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::common::{
-    authenticate, count_request, peer_ip, read_body_capped, throttled, Endpoint, Failure,
-};
+use super::common::{authenticate, count_request, read_body_capped, throttled, Endpoint, Failure};
 use super::SharedState;
 use crate::backend::{self, Outcome};
 use crate::codec::write::{self as write_codec, WriteStats};
@@ -57,7 +55,7 @@ async fn handle(
     let headers = &parts.headers;
     check_media_type(headers)
         .map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
-    let tenant = authenticate(state, headers, peer_ip(&parts.extensions)).await?;
+    let tenant = authenticate(state, parts).await?;
     let limits = &tenant.limits;
     // Throttles that need no body first: the request rate, and a tenant still inside the
     // wait it was given for its samples (a flood then costs headers only).

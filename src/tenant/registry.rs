@@ -59,6 +59,8 @@ pub struct Registry {
     tenants: DashMap<String, Arc<TenantEntry>>,
     /// Tokens by id (`jti`), revoked ones included so they can be listed.
     tokens: DashMap<String, TokenRecord>,
+    /// mTLS identity (URI or DNS SAN) → tenant id.
+    identities: DashMap<String, String>,
     /// Serialises admin writes so the cache never runs ahead of or behind the database.
     admin_writes: tokio::sync::Mutex<()>,
 }
@@ -73,6 +75,7 @@ impl Registry {
             backend_names: config.backend_names().map(str::to_string).collect(),
             tenants: DashMap::new(),
             tokens: DashMap::new(),
+            identities: DashMap::new(),
             admin_writes: tokio::sync::Mutex::new(()),
         };
         for tenant in registry.store.load_tenants().await? {
@@ -160,7 +163,9 @@ impl Registry {
             .delete_tenant(id)
             .await
             .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
-        self.tenants.remove(id);
+        if let Some((_, old)) = self.tenants.remove(id) {
+            self.forget_identities(&old.tenant);
+        }
         self.tokens.retain(|_, token| token.tenant_id != id);
         Ok(())
     }
@@ -243,6 +248,12 @@ impl Registry {
             .filter(|(_, name)| tenant.backends.is_empty() || tenant.backends.contains(name))
             .map(|(index, _)| index)
             .collect();
+        if let Some(old) = self.tenant(&tenant.id) {
+            self.forget_identities(&old.tenant);
+        }
+        for identity in &tenant.identities {
+            self.identities.insert(identity.clone(), tenant.id.clone());
+        }
         let entry = TenantEntry {
             limits: self.default_limits.with(&tenant.limits),
             policy,
@@ -251,5 +262,19 @@ impl Registry {
         };
         self.tenants
             .insert(entry.tenant.id.clone(), Arc::new(entry));
+    }
+
+    fn forget_identities(&self, tenant: &Tenant) {
+        for identity in &tenant.identities {
+            self.identities
+                .remove_if(identity, |_, owner| *owner == tenant.id);
+        }
+    }
+
+    /// The tenant an mTLS identity (URI or DNS SAN) is registered to.
+    pub fn tenant_of_identity(&self, identity: &str) -> Option<String> {
+        self.identities
+            .get(identity)
+            .map(|owner| owner.value().clone())
     }
 }
