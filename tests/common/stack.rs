@@ -24,6 +24,12 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(with_victoria: bool) -> Stack {
+        Stack::start_with(with_victoria, "").await
+    }
+
+    /// With `server_toml` lines in promgate's `[server]` (a `[server.tls]` table makes the
+    /// data URL https).
+    pub async fn start_with(with_victoria: bool, server_toml: &str) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let backend_port = free_port();
@@ -71,7 +77,10 @@ impl Stack {
         } else {
             None
         };
-        let promgate = PromgateBinary::start(&root, "", &backends_toml).await;
+        let mut promgate = PromgateBinary::start(&root, server_toml, &backends_toml).await;
+        if server_toml.contains("[server.tls]") {
+            promgate.data_url = promgate.data_url.replace("http://", "https://");
+        }
         Stack {
             dir,
             backend,
