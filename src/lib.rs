@@ -65,6 +65,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.storage.database_url).await?;
     let registry = Arc::new(Registry::load(store, &config).await?);
+    registry.spawn_reload(config.storage.poll_interval);
     let admin_token = load_or_create_admin_token(&config.admin.token_file)?;
     let signing_key = load_or_create_signing_key(&config.tokens.signing_key_file)?;
     let signer = TokenSigner::new(&signing_key)?;

@@ -162,11 +162,21 @@ impl Authenticator {
         let entry = self
             .registry
             .tenant(&tenant_id)
-            .ok_or_else(|| AuthError::UnknownTenant(tenant_id.clone()))?;
+            .ok_or_else(|| self.unknown(AuthError::UnknownTenant(tenant_id.clone())))?;
         if entry.tenant.status != TenantStatus::Active {
             return Err(AuthError::DisabledTenant(tenant_id));
         }
         Ok(entry)
+    }
+
+    /// An identity the cache does not know is refused, unless the registry database is
+    /// unreachable: then it may be new, and the sender should retry (503), not drop.
+    fn unknown(&self, err: AuthError) -> AuthError {
+        if self.registry.store_healthy() {
+            err
+        } else {
+            AuthError::Unavailable("the registry database is unavailable; retry later".into())
+        }
     }
 
     /// The tenant every registered SAN of the certificate names; SANs naming different
@@ -195,7 +205,7 @@ impl Authenticator {
             let record = self
                 .registry
                 .token(token_id)
-                .ok_or(AuthError::UnknownToken)?;
+                .ok_or_else(|| self.unknown(AuthError::UnknownToken))?;
             if record.revoked_at.is_some() {
                 return Err(AuthError::Revoked);
             }

@@ -198,6 +198,9 @@ pub struct AdminConfig {
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
     pub database_url: String,
+    /// How often each replica reloads the registry, so changes made through another
+    /// replica are in force everywhere within about this long.
+    pub poll_interval: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,6 +300,7 @@ struct RawAdmin {
 #[derive(Debug, Default, Deserialize)]
 struct RawStorage {
     database_url: Option<String>,
+    poll_interval: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -412,7 +416,13 @@ impl Config {
             database_url: storage
                 .database_url
                 .unwrap_or_else(|| "sqlite://promgate.db".into()),
+            poll_interval: storage
+                .poll_interval
+                .map_or(Duration::from_secs(1), |d| d.0),
         };
+        if storage.poll_interval.is_zero() {
+            problems.push("storage.poll_interval must be longer than 0s".into());
+        }
         let secrets_dir = secrets_dir(&storage.database_url, &mut problems);
         let mut server_cfg = validate_server(&server, &mut problems);
         server_cfg.tls = server.tls.map(|raw| validate_tls(raw, &mut problems));
@@ -554,18 +564,19 @@ fn deserialize_reporting_unknown<T: DeserializeOwned>(
     }
 }
 
-/// Secrets live next to the SQLite file, or in the working directory otherwise.
+/// Secrets live next to the SQLite file, or in the working directory otherwise (with
+/// PostgreSQL, point every replica at the same mounted secret files instead).
 fn secrets_dir(database_url: &str, problems: &mut Vec<String>) -> PathBuf {
-    match sqlite_path(database_url) {
-        Some(path) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        None => {
-            problems.push(format!(
-                "storage.database_url: only sqlite:// URLs are supported in this version, not {:?}",
-                database_url.split(':').next().unwrap_or_default()
-            ));
-            PathBuf::new()
-        }
+    if let Some(path) = sqlite_path(database_url) {
+        return path.parent().map(Path::to_path_buf).unwrap_or_default();
     }
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        problems.push(format!(
+            "storage.database_url: use a sqlite:// or postgres:// URL, not {:?}",
+            database_url.split(':').next().unwrap_or_default()
+        ));
+    }
+    PathBuf::new()
 }
 
 /// The file behind a `sqlite://` URL, without query parameters.

@@ -2,6 +2,8 @@
 //! database), and the admin operations that change both. Admin writes go to the
 //! database first and then to the cache, one at a time.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -63,6 +65,9 @@ pub struct Registry {
     identities: DashMap<String, String>,
     /// Serialises admin writes so the cache never runs ahead of or behind the database.
     admin_writes: tokio::sync::Mutex<()>,
+    /// False while the last reload from the database failed: unknown identities then get
+    /// 503 (retryable) rather than 401.
+    store_healthy: AtomicBool,
 }
 
 impl Registry {
@@ -77,6 +82,7 @@ impl Registry {
             tokens: DashMap::new(),
             identities: DashMap::new(),
             admin_writes: tokio::sync::Mutex::new(()),
+            store_healthy: AtomicBool::new(true),
         };
         for tenant in registry.store.load_tenants().await? {
             registry.cache_tenant(tenant);
@@ -89,6 +95,72 @@ impl Registry {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn store_healthy(&self) -> bool {
+        self.store_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Reloads every tenant and token from the database: what other replicas changed is
+    /// then in force here too. On failure the cache stays as it was.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _guard = self.admin_writes.lock().await;
+        let loaded = async {
+            Ok::<_, StoreError>((
+                self.store.load_tenants().await?,
+                self.store.load_tokens().await?,
+            ))
+        }
+        .await;
+        let (tenants, tokens) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                if self.store_healthy.swap(false, Ordering::Relaxed) {
+                    tracing::error!(error = %err, "registry database unavailable; serving cached tenants and tokens");
+                }
+                return Err(err);
+            }
+        };
+        if !self.store_healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("registry database reachable again");
+        }
+        let ids: HashSet<String> = tenants.iter().map(|tenant| tenant.id.clone()).collect();
+        for tenant in tenants {
+            if self
+                .tenant(&tenant.id)
+                .is_none_or(|cached| cached.tenant != tenant)
+            {
+                self.cache_tenant(tenant);
+            }
+        }
+        let gone: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|entry| !ids.contains(entry.key()))
+            .map(|entry| entry.key().clone())
+            .collect();
+        for id in gone {
+            if let Some((_, old)) = self.tenants.remove(&id) {
+                self.forget_identities(&old.tenant);
+            }
+        }
+        let token_ids: HashSet<String> = tokens.iter().map(|token| token.id.clone()).collect();
+        for token in tokens {
+            self.tokens.insert(token.id.clone(), token);
+        }
+        self.tokens.retain(|id, _| token_ids.contains(id));
+        Ok(())
+    }
+
+    /// Reloads every `interval` for as long as the process runs.
+    pub fn spawn_reload(self: &Arc<Self>, interval: std::time::Duration) {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let _ = registry.reload().await;
+            }
+        });
     }
 
     pub fn tenant(&self, id: &str) -> Option<Arc<TenantEntry>> {

@@ -31,9 +31,11 @@ pub struct Store {
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Store {
-    /// Connects and applies migrations. A SQLite file is created when missing.
+    /// Connects and applies migrations (`sqlite:` or `postgres:` URLs). A SQLite file is
+    /// created when missing.
     pub async fn open(database_url: &str) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let url = if database_url.starts_with("sqlite:") && !database_url.contains("mode=") {
@@ -47,7 +49,11 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        SQLITE_MIGRATIONS.run(&pool).await?;
+        if url.starts_with("postgres") {
+            POSTGRES_MIGRATIONS.run(&pool).await?;
+        } else {
+            SQLITE_MIGRATIONS.run(&pool).await?;
+        }
         Ok(Store { pool })
     }
 
