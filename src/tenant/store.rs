@@ -45,7 +45,10 @@ impl Store {
             database_url.to_string()
         };
         let options = AnyConnectOptions::from_str(&url)?;
+        // A short acquire timeout: during a database outage, reloads and admin calls fail
+        // fast (503) instead of hanging.
         let pool = AnyPoolOptions::new()
+            .acquire_timeout(std::time::Duration::from_secs(1))
             .max_connections(4)
             .connect_with(options)
             .await?;

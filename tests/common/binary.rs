@@ -21,10 +21,22 @@ impl PromgateBinary {
     /// Starts `promgate serve` with its database and secrets in `root`; `server_toml`
     /// adds lines to `[server]`, `extra_toml` adds other sections (backends, limits).
     pub async fn start(root: &Path, server_toml: &str, extra_toml: &str) -> PromgateBinary {
+        let database_url = format!("sqlite://{}", root.join("promgate.db").display());
+        PromgateBinary::start_full(root, server_toml, "", &database_url, extra_toml).await
+    }
+
+    /// As `start`, with lines for `[admin]` and another database (PostgreSQL). The admin
+    /// token is read from `admin.token_file` when `admin_toml` names one.
+    pub async fn start_full(
+        root: &Path,
+        server_toml: &str,
+        admin_toml: &str,
+        database_url: &str,
+        extra_toml: &str,
+    ) -> PromgateBinary {
         let (data_port, admin_port) = (free_port(), free_port());
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{data_port}\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[storage]\ndatabase_url = \"sqlite://{}\"\n{extra_toml}",
-            root.join("promgate.db").display()
+            "[server]\nlisten = \"127.0.0.1:{data_port}\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{admin_toml}\n[storage]\ndatabase_url = \"{database_url}\"\n{extra_toml}"
         );
         let config_path = root.join("promgate.toml");
         std::fs::write(&config_path, config).expect("config");
@@ -45,7 +57,12 @@ impl PromgateBinary {
             Duration::from_secs(30),
         )
         .await;
-        let admin_token = std::fs::read_to_string(root.join("promgate-admin.token"))
+        let token_file = admin_toml
+            .lines()
+            .find_map(|line| line.strip_prefix("token_file = "))
+            .map(|quoted| PathBuf::from(quoted.trim_matches('"')))
+            .unwrap_or_else(|| root.join("promgate-admin.token"));
+        let admin_token = std::fs::read_to_string(token_file)
             .expect("admin token")
             .trim()
             .to_string();

@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod stack;
 

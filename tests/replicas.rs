@@ -1,0 +1,302 @@
+//! Several replicas on one PostgreSQL registry (DESIGN §4, §11): a tenant created through
+//! replica 1 writes through replica 3; a token revoked through replica 2 is refused by all
+//! three within 2 s; with the database down, cached tenants keep writing, an identity the
+//! cache does not know gets 503 (not 401), the admin API 503, and all recovers when the
+//! database returns. Also the admin API's behaviour on PostgreSQL.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::binary::PromgateBinary;
+use common::postgres::Postgres;
+use common::{backends_toml, simple_body, FakeBackend};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+async fn write(http: &reqwest::Client, replica: &PromgateBinary, token: &str) -> u16 {
+    http.post(replica.write_url())
+        .bearer_auth(token)
+        .header("Content-Encoding", "snappy")
+        .body(simple_body(&[]))
+        .send()
+        .await
+        .map_or(0, |response| response.status().as_u16())
+}
+
+async fn admin(
+    http: &reqwest::Client,
+    replica: &PromgateBinary,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http
+        .request(method, format!("{}{path}", replica.admin_url))
+        .bearer_auth(&replica.admin_token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls until every replica answers `expected` for `token`; returns how long it took.
+async fn until_all(
+    http: &reqwest::Client,
+    replicas: &[PromgateBinary],
+    token: &str,
+    expected: u16,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let mut statuses = Vec::new();
+        for replica in replicas {
+            statuses.push(write(http, replica, token).await);
+        }
+        if statuses.iter().all(|status| *status == expected) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replicas answer {statuses:?}, not {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_tenants_revocations_and_survive_a_database_outage() {
+    let mut postgres = Postgres::start().await;
+    let backend = FakeBackend::start().await;
+    let shared = tempfile::tempdir().expect("tempdir");
+    let admin_toml = format!(
+        "token_file = \"{}\"",
+        shared.path().join("admin.token").display()
+    );
+    let extra = format!(
+        "[auth.tokens]\nsigning_key_file = \"{}\"\n{}",
+        shared.path().join("signing.key").display(),
+        backends_toml(&[&backend])
+    );
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The test polls with refused tokens; keep the per-address failure limit out of the way.
+        let server_toml = "auth_failures_per_minute = 100000";
+        replicas.push(
+            PromgateBinary::start_full(dir.path(), server_toml, &admin_toml, &postgres.url, &extra)
+                .await,
+        );
+        dirs.push(dir);
+    }
+    let http = reqwest::Client::new();
+
+    // Created through replica 1, written through replica 3.
+    let (status, _) = admin(
+        &http,
+        &replicas[0],
+        reqwest::Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "alpha"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, issued) = admin(
+        &http,
+        &replicas[0],
+        reqwest::Method::POST,
+        "/admin/v1/tenants/alpha/tokens",
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let token = issued["token"].as_str().expect("token").to_string();
+    let token_id = issued["id"].as_str().expect("id").to_string();
+    let visible_after = until_all(&http, &replicas, &token, 204).await;
+    println!("replicas: a new tenant and token were usable on all three after {visible_after:?}");
+    assert!(visible_after <= Duration::from_secs(2), "{visible_after:?}");
+
+    // Revoked through replica 2: refused everywhere within 2 s.
+    let (status, _) = admin(
+        &http,
+        &replicas[1],
+        reqwest::Method::DELETE,
+        &format!("/admin/v1/tenants/alpha/tokens/{token_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let refused_after = until_all(&http, &replicas, &token, 401).await;
+    println!("replicas: the revoked token was refused by all three after {refused_after:?}");
+    assert!(refused_after <= Duration::from_secs(2), "{refused_after:?}");
+
+    // Database outage.
+    let (_, issued) = admin(
+        &http,
+        &replicas[0],
+        reqwest::Method::POST,
+        "/admin/v1/tenants/alpha/tokens",
+        None,
+    )
+    .await;
+    let cached = issued["token"].as_str().expect("token").to_string();
+    until_all(&http, &replicas, &cached, 204).await;
+    postgres.stop();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for replica in &replicas {
+        assert_eq!(
+            write(&http, replica, &cached).await,
+            204,
+            "cached tenants keep writing"
+        );
+    }
+    // A correctly signed token whose id no cache knows: it may have been issued during
+    // the outage, so the sender must retry.
+    let signing_pem = std::fs::read(shared.path().join("signing.key")).expect("signing key");
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let unknown = jsonwebtoken::encode(
+        &Header::new(Algorithm::EdDSA),
+        &json!({"iss": "promgate", "aud": "promgate", "sub": "alpha", "jti": "issued-during-outage", "iat": now, "exp": now + 600}),
+        &EncodingKey::from_ed_pem(&signing_pem).expect("key"),
+    )
+    .expect("token");
+    for replica in &replicas {
+        assert_eq!(
+            write(&http, replica, &unknown).await,
+            503,
+            "unknown identity during the outage"
+        );
+    }
+    let (status, _) = admin(
+        &http,
+        &replicas[2],
+        reqwest::Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "beta"})),
+    )
+    .await;
+    assert_eq!(status, 503, "admin API during the outage");
+
+    // Recovery.
+    postgres.run().await;
+    let recovered = Instant::now();
+    loop {
+        let (status, _) = admin(
+            &http,
+            &replicas[2],
+            reqwest::Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "beta"})),
+        )
+        .await;
+        if status == 201 {
+            break;
+        }
+        assert!(
+            recovered.elapsed() < Duration::from_secs(15),
+            "admin API did not recover: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    until_all(&http, &replicas, &unknown, 401).await;
+    until_all(&http, &replicas, &cached, 204).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_behaves_the_same_on_postgresql() {
+    let postgres = Postgres::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin_toml = format!(
+        "token_file = \"{}\"",
+        dir.path().join("admin.token").display()
+    );
+    let extra = format!(
+        "[auth.tokens]\nsigning_key_file = \"{}\"\n",
+        dir.path().join("signing.key").display()
+    );
+    let replica =
+        PromgateBinary::start_full(dir.path(), "", &admin_toml, &postgres.url, &extra).await;
+    let http = reqwest::Client::new();
+    let post = |body: Value| {
+        admin(
+            &http,
+            &replica,
+            reqwest::Method::POST,
+            "/admin/v1/tenants",
+            Some(body),
+        )
+    };
+    assert_eq!(post(json!({"id": "alpha", "identities": ["spiffe://example.org/a"], "extra_labels": {"env": "prod"}})).await.0, 201);
+    assert_eq!(post(json!({"id": "alpha"})).await.0, 409);
+    assert_eq!(
+        post(json!({"id": "beta", "identities": ["spiffe://example.org/a"]}))
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        post(json!({"id": "x'; DROP TABLE tenants; --"})).await.0,
+        400
+    );
+    let (status, tenant) = admin(
+        &http,
+        &replica,
+        reqwest::Method::GET,
+        "/admin/v1/tenants/alpha",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(tenant["extra_labels"], json!({"env": "prod"}));
+    let (status, issued) = admin(
+        &http,
+        &replica,
+        reqwest::Method::POST,
+        "/admin/v1/tenants/alpha/tokens",
+        None,
+    )
+    .await;
+    assert_eq!(status, 201);
+    let signature = issued["token"]
+        .as_str()
+        .expect("token")
+        .rsplit('.')
+        .next()
+        .expect("jwt")
+        .to_string();
+    // Only the token's id is stored, never the token.
+    let pool = sqlx::postgres::PgPool::connect(&postgres.url)
+        .await
+        .expect("connect");
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, description FROM tokens")
+        .fetch_all(&pool)
+        .await
+        .expect("query");
+    assert_eq!(rows.len(), 1);
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM tokens t")
+        .fetch_one(&pool)
+        .await
+        .expect("dump");
+    assert!(!dump.contains(&signature));
+    let (status, _) = admin(
+        &http,
+        &replica,
+        reqwest::Method::DELETE,
+        "/admin/v1/tenants/alpha",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, listed) = admin(
+        &http,
+        &replica,
+        reqwest::Method::GET,
+        "/admin/v1/tenants",
+        None,
+    )
+    .await;
+    assert_eq!((status, listed["tenants"].clone()), (200, json!([])));
+}
