@@ -145,6 +145,7 @@ pub async fn run(
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.backends.len(), "promgate is serving");
     let (data_result, admin_result) = tokio::join!(data, admin);
+    state.registry.leave().await;
     data_result?;
     admin_result?;
     tracing::info!("stopped");

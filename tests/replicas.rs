@@ -300,3 +300,134 @@ async fn admin_api_behaves_the_same_on_postgresql() {
     .await;
     assert_eq!((status, listed["tenants"].clone()), (200, json!([])));
 }
+
+/// Sends 100-sample writes every 20 ms (5000 samples/s, over any share below) to every
+/// replica at once for `seconds`; returns the samples each accepted.
+async fn accepted_samples(
+    http: &reqwest::Client,
+    replicas: &[&PromgateBinary],
+    token: &str,
+    seconds: u64,
+) -> Vec<u64> {
+    let body = bytes::Bytes::from(common::snappy_body(&promgate::proto::WriteRequest {
+        timeseries: (0..100)
+            .map(|i| {
+                common::series(
+                    &[("__name__", "shared_rate"), ("i", &i.to_string())],
+                    1.0,
+                    common::now_ms(),
+                )
+            })
+            .collect(),
+        metadata: vec![],
+    }));
+    let mut tasks = Vec::new();
+    for replica in replicas {
+        let (http, url, token, body) = (
+            http.clone(),
+            replica.write_url(),
+            token.to_string(),
+            body.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(seconds);
+            let mut ticks = tokio::time::interval(Duration::from_millis(20));
+            let mut accepted = 0;
+            while Instant::now() < until {
+                ticks.tick().await;
+                let response = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .header("Content-Encoding", "snappy")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if response.is_ok_and(|response| response.status() == 204) {
+                    accepted += 100;
+                }
+            }
+            accepted
+        }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.expect("join"));
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_rate_is_shared_among_the_live_replicas() {
+    let postgres = Postgres::start().await;
+    let backend = FakeBackend::start().await;
+    let shared = tempfile::tempdir().expect("tempdir");
+    let admin_toml = format!(
+        "token_file = \"{}\"",
+        shared.path().join("admin.token").display()
+    );
+    let extra = format!(
+        "[auth.tokens]\nsigning_key_file = \"{}\"\n{}",
+        shared.path().join("signing.key").display(),
+        backends_toml(&[&backend])
+    );
+    let mut replicas = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().expect("tempdir");
+        replicas.push(
+            PromgateBinary::start_full(dir.path(), "", &admin_toml, &postgres.url, &extra).await,
+        );
+        dirs.push(dir);
+    }
+    let http = reqwest::Client::new();
+    let limits =
+        json!({"samples_per_second": 3000, "burst_samples": 1000, "requests_per_second": 100000});
+    let (status, _) = admin(
+        &http,
+        &replicas[0],
+        reqwest::Method::POST,
+        "/admin/v1/tenants",
+        Some(json!({"id": "alpha", "limits": limits})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, issued) = admin(
+        &http,
+        &replicas[0],
+        reqwest::Method::POST,
+        "/admin/v1/tenants/alpha/tokens",
+        None,
+    )
+    .await;
+    let token = issued["token"].as_str().expect("token").to_string();
+    until_all(&http, &replicas, &token, 204).await;
+    // Let every replica count the others (heartbeats every second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let seconds = 4;
+    let three =
+        accepted_samples(&http, &replicas.iter().collect::<Vec<_>>(), &token, seconds).await;
+    // Each replica: its share of 1000/s over the window, plus at most one burst.
+    println!(
+        "replicas: 3 live, global 3000 samples/s: accepted per replica in {seconds} s: {three:?}"
+    );
+    for accepted in &three {
+        assert!(
+            (3000..=6000).contains(accepted),
+            "with 3 replicas each should take ≈1000/s: {three:?}"
+        );
+    }
+    let mut stopped = replicas.pop().expect("third replica");
+    assert!(stopped.process.terminate(Duration::from_secs(10)));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let two = accepted_samples(&http, &replicas.iter().collect::<Vec<_>>(), &token, seconds).await;
+    println!(
+        "replicas: 2 live, global 3000 samples/s: accepted per replica in {seconds} s: {two:?}"
+    );
+    for accepted in &two {
+        assert!(
+            (5000..=8000).contains(accepted),
+            "with 2 replicas each should take ≈1500/s: {two:?}"
+        );
+    }
+}

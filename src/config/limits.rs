@@ -95,6 +95,20 @@ impl From<HumanDuration> for Duration {
 const MAX_CONFIGURABLE_BYTES: u64 = 256 * 1024 * 1024;
 
 impl Limits {
+    /// This replica's share of the tenant's rates when `replicas` share them (the way
+    /// Mimir's distributors share a global ingestion rate): the per-second rates are
+    /// divided, rounded up; the burst stays whole, as Mimir's does.
+    pub fn shared_by(&self, replicas: usize) -> Limits {
+        let replicas = replicas.max(1) as u64;
+        let share = |rate: u64| rate.div_ceil(replicas);
+        Limits {
+            samples_per_second: share(self.samples_per_second),
+            requests_per_second: share(self.requests_per_second),
+            read_requests_per_second: share(self.read_requests_per_second),
+            ..self.clone()
+        }
+    }
+
     /// Every problem with these limits, one sentence each.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -152,6 +166,24 @@ mod tests {
         assert_eq!(limits.max_request_bytes, 1024 * 1024);
         assert_eq!(limits.samples_per_second, 5);
         assert_eq!(limits.burst_samples, Limits::default().burst_samples);
+    }
+
+    #[test]
+    fn rates_are_shared_among_replicas_and_the_burst_is_not() {
+        let limits = Limits {
+            samples_per_second: 3000,
+            burst_samples: 9000,
+            requests_per_second: 10,
+            ..Limits::default()
+        };
+        let share = limits.shared_by(3);
+        assert_eq!(
+            (share.samples_per_second, share.requests_per_second),
+            (1000, 4)
+        );
+        assert_eq!(share.burst_samples, 9000);
+        assert_eq!(limits.shared_by(0), limits.shared_by(1));
+        assert_eq!(limits.shared_by(1), limits);
     }
 
     #[test]

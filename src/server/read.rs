@@ -56,9 +56,10 @@ async fn handle(
     check_encoding(headers).map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
     let tenant = authenticate(state, parts).await?;
     let limits = &tenant.limits;
+    let rates = limits.shared_by(state.registry.live_replicas());
     if let Verdict::Throttled { retry_after } = state
         .rate_limits
-        .check_read_request(&tenant.tenant.id, limits)
+        .check_read_request(&tenant.tenant.id, &rates)
     {
         let seconds = Verdict::retry_after_seconds(retry_after);
         return Err(throttled(

@@ -57,19 +57,21 @@ async fn handle(
         .map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
     let tenant = authenticate(state, parts).await?;
     let limits = &tenant.limits;
+    // This replica's share of the tenant's rates.
+    let rates = limits.shared_by(state.registry.live_replicas());
     // Throttles that need no body first: the request rate, and a tenant still inside the
     // wait it was given for its samples (a flood then costs headers only).
     for (verdict, limit) in [
         (
             state
                 .rate_limits
-                .check_write_request(&tenant.tenant.id, limits),
+                .check_write_request(&tenant.tenant.id, &rates),
             "requests",
         ),
         (
             state
                 .rate_limits
-                .check_samples_blocked(&tenant.tenant.id, limits),
+                .check_samples_blocked(&tenant.tenant.id, &rates),
             "samples",
         ),
     ] {
@@ -107,7 +109,7 @@ async fn handle(
     let samples = stats.total_samples() as u64;
     match state
         .rate_limits
-        .check_samples(&tenant.tenant.id, limits, samples)
+        .check_samples(&tenant.tenant.id, &rates, samples)
     {
         Verdict::Allowed => {}
         Verdict::Throttled { retry_after } => {

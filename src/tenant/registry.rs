@@ -3,7 +3,7 @@
 //! database first and then to the cache, one at a time.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -68,7 +68,14 @@ pub struct Registry {
     /// False while the last reload from the database failed: unknown identities then get
     /// 503 (retryable) rather than 401.
     store_healthy: AtomicBool,
+    /// This process among the replicas sharing the database.
+    replica_id: String,
+    /// Replicas heard from within `REPLICA_EXPIRY` (at least 1: this one).
+    live_replicas: AtomicUsize,
 }
+
+/// A replica silent for this long no longer counts as live.
+pub const REPLICA_EXPIRY_SECONDS: i64 = 5;
 
 impl Registry {
     /// Loads every tenant and token from `store` into memory.
@@ -83,6 +90,8 @@ impl Registry {
             identities: DashMap::new(),
             admin_writes: tokio::sync::Mutex::new(()),
             store_healthy: AtomicBool::new(true),
+            replica_id: hex::encode(&crate::auth::secrets::random_bytes()[..8]),
+            live_replicas: AtomicUsize::new(1),
         };
         for tenant in registry.store.load_tenants().await? {
             registry.cache_tenant(tenant);
@@ -152,15 +161,47 @@ impl Registry {
         Ok(())
     }
 
-    /// Reloads every `interval` for as long as the process runs.
+    /// Reloads and sends this replica's heartbeat every `interval` for as long as the
+    /// process runs.
     pub fn spawn_reload(self: &Arc<Self>, interval: std::time::Duration) {
         let registry = Arc::clone(self);
         tokio::spawn(async move {
             loop {
+                let _ = registry.heartbeat().await;
                 tokio::time::sleep(interval).await;
                 let _ = registry.reload().await;
             }
         });
+    }
+
+    /// Replicas sharing a tenant's rate limits right now (at least 1).
+    pub fn live_replicas(&self) -> usize {
+        self.live_replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+            });
+        let live = self
+            .store
+            .heartbeat(&self.replica_id, now, now - REPLICA_EXPIRY_SECONDS)
+            .await?;
+        let before = self.live_replicas.swap(live, Ordering::Relaxed);
+        if before != live {
+            tracing::info!(
+                replicas = live,
+                "live replicas changed; tenant rates are shared among them"
+            );
+        }
+        Ok(())
+    }
+
+    /// Takes this replica out of the count (clean shutdown).
+    pub async fn leave(&self) {
+        let _ = self.store.leave(&self.replica_id).await;
     }
 
     pub fn tenant(&self, id: &str) -> Option<Arc<TenantEntry>> {

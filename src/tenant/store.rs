@@ -60,8 +60,41 @@ impl Store {
         Ok(Store { pool })
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    /// Records this replica's heartbeat at `now` and returns how many replicas sent one
+    /// since `live_since` (this one included). Rows silent for long are removed.
+    pub async fn heartbeat(
+        &self,
+        replica_id: &str,
+        now: i64,
+        live_since: i64,
+    ) -> Result<usize, StoreError> {
+        sqlx::query(
+            "INSERT INTO replicas (id, heartbeat_at) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(replica_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM replicas WHERE heartbeat_at < $1")
+            .bind(now - 3600)
+            .execute(&self.pool)
+            .await?;
+        let live: i64 =
+            sqlx::query("SELECT COUNT(*) AS live FROM replicas WHERE heartbeat_at >= $1")
+                .bind(live_since)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("live")?;
+        Ok(usize::try_from(live).unwrap_or(1).max(1))
+    }
+
+    /// Removes this replica's heartbeat (clean shutdown).
+    pub async fn leave(&self, replica_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM replicas WHERE id = $1")
+            .bind(replica_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
