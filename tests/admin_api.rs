@@ -7,7 +7,8 @@ use common::{backends_toml, label_value, simple_body, FakeBackend, Relay};
 use reqwest::Method;
 use serde_json::json;
 
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 11] = [
+    ("GET", "/admin/v1/audit"),
     ("GET", "/admin/v1/tenants"),
     ("POST", "/admin/v1/tenants"),
     ("GET", "/admin/v1/tenants/alpha"),
@@ -399,4 +400,78 @@ async fn admin_token_guessing_is_throttled_per_address() {
         .await
         .expect("sent");
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn changes_and_refused_attempts_are_audited_without_secrets() {
+    let relay = Relay::start("").await;
+    relay.create_tenant(json!({"id": "alpha"})).await;
+    let (token_id, secret) = relay.issue_token("alpha").await;
+    relay
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/alpha",
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    relay
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/tenants/alpha/tokens/{token_id}"),
+            None,
+        )
+        .await;
+    relay.admin(Method::GET, "/admin/v1/tenants", None).await;
+    let refused = relay
+        .http
+        .delete(relay.admin_url("/admin/v1/tenants/alpha"))
+        .bearer_auth("guess")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(refused.status(), 401);
+    let (status, log) = relay
+        .admin(Method::GET, "/admin/v1/audit?limit=10", None)
+        .await;
+    assert_eq!(status, 200);
+    let entries = log["entries"].as_array().expect("entries");
+    let actions: Vec<(String, u64)> = entries
+        .iter()
+        .map(|entry| {
+            (
+                entry["action"].as_str().expect("action").to_string(),
+                entry["result"].as_u64().expect("result"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("DELETE /admin/v1/tenants/alpha".to_string(), 401),
+            (
+                format!("DELETE /admin/v1/tenants/alpha/tokens/{token_id}"),
+                204
+            ),
+            ("PATCH /admin/v1/tenants/alpha".to_string(), 200),
+            ("POST /admin/v1/tenants/alpha/tokens".to_string(), 201),
+            ("POST /admin/v1/tenants".to_string(), 201),
+        ],
+        "newest first; reads are not audited"
+    );
+    assert_eq!(entries[0]["actor"], "unauthenticated");
+    let actor = entries[1]["actor"].as_str().expect("actor");
+    assert!(
+        actor.starts_with("admin:") && actor.len() == "admin:".len() + 8,
+        "{actor}"
+    );
+    assert!(
+        !relay.admin_token.starts_with(&actor["admin:".len()..]),
+        "the actor is a fingerprint, not the token"
+    );
+    assert_eq!(entries[1]["source"], "127.0.0.1");
+    let text = log.to_string();
+    assert!(
+        !text.contains(&relay.admin_token)
+            && !text.contains(secret.rsplit('.').next().expect("jwt"))
+    );
 }

@@ -7,8 +7,8 @@ mod tenants;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -20,6 +20,7 @@ use crate::auth::bearer_token;
 use crate::error::{AppError, JsonError};
 use crate::limits::AuthFailureLimiter;
 use crate::server::{healthy, ready, SharedState};
+use crate::tenant::store::AuditEntry;
 
 /// The admin API's OpenAPI 3.0 document, kept beside the routes it describes.
 pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
@@ -30,6 +31,7 @@ const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
 pub fn admin_router(state: SharedState) -> Router {
     let api = tenants::routes()
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/audit", get(list_audit))
         .fallback(|| async { JsonError(AppError::NotFound("no such admin route".into())) })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
@@ -85,15 +87,88 @@ async fn require_admin_token(
         Ok(digest) => bool::from(digest.ct_eq(&state.admin_token_digest)),
         Err(_) => false,
     };
+    // The full path: inside the nested router the URI has lost its `/admin` prefix.
+    let target = request.extensions().get::<OriginalUri>().map_or_else(
+        || request.uri().path().to_string(),
+        |uri| uri.path().to_string(),
+    );
+    let action = format!("{} {target}", request.method());
+    let changes_state = request.method() != Method::GET;
     if !authorised {
         state.admin_auth_failures.record_failure(source, now);
         tracing::warn!(%source, path = %request.uri().path(), "admin request without a valid admin token");
+        audit(
+            &state,
+            "unauthenticated".into(),
+            action,
+            target,
+            source,
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
         return JsonError(AppError::Unauthenticated(
             "a valid admin bearer token is required".into(),
         ))
         .into_response();
     }
-    next.run(request).await
+    let response = next.run(request).await;
+    if changes_state {
+        let actor = format!("admin:{}", hex::encode(&state.admin_token_digest[..4]));
+        audit(&state, actor, action, target, source, response.status()).await;
+    }
+    response
+}
+
+/// Appends to the audit log; a failure to do so is logged, never hidden.
+async fn audit(
+    state: &SharedState,
+    actor: String,
+    action: String,
+    target: String,
+    source: IpAddr,
+    result: StatusCode,
+) {
+    let entry = AuditEntry {
+        at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+            }),
+        actor,
+        action,
+        target,
+        source: source.to_string(),
+        result: result.as_u16(),
+    };
+    if let Err(err) = state.registry.store().insert_audit(&entry).await {
+        tracing::error!(error = %err, action = %entry.action, "could not write the admin audit log");
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /admin/v1/audit?limit=N`: the newest entries first (at most 1000).
+async fn list_audit(
+    State(state): State<SharedState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Response, JsonError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state
+        .registry
+        .store()
+        .list_audit(limit)
+        .await
+        .map_err(|err| {
+            tracing::error!(error = %err, "could not read the admin audit log");
+            AppError::Unavailable {
+                message: "the registry database is unavailable".into(),
+                retry_after_seconds: 5,
+            }
+        })?;
+    Ok(axum::Json(serde_json::json!({ "entries": entries })).into_response())
 }
 
 async fn openapi() -> Response {
@@ -149,6 +224,7 @@ mod tests {
             "/admin/v1/tenants/{id}/tokens",
             "/admin/v1/tenants/{id}/tokens/{token_id}",
             "/admin/v1/openapi.json",
+            "/admin/v1/audit",
         ] {
             assert!(paths.contains_key(path), "{path} missing");
         }

@@ -25,6 +25,23 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// One admin action, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// Unix seconds.
+    pub at: i64,
+    /// A fingerprint of the admin token used (`admin:<8 hex>`), or `unauthenticated`.
+    pub actor: String,
+    /// Method and route, e.g. `POST /admin/v1/tenants`.
+    pub action: String,
+    /// The path acted on.
+    pub target: String,
+    /// The client's address.
+    pub source: String,
+    /// The HTTP status answered.
+    pub result: u16,
+}
+
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
@@ -47,9 +64,12 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?;
         // A short acquire timeout: during a database outage, reloads and admin calls fail
         // fast (503) instead of hanging.
+        // SQLite: one connection, so a transaction that reads before it writes can never
+        // meet another writer (SQLite answers that with an immediate "database is locked").
+        let connections = if url.starts_with("sqlite:") { 1 } else { 4 };
         let pool = AnyPoolOptions::new()
             .acquire_timeout(std::time::Duration::from_secs(1))
-            .max_connections(4)
+            .max_connections(connections)
             .connect_with(options)
             .await?;
         if url.starts_with("postgres") {
@@ -87,6 +107,41 @@ impl Store {
                 .await?
                 .try_get("live")?;
         Ok(usize::try_from(live).unwrap_or(1).max(1))
+    }
+
+    pub async fn insert_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO audit_log (at, actor, action, target, source, result) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(entry.at)
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.target)
+            .bind(&entry.source)
+            .bind(i64::from(entry.result))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, target, source, result FROM audit_log ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    source: row.try_get("source")?,
+                    result: u16::try_from(row.try_get::<i64, _>("result")?).unwrap_or(0),
+                })
+            })
+            .collect()
     }
 
     /// Removes this replica's heartbeat (clean shutdown).
