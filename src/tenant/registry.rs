@@ -162,13 +162,20 @@ impl Registry {
     }
 
     /// Reloads and sends this replica's heartbeat every `interval` for as long as the
-    /// process runs.
+    /// process runs; on PostgreSQL also reloads as soon as another replica notifies a
+    /// change (LISTEN/NOTIFY), so polling is only the fallback.
     pub fn spawn_reload(self: &Arc<Self>, interval: std::time::Duration) {
         let registry = Arc::clone(self);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let waker = Arc::clone(&wake);
+        self.store.spawn_change_listener(move || waker.notify_one());
         tokio::spawn(async move {
             loop {
                 let _ = registry.heartbeat().await;
-                tokio::time::sleep(interval).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = wake.notified() => {}
+                }
                 let _ = registry.reload().await;
             }
         });
@@ -244,6 +251,7 @@ impl Registry {
         }
         self.store.insert_tenant(&tenant).await?;
         self.cache_tenant(tenant.clone());
+        self.store.notify_change().await;
         Ok(tenant)
     }
 
@@ -267,6 +275,7 @@ impl Registry {
             .await
             .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
         self.cache_tenant(tenant.clone());
+        self.store.notify_change().await;
         Ok(tenant)
     }
 
@@ -280,6 +289,7 @@ impl Registry {
             self.forget_identities(&old.tenant);
         }
         self.tokens.retain(|_, token| token.tenant_id != id);
+        self.store.notify_change().await;
         Ok(())
     }
 
@@ -293,6 +303,7 @@ impl Registry {
         }
         self.store.insert_token(&token).await?;
         self.tokens.insert(token.id.clone(), token);
+        self.store.notify_change().await;
         Ok(())
     }
 
@@ -314,6 +325,7 @@ impl Registry {
         if let Some(mut token) = self.tokens.get_mut(token_id) {
             token.revoked_at.get_or_insert(at);
         }
+        self.store.notify_change().await;
         Ok(())
     }
 

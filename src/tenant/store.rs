@@ -45,6 +45,8 @@ pub struct AuditEntry {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    /// Set for PostgreSQL: the URL the change listener connects with.
+    postgres_url: Option<String>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -77,7 +79,46 @@ impl Store {
         } else {
             SQLITE_MIGRATIONS.run(&pool).await?;
         }
-        Ok(Store { pool })
+        let postgres_url = url.starts_with("postgres").then_some(url);
+        Ok(Store { pool, postgres_url })
+    }
+
+    /// Tells the other replicas that the registry changed (PostgreSQL NOTIFY; SQLite has
+    /// one replica and nothing to tell).
+    pub async fn notify_change(&self) {
+        if self.postgres_url.is_some() {
+            if let Err(err) = sqlx::query("SELECT pg_notify('promgate_registry', '')")
+                .execute(&self.pool)
+                .await
+            {
+                tracing::warn!(error = %err, "could not notify the other replicas; they will poll");
+            }
+        }
+    }
+
+    /// Calls `on_change` whenever another replica notifies a registry change, for as long as
+    /// the process runs; reconnects after errors. Does nothing on SQLite.
+    pub fn spawn_change_listener(&self, on_change: impl Fn() + Send + 'static) {
+        let Some(url) = self.postgres_url.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut listener) => {
+                        if listener.listen("promgate_registry").await.is_ok() {
+                            while listener.recv().await.is_ok() {
+                                on_change();
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "registry change listener cannot connect")
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Records this replica's heartbeat at `now` and returns how many replicas sent one
