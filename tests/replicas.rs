@@ -14,6 +14,59 @@ use common::{backends_toml, simple_body, FakeBackend};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
+/// `count` promgate replicas on one fresh PostgreSQL, sharing the admin token and the
+/// signing key, forwarding to one fake backend.
+struct Cluster {
+    postgres: Postgres,
+    replicas: Vec<PromgateBinary>,
+    /// Holds the shared admin token and signing key.
+    shared: tempfile::TempDir,
+    _backend: FakeBackend,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn start(count: usize) -> Cluster {
+        let postgres = Postgres::start().await;
+        let backend = FakeBackend::start().await;
+        let shared = tempfile::tempdir().expect("tempdir");
+        let admin_toml = format!(
+            "token_file = \"{}\"",
+            shared.path().join("admin.token").display()
+        );
+        let extra = format!(
+            "[auth.tokens]\nsigning_key_file = \"{}\"\n{}",
+            shared.path().join("signing.key").display(),
+            backends_toml(&[&backend])
+        );
+        // The tests poll with refused tokens; keep the per-address failure limit out of the way.
+        let server_toml = "auth_failures_per_minute = 100000";
+        let mut replicas = Vec::new();
+        let mut dirs = Vec::new();
+        for _ in 0..count {
+            let dir = tempfile::tempdir().expect("tempdir");
+            replicas.push(
+                PromgateBinary::start_full(
+                    dir.path(),
+                    server_toml,
+                    &admin_toml,
+                    &postgres.url,
+                    &extra,
+                )
+                .await,
+            );
+            dirs.push(dir);
+        }
+        Cluster {
+            postgres,
+            replicas,
+            shared,
+            _backend: backend,
+            _dirs: dirs,
+        }
+    }
+}
+
 async fn write(http: &reqwest::Client, replica: &PromgateBinary, token: &str) -> u16 {
     http.post(replica.write_url())
         .bearer_auth(token)
@@ -68,30 +121,13 @@ async fn until_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_tenants_revocations_and_survive_a_database_outage() {
-    let mut postgres = Postgres::start().await;
-    let backend = FakeBackend::start().await;
-    let shared = tempfile::tempdir().expect("tempdir");
-    let admin_toml = format!(
-        "token_file = \"{}\"",
-        shared.path().join("admin.token").display()
-    );
-    let extra = format!(
-        "[auth.tokens]\nsigning_key_file = \"{}\"\n{}",
-        shared.path().join("signing.key").display(),
-        backends_toml(&[&backend])
-    );
-    let mut replicas = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..3 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // The test polls with refused tokens; keep the per-address failure limit out of the way.
-        let server_toml = "auth_failures_per_minute = 100000";
-        replicas.push(
-            PromgateBinary::start_full(dir.path(), server_toml, &admin_toml, &postgres.url, &extra)
-                .await,
-        );
-        dirs.push(dir);
-    }
+    let Cluster {
+        mut postgres,
+        replicas,
+        shared,
+        _backend,
+        _dirs,
+    } = Cluster::start(3).await;
     let http = reqwest::Client::new();
 
     // Created through replica 1, written through replica 3.
@@ -358,27 +394,13 @@ async fn accepted_samples(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_rate_is_shared_among_the_live_replicas() {
-    let postgres = Postgres::start().await;
-    let backend = FakeBackend::start().await;
-    let shared = tempfile::tempdir().expect("tempdir");
-    let admin_toml = format!(
-        "token_file = \"{}\"",
-        shared.path().join("admin.token").display()
-    );
-    let extra = format!(
-        "[auth.tokens]\nsigning_key_file = \"{}\"\n{}",
-        shared.path().join("signing.key").display(),
-        backends_toml(&[&backend])
-    );
-    let mut replicas = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..3 {
-        let dir = tempfile::tempdir().expect("tempdir");
-        replicas.push(
-            PromgateBinary::start_full(dir.path(), "", &admin_toml, &postgres.url, &extra).await,
-        );
-        dirs.push(dir);
-    }
+    let Cluster {
+        postgres: _postgres,
+        mut replicas,
+        _backend,
+        _dirs,
+        ..
+    } = Cluster::start(3).await;
     let http = reqwest::Client::new();
     let limits =
         json!({"samples_per_second": 3000, "burst_samples": 1000, "requests_per_second": 100000});
