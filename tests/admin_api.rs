@@ -3,9 +3,44 @@
 
 mod common;
 
-use common::{backends_toml, label_value, simple_body, FakeBackend, Relay};
+use common::{backends_toml, label_value, simple_body, Engine, FakeBackend, Relay};
 use reqwest::Method;
 use serde_json::json;
+
+/// Runs each named case once on SQLite and once on a fresh PostgreSQL: the admin API must
+/// behave the same on both registries.
+macro_rules! on_both_engines {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Engine::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Engine::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_engines!(
+    every_route_needs_the_admin_token,
+    probes_and_metrics_need_no_token_and_openapi_is_served,
+    tenant_ids_are_validated_in_bodies_and_paths,
+    bodies_are_checked_strictly,
+    duplicates_conflict,
+    tenant_fields_round_trip_and_apply_to_writes,
+    token_ttl_and_description_are_checked,
+    admin_token_guessing_is_throttled_per_address,
+    changes_and_refused_attempts_are_audited_without_secrets,
+);
 
 const ROUTES: [(&str, &str); 11] = [
     ("GET", "/admin/v1/audit"),
@@ -21,9 +56,8 @@ const ROUTES: [(&str, &str); 11] = [
     ("GET", "/admin/v1/no-such-route"),
 ];
 
-#[tokio::test]
-async fn every_route_needs_the_admin_token() {
-    let relay = Relay::start("").await;
+async fn every_route_needs_the_admin_token(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
     let tenant_token = relay.tenant_with_token("alpha").await;
     let wrong_admin = format!("{}x", relay.admin_token);
     for (method, path) in ROUTES {
@@ -61,9 +95,8 @@ async fn every_route_needs_the_admin_token() {
     assert_eq!(tokens["tokens"].as_array().expect("array").len(), 1);
 }
 
-#[tokio::test]
-async fn probes_and_metrics_need_no_token_and_openapi_is_served() {
-    let relay = Relay::start("").await;
+async fn probes_and_metrics_need_no_token_and_openapi_is_served(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
     for path in ["/-/healthy", "/-/ready", "/metrics"] {
         let response = relay
             .http
@@ -80,9 +113,8 @@ async fn probes_and_metrics_need_no_token_and_openapi_is_served() {
     assert_eq!(document["openapi"], "3.0.3");
 }
 
-#[tokio::test]
-async fn tenant_ids_are_validated_in_bodies_and_paths() {
-    let relay = Relay::start("").await;
+async fn tenant_ids_are_validated_in_bodies_and_paths(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
     let long = "x".repeat(151);
     for bad in [
         "alpha'; DROP TABLE tenants; --",
@@ -119,9 +151,8 @@ async fn tenant_ids_are_validated_in_bodies_and_paths() {
     relay.create_tenant(json!({"id": "x".repeat(150)})).await;
 }
 
-#[tokio::test]
-async fn bodies_are_checked_strictly() {
-    let relay = Relay::start("").await;
+async fn bodies_are_checked_strictly(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
     for (spec, needle) in [
         (json!({"id": "a", "colour": "blue"}), "unknown field"),
         (
@@ -158,9 +189,8 @@ async fn bodies_are_checked_strictly() {
     }
 }
 
-#[tokio::test]
-async fn duplicates_conflict() {
-    let relay = Relay::start("").await;
+async fn duplicates_conflict(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
     relay
         .create_tenant(json!({"id": "alpha", "identities": ["spiffe://example.org/alpha"]}))
         .await;
@@ -191,10 +221,9 @@ async fn duplicates_conflict() {
     assert_eq!(status, 409);
 }
 
-#[tokio::test]
-async fn tenant_fields_round_trip_and_apply_to_writes() {
+async fn tenant_fields_round_trip_and_apply_to_writes(engine: Engine) {
     let backend = FakeBackend::start().await;
-    let relay = Relay::start(&backends_toml(&[&backend])).await;
+    let relay = Relay::start_on(engine, 1000, &backends_toml(&[&backend])).await;
     let spec = json!({
         "id": "team-a",
         "label_value": "a",
@@ -329,9 +358,8 @@ async fn token_secret_is_shown_once_and_never_stored() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn token_ttl_and_description_are_checked() {
-    let relay = Relay::start("").await;
+async fn token_ttl_and_description_are_checked(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
     relay.create_tenant(json!({"id": "alpha"})).await;
     for body in [
         json!({"ttl": "1s"}),
@@ -362,9 +390,8 @@ async fn token_ttl_and_description_are_checked() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn admin_token_guessing_is_throttled_per_address() {
-    let relay = Relay::start_with_admin_limit(tempfile::tempdir().expect("tempdir"), "", 5).await;
+async fn admin_token_guessing_is_throttled_per_address(engine: Engine) {
+    let relay = Relay::start_on(engine, 5, "").await;
     for attempt in 0..5 {
         let response = relay
             .http
@@ -402,9 +429,8 @@ async fn admin_token_guessing_is_throttled_per_address() {
     assert_eq!(response.status(), 200);
 }
 
-#[tokio::test]
-async fn changes_and_refused_attempts_are_audited_without_secrets() {
-    let relay = Relay::start("").await;
+async fn changes_and_refused_attempts_are_audited_without_secrets(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
     relay.create_tenant(json!({"id": "alpha"})).await;
     let (token_id, secret) = relay.issue_token("alpha").await;
     relay

@@ -145,6 +145,16 @@ pub struct Relay {
     pub http: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The PostgreSQL server of a relay started on `Engine::Postgres`.
+    _postgres: Option<postgres::Postgres>,
+}
+
+/// The registry database a test relay runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    /// A fresh PostgreSQL server of its own.
+    Postgres,
 }
 
 impl Relay {
@@ -179,15 +189,44 @@ impl Relay {
         .await
     }
 
+    /// On the given registry engine, allowing `failures` failed admin authentications a
+    /// minute per address.
+    pub async fn start_on(engine: Engine, failures: u32, extra_toml: &str) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match engine {
+            Engine::Sqlite => Relay::start_with(dir, "", failures, extra_toml).await,
+            Engine::Postgres => {
+                let postgres = postgres::Postgres::start().await;
+                let mut relay =
+                    Relay::start_with_database(dir, "", failures, &postgres.url, extra_toml).await;
+                relay._postgres = Some(postgres);
+                relay
+            }
+        }
+    }
+
     async fn start_with(
         dir: tempfile::TempDir,
         server_toml: &str,
         failures: u32,
         extra_toml: &str,
     ) -> Relay {
+        let database_url = format!("sqlite://{}/promgate.db", dir.path().display());
+        Relay::start_with_database(dir, server_toml, failures, &database_url, extra_toml).await
+    }
+
+    async fn start_with_database(
+        dir: tempfile::TempDir,
+        server_toml: &str,
+        failures: u32,
+        database_url: &str,
+        extra_toml: &str,
+    ) -> Relay {
+        // Secrets always in the temp dir (with PostgreSQL they would default to the
+        // working directory).
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\nauth_failures_per_minute = {failures}\n[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n{extra_toml}",
-            dir.path().display()
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\nauth_failures_per_minute = {failures}\ntoken_file = \"{dir}/promgate-admin.token\"\n[storage]\ndatabase_url = \"{database_url}\"\n[auth.tokens]\nsigning_key_file = \"{dir}/promgate-signing.key\"\n{extra_toml}",
+            dir = dir.path().display()
         );
         let config = Config::from_toml_str(&text, &BTreeMap::new()).expect("test config is valid");
         let listeners = promgate::bind(&config).await.expect("bind");
@@ -210,6 +249,7 @@ impl Relay {
             http,
             stop: Some(stop),
             task: Some(task),
+            _postgres: None,
         };
         for _ in 0..200 {
             let ready = relay.http.get(relay.admin_url("/-/ready")).send().await;
