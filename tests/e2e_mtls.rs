@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::pki::{ca, leaf, server_leaf, uri, LeafSpec};
 use common::process::{free_port, wait_ready};
-use common::stack::{series, start_prometheus, value_of, Stack};
+use common::stack::{instant_query, series, start_prometheus, value_of, Stack};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,30 +109,21 @@ remote_write:\n  - url: {}/api/v1/write\n{tls_config}    queue_config:\n      ba
         Duration::from_secs(30),
     )
     .await;
-    let body: Value = stack
-        .http
-        .get(format!("{reader_url}/api/v1/query"))
-        .query(&[("query", "up")])
-        .send()
-        .await
-        .expect("query")
-        .json()
-        .await
-        .expect("json");
-    let results = body["data"]["result"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let metrics = instant_query(&stack.http, &reader_url, "up").await;
     assert!(
-        !results.is_empty(),
-        "read back over mTLS: {body}\npromgate:\n{}",
+        !metrics.is_empty(),
+        "read back over mTLS\npromgate:\n{}",
         stack.promgate.process.log_tail()
     );
-    for result in &results {
-        assert_eq!(result["metric"]["sender"], "alpha", "{result}");
+    for metric in &metrics {
+        assert_eq!(
+            metric.get("sender").and_then(Value::as_str),
+            Some("alpha"),
+            "{metric:?}"
+        );
         assert!(
-            result["metric"].get("tenant_id").is_none(),
-            "tenant label stripped: {result}"
+            metric.get("tenant_id").is_none(),
+            "tenant label stripped: {metric:?}"
         );
     }
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::stack::{series, value_of, Stack};
+use common::stack::{instant_query, series, value_of, Stack};
 use promgate::proto::{ChunkedReadResponse, Label, LabelMatcher, Query, ReadRequest, ReadResponse};
 use promgate::read::frame::FrameDecoder;
 use prost::Message;
@@ -155,29 +155,6 @@ fn sender(labels: &[Label]) -> Option<&str> {
         .iter()
         .find(|l| l.name == "sender")
         .map(|l| l.value.as_str())
-}
-
-async fn instant_query(
-    http: &reqwest::Client,
-    base: &str,
-    query: &str,
-) -> Vec<serde_json::Map<String, Value>> {
-    let body: Value = http
-        .get(format!("{base}/api/v1/query"))
-        .query(&[("query", query)])
-        .send()
-        .await
-        .expect("query")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(body["status"], "success", "{body}");
-    body["data"]["result"]
-        .as_array()
-        .expect("vector")
-        .iter()
-        .map(|item| item["metric"].as_object().expect("metric").clone())
-        .collect()
 }
 
 /// Sends one ReadRequest (one query per matcher list, the last 10 minutes) through

@@ -245,6 +245,7 @@ async fn delete_tenant(State(state): State<SharedState>, Path(id): Path<String>)
         .delete_tenant(&id)
         .await
         .map_err(AppError::from)?;
+    state.rate_limits.forget(&id);
     tracing::info!(tenant = %id, "tenant deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

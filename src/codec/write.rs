@@ -42,10 +42,6 @@ impl LabelPolicy {
             on_conflict,
         }
     }
-
-    pub fn enforced(&self) -> &[Label] {
-        &self.enforced
-    }
 }
 
 /// What a validated request contains, for limits and metrics.

@@ -220,3 +220,27 @@ pub fn value_of<'a>(labels: &'a LabelSet, name: &str) -> Option<&'a str> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// The label sets of a PromQL instant query's result.
+pub async fn instant_query(
+    http: &reqwest::Client,
+    base: &str,
+    query: &str,
+) -> Vec<serde_json::Map<String, Value>> {
+    let body: Value = http
+        .get(format!("{base}/api/v1/query"))
+        .query(&[("query", query)])
+        .send()
+        .await
+        .expect("query")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["status"], "success", "{body}");
+    body["data"]["result"]
+        .as_array()
+        .expect("vector")
+        .iter()
+        .map(|item| item["metric"].as_object().expect("metric").clone())
+        .collect()
+}
