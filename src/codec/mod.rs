@@ -3,6 +3,8 @@
 //! PROTOCOL.md §2). Pure and synchronous: no I/O, no clocks (callers pass `now`).
 
 pub mod snappy;
+pub mod splice;
+mod wire;
 pub mod write;
 
 /// Why a request body could not be accepted. Each variant is a permanent client error:

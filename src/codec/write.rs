@@ -1,6 +1,10 @@
-//! Remote write 1.0: decode a `WriteRequest`, validate every series against the
-//! tenant's limits, enforce the tenant's labels, and encode the result (DESIGN §6
-//! steps 5 and 7; PROTOCOL.md §2.C–2.G, §2.I).
+//! Remote write 1.0, the reference path: decode a `WriteRequest` with prost, validate
+//! every series against the tenant's limits, enforce the tenant's labels, and encode
+//! the result (DESIGN §6 steps 5 and 7; PROTOCOL.md §2.C–2.G, §2.I).
+//!
+//! The relay itself runs the zero-copy path in [`super::splice`]; this one stays as the
+//! oracle it is tested against, and the series checks below are shared by both, so the
+//! two give the same answer and the same words for every invalid series.
 //!
 //! Validation happens before injection, so a series with no labels never turns into
 //! `{tenant_id="t"}`. Sample values and timestamps are copied untouched (stale-marker
@@ -17,8 +21,19 @@ use crate::proto::{Label, TimeSeries, WriteRequest};
 #[derive(Clone, Debug)]
 pub struct LabelPolicy {
     /// The tenant label first, then `extra_labels`; names unique.
-    enforced: Vec<Label>,
-    on_conflict: ConflictPolicy,
+    pub(crate) enforced: Vec<Label>,
+    /// The same labels sorted by name, each with its encoded `TimeSeries.labels` field,
+    /// ready to be spliced into a series.
+    pub(crate) spliced: Vec<SplicedLabel>,
+    pub(crate) on_conflict: ConflictPolicy,
+}
+
+/// An enforced label as the zero-copy path inserts it.
+#[derive(Clone, Debug)]
+pub(crate) struct SplicedLabel {
+    pub name: String,
+    /// Field 1 of `TimeSeries`: key, length, and the encoded `Label`.
+    pub field: Vec<u8>,
 }
 
 impl LabelPolicy {
@@ -37,8 +52,21 @@ impl LabelPolicy {
                 enforced.push(Label { name, value });
             }
         }
+        let mut spliced: Vec<SplicedLabel> = enforced
+            .iter()
+            .map(|label| {
+                let mut field = Vec::new();
+                prost::encoding::message::encode(1, label, &mut field);
+                SplicedLabel {
+                    name: label.name.clone(),
+                    field,
+                }
+            })
+            .collect();
+        spliced.sort_by(|a, b| a.name.cmp(&b.name));
         LabelPolicy {
             enforced,
+            spliced,
             on_conflict,
         }
     }
@@ -80,15 +108,8 @@ pub fn validate_and_enforce(
     limits: &Limits,
     now_ms: i64,
 ) -> Result<WriteStats, CodecError> {
-    if request.timeseries.len() > limits.max_series_per_request {
-        return Err(CodecError::Invalid(format!(
-            "request has {} series, over the limit of {}",
-            request.timeseries.len(),
-            limits.max_series_per_request
-        )));
-    }
-    let newest_allowed = now_ms
-        .saturating_add(i64::try_from(limits.max_future_skew.as_millis()).unwrap_or(i64::MAX));
+    check_series_count(request.timeseries.len(), limits)?;
+    let newest_allowed = newest_allowed_ms(now_ms, limits);
     let mut stats = WriteStats {
         series: request.timeseries.len(),
         metadata: request.metadata.len(),
@@ -109,79 +130,7 @@ fn enforce_series(
     limits: &Limits,
     newest_allowed_ms: i64,
 ) -> Result<(), CodecError> {
-    let labels = &mut series.labels;
-    if labels.is_empty() {
-        return Err(CodecError::Invalid("series has no labels".into()));
-    }
-    for label in labels.iter() {
-        if label.name.is_empty() {
-            return Err(invalid(labels, "has a label with an empty name".into()));
-        }
-        if label.name.len() > limits.max_label_name_bytes {
-            return Err(invalid(
-                labels,
-                format!(
-                    "label name of {} bytes is over the limit of {}",
-                    label.name.len(),
-                    limits.max_label_name_bytes
-                ),
-            ));
-        }
-        if label.value.len() > limits.max_label_value_bytes {
-            return Err(invalid(
-                labels,
-                format!(
-                    "label {:?} has a value of {} bytes, over the limit of {}",
-                    label.name,
-                    label.value.len(),
-                    limits.max_label_value_bytes
-                ),
-            ));
-        }
-    }
-    // Prometheus treats an empty value as an absent label; so does every backend.
-    labels.retain(|label| !label.value.is_empty());
-    sort_labels(labels);
-    if let Some(pair) = labels.windows(2).find(|pair| pair[0].name == pair[1].name) {
-        let name = pair[0].name.clone();
-        return Err(invalid(
-            labels,
-            format!("has the label name {name:?} more than once"),
-        ));
-    }
-    if !labels.iter().any(|label| label.name == "__name__") {
-        return Err(invalid(labels, "has no __name__ label".into()));
-    }
-    for wanted in &policy.enforced {
-        if let Ok(index) = labels.binary_search_by(|label| label.name.as_str().cmp(&wanted.name)) {
-            if policy.on_conflict == ConflictPolicy::Reject && labels[index].value != wanted.value {
-                return Err(invalid(
-                    labels,
-                    format!(
-                        "sets {}={:?}, which belongs to another tenant (on_conflict = \"reject\")",
-                        wanted.name, labels[index].value
-                    ),
-                ));
-            }
-            labels.remove(index);
-        }
-    }
-    for wanted in &policy.enforced {
-        let index = labels
-            .binary_search_by(|label| label.name.as_str().cmp(&wanted.name))
-            .unwrap_or_else(|insert_at| insert_at);
-        labels.insert(index, wanted.clone());
-    }
-    if labels.len() > limits.max_labels_per_series {
-        return Err(invalid(
-            labels,
-            format!(
-                "has {} labels with the tenant's labels, over the limit of {}",
-                labels.len(),
-                limits.max_labels_per_series
-            ),
-        ));
-    }
+    enforce_labels(&mut series.labels, &policy.enforced, policy.on_conflict, limits)?;
     let newest = series
         .samples
         .iter()
@@ -193,30 +142,156 @@ fn enforce_series(
                 .map(|histogram| histogram.timestamp),
         )
         .max();
-    if let Some(newest) = newest {
-        if newest > newest_allowed_ms {
-            return Err(invalid(
-                &series.labels,
-                format!(
-                    "has a sample at {newest} ms, more than {} ahead of now",
-                    humantime::format_duration(limits.max_future_skew)
-                ),
-            ));
-        }
+    check_newest(&series.labels, newest, newest_allowed_ms, limits)
+}
+
+/// A label as the series checks see it: the prost path's owned [`Label`], or the
+/// zero-copy path's borrowed slices.
+pub(crate) trait LabelRef {
+    fn name(&self) -> &str;
+    fn value(&self) -> &str;
+}
+
+impl LabelRef for Label {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+/// The request-wide series cap, checked before any series.
+pub(crate) fn check_series_count(series: usize, limits: &Limits) -> Result<(), CodecError> {
+    if series > limits.max_series_per_request {
+        return Err(CodecError::Invalid(format!(
+            "request has {series} series, over the limit of {}",
+            limits.max_series_per_request
+        )));
     }
     Ok(())
 }
 
-/// Byte-wise order by name: uppercase sorts before `__name__` before lowercase.
-fn sort_labels(labels: &mut [Label]) {
-    if !labels.is_sorted_by(|a, b| a.name <= b.name) {
-        labels.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+/// The newest sample timestamp a request may carry.
+pub(crate) fn newest_allowed_ms(now_ms: i64, limits: &Limits) -> i64 {
+    now_ms.saturating_add(i64::try_from(limits.max_future_skew.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Checks one series' labels and leaves them sorted by name with the enforced labels in
+/// place of any the client sent. `enforced` holds the tenant label and extra labels.
+pub(crate) fn enforce_labels<L: LabelRef + Clone>(
+    labels: &mut Vec<L>,
+    enforced: &[L],
+    on_conflict: ConflictPolicy,
+    limits: &Limits,
+) -> Result<(), CodecError> {
+    if labels.is_empty() {
+        return Err(CodecError::Invalid("series has no labels".into()));
+    }
+    for label in labels.iter() {
+        let (name, value) = (label.name(), label.value());
+        if name.is_empty() {
+            return Err(invalid(labels, "has a label with an empty name".into()));
+        }
+        if name.len() > limits.max_label_name_bytes {
+            return Err(invalid(
+                labels,
+                format!(
+                    "label name of {} bytes is over the limit of {}",
+                    name.len(),
+                    limits.max_label_name_bytes
+                ),
+            ));
+        }
+        if value.len() > limits.max_label_value_bytes {
+            return Err(invalid(
+                labels,
+                format!(
+                    "label {name:?} has a value of {} bytes, over the limit of {}",
+                    value.len(),
+                    limits.max_label_value_bytes
+                ),
+            ));
+        }
+    }
+    // Prometheus treats an empty value as an absent label; so does every backend.
+    labels.retain(|label| !label.value().is_empty());
+    // Stable, so that which of two same-named labels an error names never depends on
+    // the sort's whims.
+    if !labels.is_sorted_by(|a, b| a.name() <= b.name()) {
+        labels.sort_by(|a, b| a.name().cmp(b.name()));
+    }
+    if let Some(pair) = labels.windows(2).find(|pair| pair[0].name() == pair[1].name()) {
+        let name = pair[0].name().to_string();
+        return Err(invalid(
+            labels,
+            format!("has the label name {name:?} more than once"),
+        ));
+    }
+    if !labels.iter().any(|label| label.name() == "__name__") {
+        return Err(invalid(labels, "has no __name__ label".into()));
+    }
+    for wanted in enforced {
+        if let Ok(index) = labels.binary_search_by(|label| label.name().cmp(wanted.name())) {
+            if on_conflict == ConflictPolicy::Reject && labels[index].value() != wanted.value() {
+                return Err(invalid(
+                    labels,
+                    format!(
+                        "sets {}={:?}, which belongs to another tenant (on_conflict = \"reject\")",
+                        wanted.name(),
+                        labels[index].value()
+                    ),
+                ));
+            }
+            labels.remove(index);
+        }
+    }
+    for wanted in enforced {
+        let index = labels
+            .binary_search_by(|label| label.name().cmp(wanted.name()))
+            .unwrap_or_else(|insert_at| insert_at);
+        labels.insert(index, wanted.clone());
+    }
+    check_label_count(labels, limits)
+}
+
+/// The per-series label cap, counting the enforced labels.
+pub(crate) fn check_label_count<L: LabelRef>(labels: &[L], limits: &Limits) -> Result<(), CodecError> {
+    if labels.len() > limits.max_labels_per_series {
+        return Err(invalid(
+            labels,
+            format!(
+                "has {} labels with the tenant's labels, over the limit of {}",
+                labels.len(),
+                limits.max_labels_per_series
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a series whose newest sample or histogram is too far ahead of now.
+pub(crate) fn check_newest<L: LabelRef>(
+    labels: &[L],
+    newest: Option<i64>,
+    newest_allowed_ms: i64,
+    limits: &Limits,
+) -> Result<(), CodecError> {
+    match newest {
+        Some(newest) if newest > newest_allowed_ms => Err(invalid(
+            labels,
+            format!(
+                "has a sample at {newest} ms, more than {} ahead of now",
+                humantime::format_duration(limits.max_future_skew)
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
-fn invalid(labels: &[Label], what: String) -> CodecError {
-    match labels.iter().find(|label| label.name == "__name__") {
-        Some(name) => CodecError::Invalid(format!("series {:?} {what}", name.value)),
+fn invalid<L: LabelRef>(labels: &[L], what: String) -> CodecError {
+    match labels.iter().find(|label| label.name() == "__name__") {
+        Some(name) => CodecError::Invalid(format!("series {:?} {what}", name.value())),
         None => CodecError::Invalid(format!("series {what}")),
     }
 }

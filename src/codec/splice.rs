@@ -1,0 +1,481 @@
+//! The zero-copy write path: a decompressed `WriteRequest` in, the tenant's request out,
+//! with no per-label allocation (DESIGN §6 steps 5 and 7).
+//!
+//! Each series is read in place. Label names and values stay borrowed slices of the
+//! input; when a series' labels are already in canonical form (each `Label` holding
+//! exactly its name then its value, sorted, unique, none empty, no enforced name among
+//! them) the output is the input's label bytes with the enforced labels' pre-encoded
+//! bytes spliced in at their sorted places. Otherwise the series goes through the same
+//! checks as the reference path ([`super::write::enforce_labels`]) on borrowed labels and
+//! its labels are written out anew. Samples, exemplars and histograms are checked field
+//! by field and copied as raw bytes; one holding an unknown field is re-encoded, so
+//! unknown fields are never forwarded, at any depth.
+//!
+//! The output is written once into a caller's buffer, series first and metadata last, so
+//! the series-only request for backends that must not receive metadata is a prefix of the
+//! same bytes. The prost path in [`super::write`] is the reference: property tests and a
+//! fuzz target hold that both accept and refuse the same inputs and that what this path
+//! writes decodes to exactly what the reference produces.
+
+use prost::Message;
+
+use super::wire::{self, Reader, WireError, LEN, TOP_DEPTH};
+use super::write::{
+    check_newest, check_series_count, enforce_labels, newest_allowed_ms, LabelPolicy, LabelRef,
+    WriteStats,
+};
+use super::CodecError;
+use crate::config::Limits;
+use crate::proto::{Exemplar, Histogram, MetricMetadata, Sample};
+
+/// A rewritten request: its counts, and where its series end (the rest is metadata).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rewritten {
+    pub stats: WriteStats,
+    pub series_end: usize,
+}
+
+/// Rewrites `decoded` for the tenant into `out` (cleared first). On error `out` holds
+/// nothing that may be forwarded.
+pub fn rewrite(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> Result<Rewritten, CodecError> {
+    out.clear();
+    out.reserve(decoded.len() + decoded.len() / 8);
+    let mut splicer = Splicer {
+        policy,
+        limits,
+        enforced: policy
+            .enforced
+            .iter()
+            .map(|label| Borrowed {
+                name: &label.name,
+                value: &label.value,
+                start: 0,
+            })
+            .collect(),
+        newest_allowed: newest_allowed_ms(now_ms, limits),
+        labels: Vec::with_capacity(32),
+        pieces: Vec::with_capacity(4),
+        owned: Vec::new(),
+    };
+    let mut metadata = Vec::new();
+    let mut metadata_owned = Vec::new();
+    let mut stats = WriteStats::default();
+    let mut first_invalid = None;
+    let mut reader = Reader::new(decoded);
+    while !reader.is_empty() {
+        let entry_start = reader.pos();
+        let (field, wire_type) = reader.key().map_err(protobuf)?;
+        match (field, wire_type) {
+            (1, LEN) => {
+                let series = reader.length_delimited().map_err(protobuf)?;
+                stats.series += 1;
+                // After the first invalid series (or one too many) the rest is only
+                // checked for well-formedness, as prost would decode it.
+                let writing = first_invalid.is_none() && stats.series <= limits.max_series_per_request;
+                match splicer.series(series, &mut stats, writing.then_some(&mut *out)) {
+                    Ok(()) => {}
+                    Err(Refusal::Protobuf(err)) => return Err(protobuf(err)),
+                    Err(Refusal::Invalid(err)) => {
+                        first_invalid.get_or_insert(err);
+                    }
+                }
+            }
+            (3, LEN) => {
+                let payload = reader.length_delimited().map_err(protobuf)?;
+                stats.metadata += 1;
+                let checked = wire::check(payload, &wire::METADATA, TOP_DEPTH - 1).map_err(protobuf)?;
+                if checked.clean {
+                    push_piece(&mut metadata, Piece::Input(entry_start, reader.pos()));
+                } else {
+                    let from = metadata_owned.len();
+                    reencode::<MetricMetadata>(3, payload, &mut metadata_owned)?;
+                    metadata.push(Piece::Owned(from, metadata_owned.len()));
+                }
+            }
+            (1 | 3, _) => return Err(protobuf(WireError::WrongWireType { field })),
+            _ => reader.skip(wire_type, field, TOP_DEPTH).map_err(protobuf)?,
+        }
+    }
+    check_series_count(stats.series, limits)?;
+    if let Some(err) = first_invalid {
+        return Err(err);
+    }
+    let series_end = out.len();
+    for piece in &metadata {
+        out.extend_from_slice(piece.bytes(decoded, &metadata_owned));
+    }
+    Ok(Rewritten { stats, series_end })
+}
+
+/// A label borrowed from the input (or from the policy), with where its `TimeSeries`
+/// field starts in the series' bytes.
+#[derive(Clone, Copy, Debug)]
+struct Borrowed<'a> {
+    name: &'a str,
+    value: &'a str,
+    start: usize,
+}
+
+impl LabelRef for Borrowed<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn value(&self) -> &str {
+        self.value
+    }
+}
+
+/// Bytes to copy into a series or the metadata: a range of the input, or a range of
+/// re-encoded bytes.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    Input(usize, usize),
+    Owned(usize, usize),
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match *self {
+            Piece::Input(start, end) | Piece::Owned(start, end) => end - start,
+        }
+    }
+
+    fn bytes<'b>(&self, input: &'b [u8], owned: &'b [u8]) -> &'b [u8] {
+        match *self {
+            Piece::Input(start, end) => &input[start..end],
+            Piece::Owned(start, end) => &owned[start..end],
+        }
+    }
+}
+
+/// Appends an input range, merging it with the previous one when they touch.
+fn push_piece(pieces: &mut Vec<Piece>, piece: Piece) {
+    if let (Some(Piece::Input(_, last_end)), Piece::Input(start, end)) = (pieces.last_mut(), piece)
+    {
+        if *last_end == start {
+            *last_end = end;
+            return;
+        }
+    }
+    pieces.push(piece);
+}
+
+enum Refusal {
+    Protobuf(WireError),
+    Invalid(CodecError),
+}
+
+impl From<WireError> for Refusal {
+    fn from(err: WireError) -> Refusal {
+        Refusal::Protobuf(err)
+    }
+}
+
+fn protobuf(err: WireError) -> CodecError {
+    CodecError::Protobuf(format!("failed to decode Protobuf message: {err}"))
+}
+
+/// Decodes a message that holds unknown fields and writes it back without them, as
+/// field `field` of its parent.
+fn reencode<M: Message + Default>(
+    field: u32,
+    payload: &[u8],
+    owned: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let message = M::decode(payload).map_err(|err| CodecError::Protobuf(err.to_string()))?;
+    prost::encoding::message::encode(field, &message, owned);
+    Ok(())
+}
+
+/// Per-request state, with buffers reused from series to series.
+struct Splicer<'a> {
+    policy: &'a LabelPolicy,
+    limits: &'a Limits,
+    enforced: Vec<Borrowed<'a>>,
+    newest_allowed: i64,
+    labels: Vec<Borrowed<'a>>,
+    pieces: Vec<Piece>,
+    owned: Vec<u8>,
+}
+
+/// Depth of prost's recursion budget at a series' own fields.
+const SERIES_DEPTH: u32 = TOP_DEPTH - 1;
+/// Depth at the fields of a series' labels, samples, exemplars and histograms.
+const LEAF_DEPTH: u32 = SERIES_DEPTH - 1;
+
+impl<'a> Splicer<'a> {
+    /// Reads one `TimeSeries` and, when `out` is given and the series is valid, writes
+    /// the tenant's version of it.
+    fn series(
+        &mut self,
+        series: &'a [u8],
+        stats: &mut WriteStats,
+        out: Option<&mut Vec<u8>>,
+    ) -> Result<(), Refusal> {
+        self.labels.clear();
+        self.pieces.clear();
+        self.owned.clear();
+        // Labels splice as they are only when each is canonical and all are adjacent.
+        let mut canonical = true;
+        let mut labels_span: Option<(usize, usize)> = None;
+        let mut newest: Option<i64> = None;
+        let mut reader = Reader::new(series);
+        while !reader.is_empty() {
+            let start = reader.pos();
+            let (field, wire_type) = reader.key()?;
+            if wire_type != LEN && (1..=4).contains(&field) {
+                return Err(Refusal::Protobuf(WireError::WrongWireType { field }));
+            }
+            match field {
+                1 => {
+                    let payload = reader.length_delimited()?;
+                    canonical &= self.label(payload, start)?;
+                    labels_span = match labels_span {
+                        None => Some((start, reader.pos())),
+                        Some((first, end)) if end == start => Some((first, reader.pos())),
+                        Some(span) => {
+                            canonical = false;
+                            Some(span)
+                        }
+                    };
+                }
+                2 => {
+                    let payload = reader.length_delimited()?;
+                    stats.samples += 1;
+                    let checked = self.leaf::<Sample>(2, payload, start, reader.pos(), &wire::SAMPLE)?;
+                    newest = Some(newest.map_or(checked, |newest| newest.max(checked)));
+                }
+                3 => {
+                    let payload = reader.length_delimited()?;
+                    stats.exemplars += 1;
+                    self.leaf::<Exemplar>(3, payload, start, reader.pos(), &wire::EXEMPLAR)?;
+                }
+                4 => {
+                    let payload = reader.length_delimited()?;
+                    stats.histograms += 1;
+                    let checked =
+                        self.leaf::<Histogram>(4, payload, start, reader.pos(), &wire::HISTOGRAM)?;
+                    newest = Some(newest.map_or(checked, |newest| newest.max(checked)));
+                }
+                _ => reader.skip(wire_type, field, SERIES_DEPTH)?,
+            }
+        }
+        let Some(out) = out else {
+            return Ok(());
+        };
+        let splice_at = match labels_span {
+            Some(span) if canonical => self.splice_points(span),
+            _ => None,
+        };
+        let result = match splice_at {
+            Some(points) => self.write_spliced(series, points, newest, out),
+            None => self.write_enforced(series, newest, out),
+        };
+        result.map_err(Refusal::Invalid)
+    }
+
+    /// Reads one `Label`; tells whether it is canonical (name then value, each once,
+    /// neither empty).
+    fn label(&mut self, payload: &'a [u8], start: usize) -> Result<bool, WireError> {
+        let mut reader = Reader::new(payload);
+        let (mut name, mut value) = ("", "");
+        let mut fields = 0u32;
+        let mut canonical = true;
+        while !reader.is_empty() {
+            let (field, wire_type) = reader.key()?;
+            match (field, wire_type) {
+                (1, LEN) => {
+                    name = utf8(reader.length_delimited()?)?;
+                    canonical &= fields == 0;
+                }
+                (2, LEN) => {
+                    value = utf8(reader.length_delimited()?)?;
+                    canonical &= fields == 1;
+                }
+                (1 | 2, _) => return Err(WireError::WrongWireType { field }),
+                _ => {
+                    canonical = false;
+                    reader.skip(wire_type, field, LEAF_DEPTH)?;
+                }
+            }
+            fields += 1;
+        }
+        self.labels.push(Borrowed { name, value, start });
+        Ok(canonical && fields == 2 && !name.is_empty() && !value.is_empty())
+    }
+
+    /// Checks a sample, exemplar or histogram, keeps it as a raw range (or re-encoded
+    /// without its unknown fields) and returns its timestamp.
+    fn leaf<M: Message + Default>(
+        &mut self,
+        field: u32,
+        payload: &[u8],
+        start: usize,
+        end: usize,
+        schema: &wire::Schema,
+    ) -> Result<i64, Refusal> {
+        let checked = wire::check(payload, schema, LEAF_DEPTH)?;
+        if checked.clean {
+            push_piece(&mut self.pieces, Piece::Input(start, end));
+        } else {
+            let from = self.owned.len();
+            reencode::<M>(field, payload, &mut self.owned).map_err(Refusal::Invalid)?;
+            self.pieces.push(Piece::Owned(from, self.owned.len()));
+        }
+        Ok(checked.timestamp)
+    }
+
+    /// For canonical, adjacent labels: where each enforced label goes, or `None` when the
+    /// series needs the full checks (unsorted, duplicate or enforced names, limits, no
+    /// `__name__`).
+    fn splice_points(&self, span: (usize, usize)) -> Option<SplicePoints> {
+        let limits = self.limits;
+        let spliced = &self.policy.spliced;
+        if self.labels.len() + spliced.len() > limits.max_labels_per_series
+            || spliced.len() > MAX_SPLICED
+        {
+            return None;
+        }
+        let mut points = SplicePoints {
+            span,
+            at: [span.1; MAX_SPLICED],
+        };
+        let mut next = 0;
+        let mut previous: &str = "";
+        let mut has_name = false;
+        for label in &self.labels {
+            let name = label.name;
+            if name <= previous
+                || name.len() > limits.max_label_name_bytes
+                || label.value.len() > limits.max_label_value_bytes
+            {
+                return None;
+            }
+            while next < spliced.len() && spliced[next].name.as_str() < name {
+                points.at[next] = label.start;
+                next += 1;
+            }
+            if next < spliced.len() && spliced[next].name == name {
+                return None;
+            }
+            has_name |= name == "__name__";
+            previous = name;
+        }
+        has_name.then_some(points)
+    }
+
+    /// Writes a canonical series: its label bytes with the enforced labels spliced in.
+    fn write_spliced(
+        &self,
+        series: &[u8],
+        points: SplicePoints,
+        newest: Option<i64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        check_newest(&self.labels, newest, self.newest_allowed, self.limits)?;
+        let spliced = &self.policy.spliced;
+        let (first, end) = points.span;
+        let inserted: usize = spliced.iter().map(|label| label.field.len()).sum();
+        let len = end - first + inserted + self.pieces_len();
+        out.push(0x0a);
+        wire::put_varint(out, len as u64);
+        let mut from = first;
+        for (label, &at) in spliced.iter().zip(&points.at) {
+            out.extend_from_slice(&series[from..at]);
+            out.extend_from_slice(&label.field);
+            from = at;
+        }
+        out.extend_from_slice(&series[from..end]);
+        self.write_pieces(series, out);
+        Ok(())
+    }
+
+    /// Writes a series after the full checks, its labels encoded anew.
+    fn write_enforced(
+        &mut self,
+        series: &[u8],
+        newest: Option<i64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        enforce_labels(
+            &mut self.labels,
+            &self.enforced,
+            self.policy.on_conflict,
+            self.limits,
+        )?;
+        check_newest(&self.labels, newest, self.newest_allowed, self.limits)?;
+        let labels_len: usize = self
+            .labels
+            .iter()
+            .map(|label| {
+                let inner = label_len(label);
+                1 + wire::varint_len(inner as u64) + inner
+            })
+            .sum();
+        out.push(0x0a);
+        wire::put_varint(out, (labels_len + self.pieces_len()) as u64);
+        for label in &self.labels {
+            out.push(0x0a);
+            wire::put_varint(out, label_len(label) as u64);
+            put_string(out, 0x0a, label.name);
+            put_string(out, 0x12, label.value);
+        }
+        self.write_pieces(series, out);
+        Ok(())
+    }
+
+    fn pieces_len(&self) -> usize {
+        self.pieces.iter().map(Piece::len).sum()
+    }
+
+    fn write_pieces(&self, series: &[u8], out: &mut Vec<u8>) {
+        for piece in &self.pieces {
+            out.extend_from_slice(piece.bytes(series, &self.owned));
+        }
+    }
+}
+
+/// Enforced labels beyond this many take the full path (the tenant label plus a few
+/// extra labels is the norm).
+const MAX_SPLICED: usize = 8;
+
+/// The span of a series' label fields, and the offset before which each enforced label
+/// (sorted by name) goes.
+#[derive(Clone, Copy)]
+struct SplicePoints {
+    span: (usize, usize),
+    at: [usize; MAX_SPLICED],
+}
+
+/// Encoded length of a `Label` message; empty strings are left out, as proto3 does.
+fn label_len(label: &Borrowed<'_>) -> usize {
+    string_field_len(label.name) + string_field_len(label.value)
+}
+
+fn string_field_len(value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        1 + wire::varint_len(value.len() as u64) + value.len()
+    }
+}
+
+/// Each string is checked where it stands, as prost does, even one a later field
+/// overwrites.
+fn utf8(bytes: &[u8]) -> Result<&str, WireError> {
+    std::str::from_utf8(bytes).map_err(|_| WireError::Utf8)
+}
+
+fn put_string(out: &mut Vec<u8>, key: u8, value: &str) {
+    if !value.is_empty() {
+        out.push(key);
+        wire::put_varint(out, value.len() as u64);
+        out.extend_from_slice(value.as_bytes());
+    }
+}

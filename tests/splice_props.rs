@@ -1,0 +1,530 @@
+//! The zero-copy write path against the prost reference: for any input, both accept or
+//! both refuse (for the same reason, and with the same words for an invalid series), and
+//! what the fast path writes decodes to exactly what the reference produces, its series
+//! prefix to the same request without metadata. Inputs are written by a test encoder that
+//! varies what prost never writes but clients may send (field order, explicit empty
+//! strings, repeated fields, unknown fields and groups at every depth, interleaved series
+//! fields), then sometimes damaged byte by byte; and pure random bytes besides.
+
+use promgate::codec::snappy::decompress_capped;
+use promgate::codec::splice::rewrite;
+use promgate::codec::write::{decode, validate_and_enforce, LabelPolicy};
+use promgate::codec::CodecError;
+use promgate::config::{ConflictPolicy, Limits};
+use promgate::proto::{
+    histogram, BucketSpan, Exemplar, Histogram, Label, MetricMetadata, Sample, WriteRequest,
+};
+use proptest::prelude::*;
+use prost::Message;
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn small_limits() -> Limits {
+    Limits {
+        max_label_name_bytes: 12,
+        max_label_value_bytes: 16,
+        max_labels_per_series: 7,
+        max_series_per_request: 5,
+        ..Limits::default()
+    }
+}
+
+/// Runs both paths and holds them to the same answer.
+fn same_answer(decoded: &[u8], policy: &LabelPolicy, limits: &Limits) -> Result<(), TestCaseError> {
+    let reference = decode(decoded).and_then(|mut request| {
+        validate_and_enforce(&mut request, policy, limits, NOW).map(|stats| (request, stats))
+    });
+    let mut out = vec![0xff; 3]; // stale bytes must be cleared
+    let fast = rewrite(decoded, policy, limits, NOW, &mut out);
+    match (reference, fast) {
+        (Ok((request, stats)), Ok(rewritten)) => {
+            prop_assert_eq!(rewritten.stats, stats);
+            let written = WriteRequest::decode(out.as_slice())
+                .map_err(|err| TestCaseError::fail(format!("fast output does not decode: {err}")))?;
+            // Compared as prost's canonical bytes, so NaN payloads compare bit for bit.
+            prop_assert_eq!(written.encode_to_vec(), request.encode_to_vec());
+            only_known_fields(&out, "request").map_err(TestCaseError::fail)?;
+            let series_only = WriteRequest::decode(&out[..rewritten.series_end])
+                .map_err(|err| TestCaseError::fail(format!("series prefix: {err}")))?;
+            let expected = WriteRequest {
+                timeseries: request.timeseries,
+                metadata: vec![],
+            };
+            prop_assert_eq!(series_only.encode_to_vec(), expected.encode_to_vec());
+        }
+        (Err(reference), Err(fast)) => {
+            prop_assert_eq!(fast.reason(), reference.reason(), "{} vs {}", fast, reference);
+            if let CodecError::Invalid(_) = reference {
+                prop_assert_eq!(fast, reference);
+            }
+        }
+        (reference, fast) => {
+            return Err(TestCaseError::fail(format!(
+                "paths disagree: reference {:?}, fast {:?}",
+                reference.map(|(_, stats)| stats),
+                fast.map(|rewritten| rewritten.stats)
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// The fields each message of remote write 1.0 has, and which hold a message.
+fn schema(message: &str) -> &'static [(u32, Option<&'static str>)] {
+    match message {
+        "request" => &[(1, Some("series")), (3, Some("metadata"))],
+        "series" => &[
+            (1, Some("label")),
+            (2, Some("sample")),
+            (3, Some("exemplar")),
+            (4, Some("histogram")),
+        ],
+        "label" => &[(1, None), (2, None)],
+        "sample" => &[(1, None), (2, None)],
+        "exemplar" => &[(1, Some("label")), (2, None), (3, None)],
+        "span" => &[(1, None), (2, None)],
+        "metadata" => &[(1, None), (2, None), (4, None), (5, None)],
+        _ => &[
+            (1, None),
+            (2, None),
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, None),
+            (7, None),
+            (8, Some("span")),
+            (9, None),
+            (10, None),
+            (11, Some("span")),
+            (12, None),
+            (13, None),
+            (14, None),
+            (15, None),
+            (16, None),
+        ],
+    }
+}
+
+/// Fails when any message at any depth holds a field its schema does not know: what
+/// the relay forwards must carry nothing a client smuggled in.
+fn only_known_fields(mut bytes: &[u8], message: &str) -> Result<(), String> {
+    use prost::encoding::{decode_key, decode_varint, WireType};
+    while !bytes.is_empty() {
+        let (field, wire_type) = decode_key(&mut bytes).map_err(|err| err.to_string())?;
+        let Some((_, inner)) = schema(message).iter().find(|(number, _)| *number == field) else {
+            return Err(format!("{message} carries unknown field {field}"));
+        };
+        let skip = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut bytes).map_err(|err| err.to_string())?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::LengthDelimited => {
+                decode_varint(&mut bytes).map_err(|err| err.to_string())? as usize
+            }
+            other => return Err(format!("{message} field {field} has wire type {other:?}")),
+        };
+        let (value, rest) = bytes.split_at(skip);
+        if let Some(inner) = inner {
+            only_known_fields(value, inner)?;
+        }
+        bytes = rest;
+    }
+    Ok(())
+}
+
+/// A small deterministic generator the encoder draws its choices from.
+struct Choices(u64);
+
+impl Choices {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// True about `in_16` times out of 16.
+    fn chance(&mut self, in_16: u64) -> bool {
+        self.next() % 16 < in_16
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_key(out: &mut Vec<u8>, field: u64, wire_type: u64) {
+    put_varint(out, field << 3 | wire_type);
+}
+
+fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
+    put_key(out, field, 2);
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Sometimes appends an unknown field: a varint, a string, a fixed32 or a group.
+fn maybe_unknown(out: &mut Vec<u8>, choices: &mut Choices) {
+    if !choices.chance(2) {
+        return;
+    }
+    match choices.next() % 4 {
+        0 => {
+            put_key(out, 9, 0);
+            put_varint(out, choices.next() % 1000);
+        }
+        1 => put_bytes(out, 1000, b"smuggled"),
+        2 => {
+            put_key(out, 17, 5);
+            out.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        _ => {
+            put_key(out, 12, 3);
+            put_key(out, 1, 0);
+            put_varint(out, 7);
+            put_key(out, 12, 4);
+        }
+    }
+}
+
+fn encode_label(label: &Label, choices: &mut Choices) -> Vec<u8> {
+    let mut out = Vec::new();
+    if choices.chance(1) {
+        // An earlier name or value that a later field overwrites.
+        put_bytes(&mut out, 1 + choices.next() % 2, b"overwritten");
+    }
+    let fields = [(1, &label.name), (2, &label.value)];
+    let order = if choices.chance(2) { [1, 0] } else { [0, 1] };
+    for index in order {
+        let (field, value) = fields[index];
+        if !value.is_empty() || choices.chance(2) {
+            put_bytes(&mut out, field, value.as_bytes());
+        }
+    }
+    maybe_unknown(&mut out, choices);
+    out
+}
+
+fn encode_message_with_unknown(message: &impl Message, choices: &mut Choices) -> Vec<u8> {
+    let mut out = message.encode_to_vec();
+    maybe_unknown(&mut out, choices);
+    out
+}
+
+#[derive(Debug, Clone)]
+struct SeriesParts {
+    labels: Vec<Label>,
+    samples: Vec<Sample>,
+    exemplars: Vec<Exemplar>,
+    histograms: Vec<Histogram>,
+}
+
+fn encode_series(series: &SeriesParts, choices: &mut Choices) -> Vec<u8> {
+    let mut entries: Vec<Vec<u8>> = Vec::new();
+    for label in &series.labels {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, &encode_label(label, choices));
+        entries.push(entry);
+    }
+    for sample in &series.samples {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 2, &encode_message_with_unknown(sample, choices));
+        entries.push(entry);
+    }
+    for exemplar in &series.exemplars {
+        let mut payload = Vec::new();
+        for label in &exemplar.labels {
+            put_bytes(&mut payload, 1, &encode_label(label, choices));
+        }
+        let rest = Exemplar {
+            labels: vec![],
+            ..exemplar.clone()
+        };
+        payload.extend_from_slice(&rest.encode_to_vec());
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 3, &payload);
+        entries.push(entry);
+    }
+    for histogram in &series.histograms {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 4, &encode_message_with_unknown(histogram, choices));
+        entries.push(entry);
+    }
+    if choices.chance(2) && entries.len() > 1 {
+        // Interleave: move one entry to the front.
+        let from = (choices.next() as usize) % entries.len();
+        let entry = entries.remove(from);
+        entries.insert(0, entry);
+    }
+    let mut out = entries.concat();
+    maybe_unknown(&mut out, choices);
+    out
+}
+
+fn encode_request(series: &[SeriesParts], metadata: &[MetricMetadata], seed: u64) -> Vec<u8> {
+    let mut choices = Choices(seed | 1);
+    let mut entries = Vec::new();
+    for one in series {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 1, &encode_series(one, &mut choices));
+        entries.push(entry);
+    }
+    for one in metadata {
+        let mut entry = Vec::new();
+        put_bytes(&mut entry, 3, &encode_message_with_unknown(one, &mut choices));
+        entries.push(entry);
+    }
+    if choices.chance(4) && !entries.is_empty() {
+        let at = (choices.next() as usize) % entries.len();
+        let entry = entries.remove(at);
+        entries.push(entry);
+    }
+    let mut out = Vec::new();
+    for entry in entries {
+        if choices.chance(2) {
+            // Cortex/Mimir's source field, never to be forwarded.
+            put_key(&mut out, 2, 0);
+            put_varint(&mut out, 1);
+        }
+        out.extend_from_slice(&entry);
+    }
+    maybe_unknown(&mut out, &mut choices);
+    out
+}
+
+fn label_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just("__name__".to_string()),
+        2 => Just("tenant_id".to_string()),
+        1 => Just("env".to_string()),
+        1 => Just("Zone".to_string()),
+        2 => Just("job".to_string()),
+        2 => Just("instance".to_string()),
+        1 => Just(String::new()),
+        1 => Just("a_name_far_too_long".to_string()),
+        4 => "[a-z_]{1,6}",
+    ]
+}
+
+fn label_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        1 => Just(String::new()),
+        2 => Just("alpha".to_string()),
+        1 => Just("beta".to_string()),
+        1 => Just("prod".to_string()),
+        1 => Just("zürich-ß".to_string()),
+        1 => Just("a value that is far too long".to_string()),
+        4 => "[a-z0-9]{1,5}",
+    ]
+}
+
+fn labels() -> impl Strategy<Value = Vec<Label>> {
+    prop::collection::vec((label_name(), label_value()), 0..7).prop_map(|pairs| {
+        let mut labels: Vec<Label> = pairs
+            .into_iter()
+            .map(|(name, value)| Label { name, value })
+            .collect();
+        // Mostly sorted, as Prometheus sends them.
+        if labels.len() % 3 != 0 {
+            labels.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        labels
+    })
+}
+
+fn timestamp() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        8 => (NOW - 1_000_000)..NOW,
+        1 => (NOW + 3_600_000)..(NOW + 7_200_000),
+        1 => Just(0i64),
+        1 => Just(-1i64),
+    ]
+}
+
+fn value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        any::<f64>(),
+        Just(f64::from_bits(0x7ff0_0000_0000_0002)),
+        Just(0.0),
+        Just(1.5),
+    ]
+}
+
+fn sample() -> impl Strategy<Value = Sample> {
+    (value(), timestamp()).prop_map(|(value, timestamp)| Sample { value, timestamp })
+}
+
+fn exemplar() -> impl Strategy<Value = Exemplar> {
+    (labels(), value(), timestamp()).prop_map(|(labels, value, timestamp)| Exemplar {
+        labels,
+        value,
+        timestamp,
+    })
+}
+
+fn histogram() -> impl Strategy<Value = Histogram> {
+    (
+        any::<bool>(),
+        any::<u32>(),
+        -4i32..8,
+        prop::collection::vec((-3i32..3, 0u32..4), 0..3),
+        prop::collection::vec(-5i64..5, 0..4),
+        prop::collection::vec(value(), 0..3),
+        timestamp(),
+    )
+        .prop_map(|(integer, count, schema, spans, deltas, counts, timestamp)| Histogram {
+            count: Some(if integer {
+                histogram::Count::CountInt(u64::from(count))
+            } else {
+                histogram::Count::CountFloat(f64::from(count))
+            }),
+            sum: f64::from(count) / 2.0,
+            schema,
+            zero_threshold: 1e-128,
+            zero_count: Some(histogram::ZeroCount::ZeroCountInt(1)),
+            positive_spans: spans
+                .iter()
+                .map(|&(offset, length)| BucketSpan { offset, length })
+                .collect(),
+            positive_deltas: deltas,
+            negative_counts: counts,
+            reset_hint: (count % 4) as i32,
+            timestamp,
+            ..Histogram::default()
+        })
+}
+
+fn series_parts() -> impl Strategy<Value = SeriesParts> {
+    (
+        labels(),
+        prop::collection::vec(sample(), 0..3),
+        prop::collection::vec(exemplar(), 0..2),
+        prop::collection::vec(histogram(), 0..2),
+    )
+        .prop_map(|(labels, samples, exemplars, histograms)| SeriesParts {
+            labels,
+            samples,
+            exemplars,
+            histograms,
+        })
+}
+
+fn metadata() -> impl Strategy<Value = MetricMetadata> {
+    ("[a-z_]{0,8}", "[ -~]{0,12}", 0i32..9).prop_map(|(family, help, kind)| MetricMetadata {
+        r#type: kind,
+        metric_family_name: family,
+        help,
+        unit: String::new(),
+    })
+}
+
+fn policy() -> impl Strategy<Value = LabelPolicy> {
+    (
+        prop_oneof![
+            Just(ConflictPolicy::Override),
+            Just(ConflictPolicy::Reject)
+        ],
+        prop_oneof![
+            Just(vec![]),
+            Just(vec![("env".to_string(), "prod".to_string())]),
+            Just(vec![
+                ("Zone".to_string(), "z1".to_string()),
+                ("zz".to_string(), "last".to_string())
+            ]),
+        ],
+    )
+        .prop_map(|(on_conflict, extra)| LabelPolicy::new("tenant_id", "alpha", extra, on_conflict))
+}
+
+/// Damage to apply to encoded bytes: (kind, position, byte).
+fn damage() -> impl Strategy<Value = Vec<(u8, usize, u8)>> {
+    prop_oneof![
+        3 => Just(vec![]),
+        1 => prop::collection::vec((0u8..4, any::<usize>(), any::<u8>()), 1..4),
+    ]
+}
+
+fn apply(mut bytes: Vec<u8>, damage: &[(u8, usize, u8)]) -> Vec<u8> {
+    for &(kind, position, byte) in damage {
+        if bytes.is_empty() {
+            break;
+        }
+        let at = position % bytes.len();
+        match kind {
+            0 => bytes[at] = byte,
+            1 => bytes.truncate(at),
+            2 => bytes.insert(at, byte),
+            _ => {
+                bytes.remove(at);
+            }
+        }
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn fast_path_matches_reference(
+        series in prop::collection::vec(series_parts(), 0..7),
+        metadata in prop::collection::vec(metadata(), 0..3),
+        seed in any::<u64>(),
+        damage in damage(),
+        policy in policy(),
+    ) {
+        let bytes = apply(encode_request(&series, &metadata, seed), &damage);
+        same_answer(&bytes, &policy, &small_limits())?;
+        same_answer(&bytes, &policy, &Limits::default())?;
+    }
+
+    #[test]
+    fn random_bytes_get_the_same_answer(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let policy = LabelPolicy::new("tenant_id", "alpha", [], ConflictPolicy::Override);
+        same_answer(&bytes, &policy, &Limits::default())?;
+    }
+}
+
+fn fixture_bodies() -> Vec<Vec<u8>> {
+    let mut bodies = Vec::new();
+    for dir in ["prom-2.42", "prom-2.42-metadata", "prom-2.42-mss500"] {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(dir);
+        let mut paths: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixture dir")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "bin"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let body = std::fs::read(&path).expect("body");
+            bodies.push(decompress_capped(&body, 64 << 20).expect("snappy"));
+        }
+    }
+    bodies
+}
+
+/// On what Prometheus really sends, the fast path writes the very bytes prost would.
+#[test]
+fn captured_prometheus_bodies_come_out_byte_identical() {
+    let bodies = fixture_bodies();
+    assert!(bodies.len() >= 40, "{} bodies", bodies.len());
+    for extra in [vec![], vec![("env".to_string(), "prod".to_string())]] {
+        let policy = LabelPolicy::new("tenant_id", "alpha", extra, ConflictPolicy::Override);
+        let limits = Limits::default();
+        for decoded in &bodies {
+            let mut request = decode(decoded).expect("reference decodes");
+            let stats = validate_and_enforce(&mut request, &policy, &limits, NOW).expect("valid");
+            let mut out = Vec::new();
+            let rewritten = rewrite(decoded, &policy, &limits, NOW, &mut out).expect("fast");
+            assert_eq!(rewritten.stats, stats);
+            assert!(out == request.encode_to_vec(), "bytes differ");
+        }
+    }
+}
