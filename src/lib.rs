@@ -30,7 +30,7 @@ use crate::auth::tokens::TokenSigner;
 use crate::auth::Authenticator;
 use crate::backend::BackendClient;
 use crate::config::{Config, ConnectionLimits};
-use crate::server::AppState;
+use crate::server::{AppState, SharedState};
 use crate::tenant::store::Store;
 use crate::tenant::Registry;
 
@@ -56,13 +56,9 @@ pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
     Ok(Listeners { data, admin })
 }
 
-/// Opens the registry, loads or generates secrets, and serves both listeners until
-/// `shutdown` completes; then stops accepting and lets in-flight requests finish.
-pub async fn run(
-    listeners: Listeners,
-    config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+/// Opens the registry, loads or generates secrets, and connects the backends: everything
+/// the routers need, without listening anywhere (benchmarks drive the routers directly).
+pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
     let store = Store::open(&config.storage.database_url).await?;
     let registry = Arc::new(Registry::load(store, &config).await?);
     registry.spawn_reload(config.storage.poll_interval);
@@ -102,6 +98,17 @@ pub async fn run(
         config,
     });
     drop(admin_token);
+    Ok(state)
+}
+
+/// Opens the registry, loads or generates secrets, and serves both listeners until
+/// `shutdown` completes; then stops accepting and lets in-flight requests finish.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = build_state(config).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let data_addr = listeners.data.local_addr()?;

@@ -6,14 +6,12 @@
 //! strings, repeated fields, unknown fields and groups at every depth, interleaved series
 //! fields), then sometimes damaged byte by byte; and pure random bytes besides.
 
+use promgate::codec::oracle::same_answer;
 use promgate::codec::snappy::decompress_capped;
 use promgate::codec::splice::rewrite;
 use promgate::codec::write::{decode, validate_and_enforce, LabelPolicy};
-use promgate::codec::CodecError;
 use promgate::config::{ConflictPolicy, Limits};
-use promgate::proto::{
-    histogram, BucketSpan, Exemplar, Histogram, Label, MetricMetadata, Sample, WriteRequest,
-};
+use promgate::proto::{histogram, BucketSpan, Exemplar, Histogram, Label, MetricMetadata, Sample};
 use proptest::prelude::*;
 use prost::Message;
 
@@ -27,111 +25,6 @@ fn small_limits() -> Limits {
         max_series_per_request: 5,
         ..Limits::default()
     }
-}
-
-/// Runs both paths and holds them to the same answer.
-fn same_answer(decoded: &[u8], policy: &LabelPolicy, limits: &Limits) -> Result<(), TestCaseError> {
-    let reference = decode(decoded).and_then(|mut request| {
-        validate_and_enforce(&mut request, policy, limits, NOW).map(|stats| (request, stats))
-    });
-    let mut out = vec![0xff; 3]; // stale bytes must be cleared
-    let fast = rewrite(decoded, policy, limits, NOW, &mut out);
-    match (reference, fast) {
-        (Ok((request, stats)), Ok(rewritten)) => {
-            prop_assert_eq!(rewritten.stats, stats);
-            let written = WriteRequest::decode(out.as_slice())
-                .map_err(|err| TestCaseError::fail(format!("fast output does not decode: {err}")))?;
-            // Compared as prost's canonical bytes, so NaN payloads compare bit for bit.
-            prop_assert_eq!(written.encode_to_vec(), request.encode_to_vec());
-            only_known_fields(&out, "request").map_err(TestCaseError::fail)?;
-            let series_only = WriteRequest::decode(&out[..rewritten.series_end])
-                .map_err(|err| TestCaseError::fail(format!("series prefix: {err}")))?;
-            let expected = WriteRequest {
-                timeseries: request.timeseries,
-                metadata: vec![],
-            };
-            prop_assert_eq!(series_only.encode_to_vec(), expected.encode_to_vec());
-        }
-        (Err(reference), Err(fast)) => {
-            prop_assert_eq!(fast.reason(), reference.reason(), "{} vs {}", fast, reference);
-            if let CodecError::Invalid(_) = reference {
-                prop_assert_eq!(fast, reference);
-            }
-        }
-        (reference, fast) => {
-            return Err(TestCaseError::fail(format!(
-                "paths disagree: reference {:?}, fast {:?}",
-                reference.map(|(_, stats)| stats),
-                fast.map(|rewritten| rewritten.stats)
-            )))
-        }
-    }
-    Ok(())
-}
-
-/// The fields each message of remote write 1.0 has, and which hold a message.
-fn schema(message: &str) -> &'static [(u32, Option<&'static str>)] {
-    match message {
-        "request" => &[(1, Some("series")), (3, Some("metadata"))],
-        "series" => &[
-            (1, Some("label")),
-            (2, Some("sample")),
-            (3, Some("exemplar")),
-            (4, Some("histogram")),
-        ],
-        "label" => &[(1, None), (2, None)],
-        "sample" => &[(1, None), (2, None)],
-        "exemplar" => &[(1, Some("label")), (2, None), (3, None)],
-        "span" => &[(1, None), (2, None)],
-        "metadata" => &[(1, None), (2, None), (4, None), (5, None)],
-        _ => &[
-            (1, None),
-            (2, None),
-            (3, None),
-            (4, None),
-            (5, None),
-            (6, None),
-            (7, None),
-            (8, Some("span")),
-            (9, None),
-            (10, None),
-            (11, Some("span")),
-            (12, None),
-            (13, None),
-            (14, None),
-            (15, None),
-            (16, None),
-        ],
-    }
-}
-
-/// Fails when any message at any depth holds a field its schema does not know: what
-/// the relay forwards must carry nothing a client smuggled in.
-fn only_known_fields(mut bytes: &[u8], message: &str) -> Result<(), String> {
-    use prost::encoding::{decode_key, decode_varint, WireType};
-    while !bytes.is_empty() {
-        let (field, wire_type) = decode_key(&mut bytes).map_err(|err| err.to_string())?;
-        let Some((_, inner)) = schema(message).iter().find(|(number, _)| *number == field) else {
-            return Err(format!("{message} carries unknown field {field}"));
-        };
-        let skip = match wire_type {
-            WireType::Varint => {
-                decode_varint(&mut bytes).map_err(|err| err.to_string())?;
-                0
-            }
-            WireType::SixtyFourBit => 8,
-            WireType::LengthDelimited => {
-                decode_varint(&mut bytes).map_err(|err| err.to_string())? as usize
-            }
-            other => return Err(format!("{message} field {field} has wire type {other:?}")),
-        };
-        let (value, rest) = bytes.split_at(skip);
-        if let Some(inner) = inner {
-            only_known_fields(value, inner)?;
-        }
-        bytes = rest;
-    }
-    Ok(())
 }
 
 /// A small deterministic generator the encoder draws its choices from.
@@ -252,7 +145,11 @@ fn encode_series(series: &SeriesParts, choices: &mut Choices) -> Vec<u8> {
     }
     for histogram in &series.histograms {
         let mut entry = Vec::new();
-        put_bytes(&mut entry, 4, &encode_message_with_unknown(histogram, choices));
+        put_bytes(
+            &mut entry,
+            4,
+            &encode_message_with_unknown(histogram, choices),
+        );
         entries.push(entry);
     }
     if choices.chance(2) && entries.len() > 1 {
@@ -276,7 +173,11 @@ fn encode_request(series: &[SeriesParts], metadata: &[MetricMetadata], seed: u64
     }
     for one in metadata {
         let mut entry = Vec::new();
-        put_bytes(&mut entry, 3, &encode_message_with_unknown(one, &mut choices));
+        put_bytes(
+            &mut entry,
+            3,
+            &encode_message_with_unknown(one, &mut choices),
+        );
         entries.push(entry);
     }
     if choices.chance(4) && !entries.is_empty() {
@@ -377,26 +278,28 @@ fn histogram() -> impl Strategy<Value = Histogram> {
         prop::collection::vec(value(), 0..3),
         timestamp(),
     )
-        .prop_map(|(integer, count, schema, spans, deltas, counts, timestamp)| Histogram {
-            count: Some(if integer {
-                histogram::Count::CountInt(u64::from(count))
-            } else {
-                histogram::Count::CountFloat(f64::from(count))
-            }),
-            sum: f64::from(count) / 2.0,
-            schema,
-            zero_threshold: 1e-128,
-            zero_count: Some(histogram::ZeroCount::ZeroCountInt(1)),
-            positive_spans: spans
-                .iter()
-                .map(|&(offset, length)| BucketSpan { offset, length })
-                .collect(),
-            positive_deltas: deltas,
-            negative_counts: counts,
-            reset_hint: (count % 4) as i32,
-            timestamp,
-            ..Histogram::default()
-        })
+        .prop_map(
+            |(integer, count, schema, spans, deltas, counts, timestamp)| Histogram {
+                count: Some(if integer {
+                    histogram::Count::CountInt(u64::from(count))
+                } else {
+                    histogram::Count::CountFloat(f64::from(count))
+                }),
+                sum: f64::from(count) / 2.0,
+                schema,
+                zero_threshold: 1e-128,
+                zero_count: Some(histogram::ZeroCount::ZeroCountInt(1)),
+                positive_spans: spans
+                    .iter()
+                    .map(|&(offset, length)| BucketSpan { offset, length })
+                    .collect(),
+                positive_deltas: deltas,
+                negative_counts: counts,
+                reset_hint: (count % 4) as i32,
+                timestamp,
+                ..Histogram::default()
+            },
+        )
 }
 
 fn series_parts() -> impl Strategy<Value = SeriesParts> {
@@ -425,10 +328,7 @@ fn metadata() -> impl Strategy<Value = MetricMetadata> {
 
 fn policy() -> impl Strategy<Value = LabelPolicy> {
     (
-        prop_oneof![
-            Just(ConflictPolicy::Override),
-            Just(ConflictPolicy::Reject)
-        ],
+        prop_oneof![Just(ConflictPolicy::Override), Just(ConflictPolicy::Reject)],
         prop_oneof![
             Just(vec![]),
             Just(vec![("env".to_string(), "prod".to_string())]),
@@ -479,14 +379,14 @@ proptest! {
         policy in policy(),
     ) {
         let bytes = apply(encode_request(&series, &metadata, seed), &damage);
-        same_answer(&bytes, &policy, &small_limits())?;
-        same_answer(&bytes, &policy, &Limits::default())?;
+        same_answer(&bytes, &policy, &small_limits(), NOW).map_err(TestCaseError::fail)?;
+        same_answer(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
     }
 
     #[test]
     fn random_bytes_get_the_same_answer(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let policy = LabelPolicy::new("tenant_id", "alpha", [], ConflictPolicy::Override);
-        same_answer(&bytes, &policy, &Limits::default())?;
+        same_answer(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
     }
 }
 

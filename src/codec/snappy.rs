@@ -2,6 +2,8 @@
 //! buffer is allocated (the "snappy bomb" of PROTOCOL.md §5 #4: a few bytes whose
 //! preamble claims gigabytes).
 
+use std::cell::RefCell;
+
 use super::CodecError;
 
 /// Stream identifier chunk that starts every snappy *framed* stream.
@@ -36,13 +38,57 @@ pub fn decompress_capped(body: &[u8], max_decoded: u64) -> Result<Vec<u8>, Codec
         .map_err(|err| CodecError::Snappy(err.to_string()))
 }
 
+/// As [`decompress_capped`], into `buf`, whose allocation is reused: it is only grown
+/// (and only the growth zeroed), so a buffer kept from request to request costs no
+/// allocation and no clearing.
+pub fn decompress_capped_into(
+    body: &[u8],
+    max_decoded: u64,
+    buf: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    let claimed = checked_decoded_len(body, max_decoded)? as usize;
+    if buf.len() < claimed {
+        buf.resize(claimed, 0);
+    } else {
+        buf.truncate(claimed);
+    }
+    let written = snap::raw::Decoder::new()
+        .decompress(body, buf)
+        .map_err(|err| CodecError::Snappy(err.to_string()))?;
+    // The decoder refuses a body that decodes to other than its preamble's length.
+    buf.truncate(written);
+    Ok(())
+}
+
+thread_local! {
+    /// Room for the worst case of one compression, kept per thread: the result is
+    /// copied out at its real size (several times smaller), so no request pays for
+    /// allocating and zeroing the worst case.
+    static COMPRESS_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch space grown past this by a large request is freed rather than kept.
+const KEEP_SCRATCH_BYTES: usize = 8 << 20;
+
 /// Compresses `raw` in the snappy block format.
 pub fn compress(raw: &[u8]) -> Vec<u8> {
-    // Compressing into a Vec only fails when the input exceeds snappy's 4 GiB bound,
-    // far above any decoded-size limit promgate accepts.
-    snap::raw::Encoder::new()
-        .compress_vec(raw)
-        .unwrap_or_default()
+    COMPRESS_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        let worst = snap::raw::max_compress_len(raw.len());
+        if scratch.len() < worst {
+            scratch.resize(worst, 0);
+        }
+        // Compression only fails when the input exceeds snappy's 4 GiB bound, far
+        // above any decoded-size limit promgate accepts.
+        let compressed = snap::raw::Encoder::new()
+            .compress(raw, &mut scratch)
+            .map(|written| scratch[..written].to_vec())
+            .unwrap_or_default();
+        if scratch.len() > KEEP_SCRATCH_BYTES {
+            *scratch = Vec::new();
+        }
+        compressed
+    })
 }
 
 #[cfg(test)]

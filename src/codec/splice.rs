@@ -22,7 +22,7 @@ use prost::Message;
 use super::wire::{self, Reader, WireError, LEN, TOP_DEPTH};
 use super::write::{
     check_newest, check_series_count, enforce_labels, newest_allowed_ms, LabelPolicy, LabelRef,
-    WriteStats,
+    SplicedLabel, WriteStats,
 };
 use super::CodecError;
 use crate::config::Limits;
@@ -55,7 +55,6 @@ pub fn rewrite(
             .map(|label| Borrowed {
                 name: &label.name,
                 value: &label.value,
-                start: 0,
             })
             .collect(),
         newest_allowed: newest_allowed_ms(now_ms, limits),
@@ -77,7 +76,8 @@ pub fn rewrite(
                 stats.series += 1;
                 // After the first invalid series (or one too many) the rest is only
                 // checked for well-formedness, as prost would decode it.
-                let writing = first_invalid.is_none() && stats.series <= limits.max_series_per_request;
+                let writing =
+                    first_invalid.is_none() && stats.series <= limits.max_series_per_request;
                 match splicer.series(series, &mut stats, writing.then_some(&mut *out)) {
                     Ok(()) => {}
                     Err(Refusal::Protobuf(err)) => return Err(protobuf(err)),
@@ -89,7 +89,8 @@ pub fn rewrite(
             (3, LEN) => {
                 let payload = reader.length_delimited().map_err(protobuf)?;
                 stats.metadata += 1;
-                let checked = wire::check(payload, &wire::METADATA, TOP_DEPTH - 1).map_err(protobuf)?;
+                let checked =
+                    wire::check(payload, &wire::METADATA, TOP_DEPTH - 1).map_err(protobuf)?;
                 if checked.clean {
                     push_piece(&mut metadata, Piece::Input(entry_start, reader.pos()));
                 } else {
@@ -113,13 +114,11 @@ pub fn rewrite(
     Ok(Rewritten { stats, series_end })
 }
 
-/// A label borrowed from the input (or from the policy), with where its `TimeSeries`
-/// field starts in the series' bytes.
+/// A label borrowed from the input (or from the policy).
 #[derive(Clone, Copy, Debug)]
 struct Borrowed<'a> {
     name: &'a str,
     value: &'a str,
-    start: usize,
 }
 
 impl LabelRef for Borrowed<'_> {
@@ -218,14 +217,50 @@ impl<'a> Splicer<'a> {
         stats: &mut WriteStats,
         out: Option<&mut Vec<u8>>,
     ) -> Result<(), Refusal> {
+        let canonical = match out {
+            Some(_) => canonical_labels(series, &self.policy.spliced, self.limits),
+            None => None,
+        };
+        // Canonical labels come first; a label field after other fields sends the series
+        // down the full path after all.
+        let fast = match canonical {
+            Some(labels) => self
+                .fields(series, labels.end, false)?
+                .map(|fields| (labels, fields)),
+            None => None,
+        };
+        let (canonical, fields) = match fast {
+            Some((labels, fields)) => (Some(labels), fields),
+            None => (None, self.fields(series, 0, true)?.unwrap_or_default()),
+        };
+        stats.samples += fields.samples;
+        stats.exemplars += fields.exemplars;
+        stats.histograms += fields.histograms;
+        let Some(out) = out else {
+            return Ok(());
+        };
+        let result = match canonical {
+            Some(labels) => self.write_spliced(series, labels, fields.newest, out),
+            None => self.write_enforced(series, fields.newest, out),
+        };
+        result.map_err(Refusal::Invalid)
+    }
+
+    /// Reads a series' fields from `from` on, keeping its samples, exemplars and
+    /// histograms as pieces and (with `with_labels`) its labels as borrowed slices.
+    /// Without `with_labels`, a label field gives `None`.
+    fn fields(
+        &mut self,
+        series: &'a [u8],
+        from: usize,
+        with_labels: bool,
+    ) -> Result<Option<Fields>, Refusal> {
         self.labels.clear();
         self.pieces.clear();
         self.owned.clear();
-        // Labels splice as they are only when each is canonical and all are adjacent.
-        let mut canonical = true;
-        let mut labels_span: Option<(usize, usize)> = None;
-        let mut newest: Option<i64> = None;
+        let mut fields = Fields::default();
         let mut reader = Reader::new(series);
+        reader.seek(from);
         while !reader.is_empty() {
             let start = reader.pos();
             let (field, wire_type) = reader.key()?;
@@ -233,81 +268,58 @@ impl<'a> Splicer<'a> {
                 return Err(Refusal::Protobuf(WireError::WrongWireType { field }));
             }
             match field {
+                1 if !with_labels => return Ok(None),
                 1 => {
                     let payload = reader.length_delimited()?;
-                    canonical &= self.label(payload, start)?;
-                    labels_span = match labels_span {
-                        None => Some((start, reader.pos())),
-                        Some((first, end)) if end == start => Some((first, reader.pos())),
-                        Some(span) => {
-                            canonical = false;
-                            Some(span)
-                        }
-                    };
+                    self.label(payload)?;
                 }
                 2 => {
                     let payload = reader.length_delimited()?;
-                    stats.samples += 1;
-                    let checked = self.leaf::<Sample>(2, payload, start, reader.pos(), &wire::SAMPLE)?;
-                    newest = Some(newest.map_or(checked, |newest| newest.max(checked)));
+                    fields.samples += 1;
+                    let timestamp = match wire::canonical_sample_timestamp(payload) {
+                        Some(timestamp) => {
+                            push_piece(&mut self.pieces, Piece::Input(start, reader.pos()));
+                            timestamp
+                        }
+                        None => {
+                            self.leaf::<Sample>(2, payload, start, reader.pos(), &wire::SAMPLE)?
+                        }
+                    };
+                    fields.saw(timestamp);
                 }
                 3 => {
                     let payload = reader.length_delimited()?;
-                    stats.exemplars += 1;
+                    fields.exemplars += 1;
                     self.leaf::<Exemplar>(3, payload, start, reader.pos(), &wire::EXEMPLAR)?;
                 }
                 4 => {
                     let payload = reader.length_delimited()?;
-                    stats.histograms += 1;
-                    let checked =
+                    fields.histograms += 1;
+                    let timestamp =
                         self.leaf::<Histogram>(4, payload, start, reader.pos(), &wire::HISTOGRAM)?;
-                    newest = Some(newest.map_or(checked, |newest| newest.max(checked)));
+                    fields.saw(timestamp);
                 }
                 _ => reader.skip(wire_type, field, SERIES_DEPTH)?,
             }
         }
-        let Some(out) = out else {
-            return Ok(());
-        };
-        let splice_at = match labels_span {
-            Some(span) if canonical => self.splice_points(span),
-            _ => None,
-        };
-        let result = match splice_at {
-            Some(points) => self.write_spliced(series, points, newest, out),
-            None => self.write_enforced(series, newest, out),
-        };
-        result.map_err(Refusal::Invalid)
+        Ok(Some(fields))
     }
 
-    /// Reads one `Label`; tells whether it is canonical (name then value, each once,
-    /// neither empty).
-    fn label(&mut self, payload: &'a [u8], start: usize) -> Result<bool, WireError> {
+    /// Reads one `Label` as prost would (the last name and value win).
+    fn label(&mut self, payload: &'a [u8]) -> Result<(), WireError> {
         let mut reader = Reader::new(payload);
         let (mut name, mut value) = ("", "");
-        let mut fields = 0u32;
-        let mut canonical = true;
         while !reader.is_empty() {
             let (field, wire_type) = reader.key()?;
             match (field, wire_type) {
-                (1, LEN) => {
-                    name = utf8(reader.length_delimited()?)?;
-                    canonical &= fields == 0;
-                }
-                (2, LEN) => {
-                    value = utf8(reader.length_delimited()?)?;
-                    canonical &= fields == 1;
-                }
+                (1, LEN) => name = utf8(reader.length_delimited()?)?,
+                (2, LEN) => value = utf8(reader.length_delimited()?)?,
                 (1 | 2, _) => return Err(WireError::WrongWireType { field }),
-                _ => {
-                    canonical = false;
-                    reader.skip(wire_type, field, LEAF_DEPTH)?;
-                }
+                _ => reader.skip(wire_type, field, LEAF_DEPTH)?,
             }
-            fields += 1;
         }
-        self.labels.push(Borrowed { name, value, start });
-        Ok(canonical && fields == 2 && !name.is_empty() && !value.is_empty())
+        self.labels.push(Borrowed { name, value });
+        Ok(())
     }
 
     /// Checks a sample, exemplar or histogram, keeps it as a raw range (or re-encoded
@@ -331,67 +343,34 @@ impl<'a> Splicer<'a> {
         Ok(checked.timestamp)
     }
 
-    /// For canonical, adjacent labels: where each enforced label goes, or `None` when the
-    /// series needs the full checks (unsorted, duplicate or enforced names, limits, no
-    /// `__name__`).
-    fn splice_points(&self, span: (usize, usize)) -> Option<SplicePoints> {
-        let limits = self.limits;
-        let spliced = &self.policy.spliced;
-        if self.labels.len() + spliced.len() > limits.max_labels_per_series
-            || spliced.len() > MAX_SPLICED
-        {
-            return None;
-        }
-        let mut points = SplicePoints {
-            span,
-            at: [span.1; MAX_SPLICED],
-        };
-        let mut next = 0;
-        let mut previous: &str = "";
-        let mut has_name = false;
-        for label in &self.labels {
-            let name = label.name;
-            if name <= previous
-                || name.len() > limits.max_label_name_bytes
-                || label.value.len() > limits.max_label_value_bytes
-            {
-                return None;
-            }
-            while next < spliced.len() && spliced[next].name.as_str() < name {
-                points.at[next] = label.start;
-                next += 1;
-            }
-            if next < spliced.len() && spliced[next].name == name {
-                return None;
-            }
-            has_name |= name == "__name__";
-            previous = name;
-        }
-        has_name.then_some(points)
-    }
-
-    /// Writes a canonical series: its label bytes with the enforced labels spliced in.
+    /// Writes a series whose labels are canonical: its label bytes with the enforced
+    /// labels spliced in.
     fn write_spliced(
         &self,
         series: &[u8],
-        points: SplicePoints,
+        labels: CanonicalLabels<'_>,
         newest: Option<i64>,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        check_newest(&self.labels, newest, self.newest_allowed, self.limits)?;
+        if newest.is_some_and(|newest| newest > self.newest_allowed) {
+            let metric_name = [Borrowed {
+                name: "__name__",
+                value: utf8(labels.metric_name).unwrap_or_default(),
+            }];
+            check_newest(&metric_name, newest, self.newest_allowed, self.limits)?;
+        }
         let spliced = &self.policy.spliced;
-        let (first, end) = points.span;
         let inserted: usize = spliced.iter().map(|label| label.field.len()).sum();
-        let len = end - first + inserted + self.pieces_len();
+        let len = labels.end + inserted + self.pieces_len();
         out.push(0x0a);
         wire::put_varint(out, len as u64);
-        let mut from = first;
-        for (label, &at) in spliced.iter().zip(&points.at) {
+        let mut from = 0;
+        for (label, &at) in spliced.iter().zip(&labels.splice_at) {
             out.extend_from_slice(&series[from..at]);
             out.extend_from_slice(&label.field);
             from = at;
         }
-        out.extend_from_slice(&series[from..end]);
+        out.extend_from_slice(&series[from..labels.end]);
         self.write_pieces(series, out);
         Ok(())
     }
@@ -445,12 +424,138 @@ impl<'a> Splicer<'a> {
 /// extra labels is the norm).
 const MAX_SPLICED: usize = 8;
 
-/// The span of a series' label fields, and the offset before which each enforced label
-/// (sorted by name) goes.
+/// A series whose labels come first and are canonical: each `Label` exactly its name
+/// then its value, both non-empty, short and ASCII, names strictly ascending, within the
+/// tenant's limits, `__name__` among them, no enforced name among them.
 #[derive(Clone, Copy)]
-struct SplicePoints {
-    span: (usize, usize),
-    at: [usize; MAX_SPLICED],
+struct CanonicalLabels<'a> {
+    /// Where the label fields end in the series' bytes (they start at 0).
+    end: usize,
+    /// Before which offset each enforced label (sorted by name) goes.
+    splice_at: [usize; MAX_SPLICED],
+    /// The value of `__name__` (ASCII).
+    metric_name: &'a [u8],
+}
+
+/// Recognises canonical labels at the start of a series, or says `None` for the full
+/// path.
+fn canonical_labels<'a>(
+    series: &'a [u8],
+    spliced: &[SplicedLabel],
+    limits: &Limits,
+) -> Option<CanonicalLabels<'a>> {
+    if spliced.len() > MAX_SPLICED {
+        return None;
+    }
+    let mut splice_at = [0; MAX_SPLICED];
+    let mut next = 0;
+    let mut pos = 0;
+    let mut count = 0;
+    let mut previous: &[u8] = &[];
+    let mut metric_name = None;
+    while series.get(pos) == Some(&0x0a) {
+        let (len, len_bytes) = short_varint(series, pos + 1)?;
+        let end = pos + 1 + len_bytes + len;
+        let label = series.get(pos + 1 + len_bytes..end)?;
+        if label.first() != Some(&0x0a) {
+            return None;
+        }
+        let (name_len, name_bytes) = short_varint(label, 1)?;
+        let name = label.get(1 + name_bytes..1 + name_bytes + name_len)?;
+        let rest = &label[1 + name_bytes + name_len..];
+        if rest.first() != Some(&0x12) {
+            return None;
+        }
+        let (value_len, value_bytes) = short_varint(rest, 1)?;
+        if rest.len() != 1 + value_bytes + value_len
+            || value_len == 0
+            || name_len > limits.max_label_name_bytes
+            || value_len > limits.max_label_value_bytes
+            || !ascending(previous, name)
+        {
+            return None;
+        }
+        while next < spliced.len() && ascending(spliced[next].name.as_bytes(), name) {
+            splice_at[next] = pos;
+            next += 1;
+        }
+        if next < spliced.len() && spliced[next].name.as_bytes() == name {
+            return None;
+        }
+        if name == b"__name__" {
+            metric_name = Some(&rest[1 + value_bytes..]);
+        }
+        previous = name;
+        count += 1;
+        pos = end;
+    }
+    for at in &mut splice_at[next..spliced.len()] {
+        *at = pos;
+    }
+    if count + spliced.len() > limits.max_labels_per_series || !all_ascii(&series[..pos]) {
+        return None;
+    }
+    Some(CanonicalLabels {
+        end: pos,
+        splice_at,
+        metric_name: metric_name?,
+    })
+}
+
+/// A length of one or two varint bytes: (value, bytes taken).
+#[inline]
+fn short_varint(buf: &[u8], at: usize) -> Option<(usize, usize)> {
+    let first = *buf.get(at)?;
+    if first < 0x80 {
+        return Some((usize::from(first), 1));
+    }
+    let second = *buf.get(at + 1)?;
+    (second < 0x80).then(|| (usize::from(first & 0x7f) | usize::from(second) << 7, 2))
+}
+
+/// `a < b`, byte-wise; the loop beats a `memcmp` call on label-sized names.
+#[inline]
+fn ascending(a: &[u8], b: &[u8]) -> bool {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x < y;
+        }
+    }
+    a.len() < b.len()
+}
+
+/// ASCII check eight bytes at a time (std's `is_ascii` goes byte by byte on spans this
+/// short).
+#[inline]
+fn all_ascii(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut seen = 0u64;
+    for word in &mut words {
+        seen |= u64::from_le_bytes(word.try_into().unwrap_or_default());
+    }
+    for &byte in words.remainder() {
+        seen |= u64::from(byte);
+    }
+    seen & 0x8080_8080_8080_8080 == 0
+}
+
+/// What a series holds besides its labels.
+#[derive(Clone, Copy, Default)]
+struct Fields {
+    samples: usize,
+    exemplars: usize,
+    histograms: usize,
+    /// The newest sample or histogram timestamp.
+    newest: Option<i64>,
+}
+
+impl Fields {
+    fn saw(&mut self, timestamp: i64) {
+        self.newest = Some(
+            self.newest
+                .map_or(timestamp, |newest| newest.max(timestamp)),
+        );
+    }
 }
 
 /// Encoded length of a `Label` message; empty strings are left out, as proto3 does.

@@ -69,6 +69,11 @@ impl<'a> Reader<'a> {
         self.pos
     }
 
+    /// Moves to `pos` (at most the end).
+    pub fn seek(&mut self, pos: usize) {
+        self.pos = pos.min(self.buf.len());
+    }
+
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
@@ -85,6 +90,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn varint_long(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for index in 0..10 {
@@ -229,7 +235,12 @@ pub(crate) static HISTOGRAM: Schema = Schema {
 };
 
 pub(crate) static METADATA: Schema = Schema {
-    fields: &[(1, Kind::Varint), (2, Kind::Str), (4, Kind::Str), (5, Kind::Str)],
+    fields: &[
+        (1, Kind::Varint),
+        (2, Kind::Str),
+        (4, Kind::Str),
+        (5, Kind::Str),
+    ],
     timestamp_field: 0,
 };
 
@@ -296,6 +307,21 @@ pub(crate) fn check(buf: &[u8], schema: &Schema, depth: u32) -> Result<Checked, 
     Ok(checked)
 }
 
+/// The timestamp of a `Sample` in the forms clients write (value then timestamp, either
+/// left out when zero, no other field), or `None` for [`check`] to look at.
+#[inline]
+pub(crate) fn canonical_sample_timestamp(payload: &[u8]) -> Option<i64> {
+    let timestamp = match payload {
+        [] => return Some(0),
+        [0x09, _, _, _, _, _, _, _, _] => return Some(0),
+        [0x09, _, _, _, _, _, _, _, _, 0x10, timestamp @ ..] | [0x10, timestamp @ ..] => timestamp,
+        _ => return None,
+    };
+    let mut reader = Reader::new(timestamp);
+    let value = reader.varint().ok()?;
+    reader.is_empty().then_some(value as i64)
+}
+
 /// UTF-8 check with a fast path for the ASCII that label names and values nearly
 /// always are.
 #[inline]
@@ -316,7 +342,7 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
 /// How many bytes `value` takes as a varint.
 #[inline]
 pub(crate) fn varint_len(value: u64) -> usize {
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 #[cfg(test)]

@@ -130,7 +130,12 @@ fn enforce_series(
     limits: &Limits,
     newest_allowed_ms: i64,
 ) -> Result<(), CodecError> {
-    enforce_labels(&mut series.labels, &policy.enforced, policy.on_conflict, limits)?;
+    enforce_labels(
+        &mut series.labels,
+        &policy.enforced,
+        policy.on_conflict,
+        limits,
+    )?;
     let newest = series
         .samples
         .iter()
@@ -221,7 +226,10 @@ pub(crate) fn enforce_labels<L: LabelRef + Clone>(
     if !labels.is_sorted_by(|a, b| a.name() <= b.name()) {
         labels.sort_by(|a, b| a.name().cmp(b.name()));
     }
-    if let Some(pair) = labels.windows(2).find(|pair| pair[0].name() == pair[1].name()) {
+    if let Some(pair) = labels
+        .windows(2)
+        .find(|pair| pair[0].name() == pair[1].name())
+    {
         let name = pair[0].name().to_string();
         return Err(invalid(
             labels,
@@ -256,7 +264,10 @@ pub(crate) fn enforce_labels<L: LabelRef + Clone>(
 }
 
 /// The per-series label cap, counting the enforced labels.
-pub(crate) fn check_label_count<L: LabelRef>(labels: &[L], limits: &Limits) -> Result<(), CodecError> {
+pub(crate) fn check_label_count<L: LabelRef>(
+    labels: &[L],
+    limits: &Limits,
+) -> Result<(), CodecError> {
     if labels.len() > limits.max_labels_per_series {
         return Err(invalid(
             labels,

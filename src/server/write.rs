@@ -3,6 +3,7 @@
 //! claims before the claim is checked, and the body is not read before the caller is
 //! known.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -16,11 +17,11 @@ use bytes::Bytes;
 use super::common::{authenticate, count_request, read_body_capped, throttled, Endpoint, Failure};
 use super::SharedState;
 use crate::backend::{self, Outcome};
-use crate::codec::write::{self as write_codec, WriteStats};
+use crate::codec::splice::{self, Rewritten};
+use crate::codec::write::WriteStats;
 use crate::codec::{snappy, CodecError};
 use crate::error::AppError;
 use crate::limits::{BudgetError, Verdict};
-use crate::proto::WriteRequest;
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
 
@@ -99,13 +100,8 @@ async fn handle(
         };
         Failure::new(&tenant, "decoded_budget", error)
     })?;
-    let decoded =
-        snappy::decompress_capped(&compressed, limits.max_decoded_bytes).map_err(codec_failure)?;
+    let (bodies, stats) = rewrite_body(&compressed, &tenant, now_ms()).map_err(codec_failure)?;
     drop(compressed);
-    let mut request = write_codec::decode(&decoded).map_err(codec_failure)?;
-    drop(decoded);
-    let stats = write_codec::validate_and_enforce(&mut request, &tenant.policy, limits, now_ms())
-        .map_err(codec_failure)?;
     let samples = stats.total_samples() as u64;
     match state
         .rate_limits
@@ -147,10 +143,41 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    forward(state, &tenant, request)
+    forward(state, &tenant, bodies)
         .await
         .map_err(|error| Failure::new(&tenant, "backend", error))?;
     Ok((tenant, stats))
+}
+
+thread_local! {
+    /// Each worker thread's decompressed request and rewritten request, reused from one
+    /// request to the next: they are only used between two awaits.
+    static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Buffers grown past this by a large request are freed rather than kept.
+const KEEP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Decompresses, rewrites for the tenant and compresses a request body.
+fn rewrite_body(
+    compressed: &[u8],
+    tenant: &TenantEntry,
+    now_ms: i64,
+) -> Result<(Bodies, WriteStats), CodecError> {
+    BUFFERS.with(|buffers| {
+        let mut buffers = buffers.borrow_mut();
+        let (decoded, encoded) = &mut *buffers;
+        let limits = &tenant.limits;
+        let result = snappy::decompress_capped_into(compressed, limits.max_decoded_bytes, decoded)
+            .and_then(|()| splice::rewrite(decoded, &tenant.policy, limits, now_ms, encoded))
+            .map(|rewritten| (Bodies::compress(encoded, rewritten), rewritten.stats));
+        for buffer in [decoded, encoded] {
+            if buffer.capacity() > KEEP_BUFFER_BYTES {
+                *buffer = Vec::new();
+            }
+        }
+        result
+    })
 }
 
 /// A share of the process-wide decoded-bytes budget, shown in the in-flight gauge while held.
@@ -220,40 +247,52 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Sends the request to the tenant's backends, one request each, all at once.
-/// Metadata carries no labels and cannot be scoped by the tenant label, so it only
-/// goes to backends that receive the tenant in a header (PROTOCOL.md §2.G).
+/// The compressed request for the backends: all of it, and (when it carries metadata and
+/// series) the series alone.
+struct Bodies {
+    full: Bytes,
+    series_only: Option<Bytes>,
+    has_metadata: bool,
+}
+
+impl Bodies {
+    /// Compresses the rewritten request; the series-only body is its prefix.
+    fn compress(encoded: &[u8], rewritten: Rewritten) -> Bodies {
+        let has_metadata = rewritten.stats.metadata > 0;
+        let series_only = (has_metadata && rewritten.stats.series > 0)
+            .then(|| Bytes::from(snappy::compress(&encoded[..rewritten.series_end])));
+        Bodies {
+            full: Bytes::from(snappy::compress(encoded)),
+            series_only,
+            has_metadata,
+        }
+    }
+}
+
+/// Sends the request to the tenant's backends, one request each, all at once; every
+/// backend gets the same bytes, compressed once. Metadata carries no labels and cannot
+/// be scoped by the tenant label, so it only goes to backends that receive the tenant in
+/// a header (PROTOCOL.md §2.G).
 async fn forward(
     state: &SharedState,
     tenant: &TenantEntry,
-    mut request: WriteRequest,
+    bodies: Bodies,
 ) -> Result<(), AppError> {
-    let targets: Vec<_> = tenant
+    let sends = tenant
         .backends
         .iter()
         .filter_map(|&index| state.backends.get(index))
-        .collect();
-    let has_metadata = !request.metadata.is_empty();
-    let full = Bytes::from(write_codec::encode_compressed(&request));
-    let needs_series_only =
-        has_metadata && targets.iter().any(|b| b.config.tenant_header.is_none());
-    let series_only = if needs_series_only && !request.timeseries.is_empty() {
-        request.metadata.clear();
-        Some(Bytes::from(write_codec::encode_compressed(&request)))
-    } else {
-        None
-    };
-    let sends = targets.iter().filter_map(|backend| {
-        let body = if backend.config.tenant_header.is_some() || !has_metadata {
-            full.clone()
-        } else {
-            series_only.clone()?
-        };
-        Some(async move {
-            let outcome = backend.write(&tenant.tenant.id, body, &state.metrics).await;
-            (backend.config.name.as_str(), outcome)
-        })
-    });
+        .filter_map(|backend| {
+            let body = if backend.config.tenant_header.is_some() || !bodies.has_metadata {
+                bodies.full.clone()
+            } else {
+                bodies.series_only.clone()?
+            };
+            Some(async move {
+                let outcome = backend.write(&tenant.tenant.id, body, &state.metrics).await;
+                (backend.config.name.as_str(), outcome)
+            })
+        });
     let outcomes: Vec<(&str, Outcome)> = futures::future::join_all(sends).await;
     backend::combine(&outcomes)
 }

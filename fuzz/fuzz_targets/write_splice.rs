@@ -1,0 +1,35 @@
+//! The zero-copy write path against the prost reference on arbitrary decoded bytes
+//! (no snappy, so the fuzzer works on protobuf structure directly): both must accept or
+//! refuse alike, and what the fast path writes must decode to exactly the reference's
+//! request. The first byte picks the policy and the limits.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use promgate::codec::oracle::same_answer;
+use promgate::codec::write::LabelPolicy;
+use promgate::config::{ConflictPolicy, Limits};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&choice, decoded)) = data.split_first() else { return };
+    let on_conflict = if choice & 1 == 0 { ConflictPolicy::Override } else { ConflictPolicy::Reject };
+    let extra = match (choice >> 1) & 3 {
+        0 => vec![],
+        1 => vec![("env".to_string(), "prod".to_string())],
+        _ => vec![("Zone".to_string(), "z".to_string()), ("zz".to_string(), "y".to_string())],
+    };
+    let policy = LabelPolicy::new("tenant_id", "alpha", extra, on_conflict);
+    let limits = if choice & 8 == 0 {
+        Limits::default()
+    } else {
+        Limits {
+            max_label_name_bytes: 12,
+            max_label_value_bytes: 16,
+            max_labels_per_series: 7,
+            max_series_per_request: 5,
+            ..Limits::default()
+        }
+    };
+    if let Err(difference) = same_answer(decoded, &policy, &limits, 1_800_000_000_000) {
+        panic!("{difference}");
+    }
+});

@@ -1,0 +1,136 @@
+//! Holds the zero-copy write path ([`super::splice`]) to the prost reference
+//! ([`super::write`]); shared by the property tests and the `write_splice` fuzz target.
+//! Not used by the relay.
+
+use prost::encoding::{decode_key, decode_varint, WireType};
+use prost::Message;
+
+use super::splice::rewrite;
+use super::write::{decode, validate_and_enforce, LabelPolicy};
+use super::CodecError;
+use crate::config::Limits;
+use crate::proto::WriteRequest;
+
+/// Runs both paths on `decoded` and explains how they differ, if they do: one accepts
+/// what the other refuses; they refuse for different reasons (or, for an invalid series,
+/// in other words); what the fast path wrote does not decode to exactly the reference's
+/// request (compared as prost's canonical bytes, so NaN payloads count bit for bit), or
+/// its series prefix to that request without metadata; or it carries a field remote
+/// write does not define.
+pub fn same_answer(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<(), String> {
+    let reference = decode(decoded).and_then(|mut request| {
+        validate_and_enforce(&mut request, policy, limits, now_ms).map(|stats| (request, stats))
+    });
+    let mut out = vec![0xff; 3]; // stale bytes must be cleared
+    let fast = rewrite(decoded, policy, limits, now_ms, &mut out);
+    match (reference, fast) {
+        (Ok((request, stats)), Ok(rewritten)) => {
+            if rewritten.stats != stats {
+                return Err(format!("stats {:?} != {stats:?}", rewritten.stats));
+            }
+            let written = WriteRequest::decode(out.as_slice())
+                .map_err(|err| format!("fast output does not decode: {err}"))?;
+            if written.encode_to_vec() != request.encode_to_vec() {
+                return Err(format!("fast {written:?}\nreference {request:?}"));
+            }
+            only_known_fields(&out, "request")?;
+            let series_only = WriteRequest::decode(&out[..rewritten.series_end])
+                .map_err(|err| format!("series prefix does not decode: {err}"))?;
+            let expected = WriteRequest {
+                timeseries: request.timeseries,
+                metadata: vec![],
+            };
+            if series_only.encode_to_vec() != expected.encode_to_vec() {
+                return Err("series prefix differs".into());
+            }
+            Ok(())
+        }
+        (Err(reference), Err(fast)) => {
+            let same = match reference {
+                CodecError::Invalid(_) => fast == reference,
+                _ => fast.reason() == reference.reason(),
+            };
+            if same {
+                Ok(())
+            } else {
+                Err(format!(
+                    "fast refused with {fast:?}, reference with {reference:?}"
+                ))
+            }
+        }
+        (reference, fast) => Err(format!(
+            "paths disagree: reference {:?}, fast {:?}",
+            reference.map(|(_, stats)| stats),
+            fast.map(|rewritten| rewritten.stats)
+        )),
+    }
+}
+
+/// The fields each message of remote write 1.0 has, and which hold a message.
+fn schema(message: &str) -> &'static [(u32, Option<&'static str>)] {
+    match message {
+        "request" => &[(1, Some("series")), (3, Some("metadata"))],
+        "series" => &[
+            (1, Some("label")),
+            (2, Some("sample")),
+            (3, Some("exemplar")),
+            (4, Some("histogram")),
+        ],
+        "label" => &[(1, None), (2, None)],
+        "sample" => &[(1, None), (2, None)],
+        "exemplar" => &[(1, Some("label")), (2, None), (3, None)],
+        "span" => &[(1, None), (2, None)],
+        "metadata" => &[(1, None), (2, None), (4, None), (5, None)],
+        _ => &[
+            (1, None),
+            (2, None),
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, None),
+            (7, None),
+            (8, Some("span")),
+            (9, None),
+            (10, None),
+            (11, Some("span")),
+            (12, None),
+            (13, None),
+            (14, None),
+            (15, None),
+            (16, None),
+        ],
+    }
+}
+
+/// Fails when any message at any depth holds a field its schema does not know: what
+/// the relay forwards must carry nothing a client smuggled in.
+fn only_known_fields(mut bytes: &[u8], message: &str) -> Result<(), String> {
+    while !bytes.is_empty() {
+        let (field, wire_type) = decode_key(&mut bytes).map_err(|err| err.to_string())?;
+        let Some((_, inner)) = schema(message).iter().find(|(number, _)| *number == field) else {
+            return Err(format!("{message} carries unknown field {field}"));
+        };
+        let skip = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut bytes).map_err(|err| err.to_string())?;
+                0
+            }
+            WireType::SixtyFourBit => 8,
+            WireType::LengthDelimited => {
+                decode_varint(&mut bytes).map_err(|err| err.to_string())? as usize
+            }
+            other => return Err(format!("{message} field {field} has wire type {other:?}")),
+        };
+        let (value, rest) = bytes.split_at(skip);
+        if let Some(inner) = inner {
+            only_known_fields(value, inner)?;
+        }
+        bytes = rest;
+    }
+    Ok(())
+}
