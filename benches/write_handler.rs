@@ -98,7 +98,7 @@ async fn relay(dir: &std::path::Path) -> (Router, String) {
         "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          token_file = \"{dir}/admin.token\"\n[storage]\ndatabase_url = \"sqlite://{dir}/promgate.db\"\n\
          [auth.tokens]\nsigning_key_file = \"{dir}/signing.key\"\n\
-         [limits]\nsamples_per_second = 1000000000\nburst_samples = 1000000000\n\
+         [limits]\nsamples_per_second = 1000000000\nburst_samples = 1000000000\nrequests_per_second = 1000000000\n\
          [[backends]]\nname = \"sink\"\nwrite_url = \"http://{sink_addr}/api/v1/write\"\n",
         dir = dir.display()
     );
@@ -126,7 +126,11 @@ async fn send_all(router: &Router, bodies: &[Bytes], token: &str) {
             .oneshot(write_request(body.clone(), token))
             .await
             .expect("infallible");
-        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        if response.status() != StatusCode::NO_CONTENT {
+            let status = response.status();
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            panic!("{status}: {}", String::from_utf8_lossy(&body));
+        }
     }
 }
 
