@@ -391,3 +391,56 @@ async fn a_body_larger_than_the_whole_decoded_budget_is_400() {
         .expect("text")
         .contains("in-flight budget"));
 }
+
+/// The in-flight gauge, as `/metrics` shows it.
+async fn in_flight_gauge(relay: &Relay) -> f64 {
+    let text = relay
+        .http
+        .get(relay.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("promgate_in_flight_requests "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("promgate_in_flight_requests in /metrics")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hanging_up_mid_request_leaves_the_in_flight_gauge() {
+    let backend = FakeBackend::start().await;
+    backend.delay(Duration::from_secs(5));
+    let relay = Relay::start(&backends_toml(&[&backend])).await;
+    let token = relay.tenant_with_token("alpha").await;
+    let impatient = relay
+        .http
+        .post(relay.write_url())
+        .bearer_auth(&token)
+        .header("Content-Encoding", "snappy")
+        .header("Content-Type", "application/x-protobuf")
+        .timeout(Duration::from_millis(300))
+        .body(simple_body(&[]))
+        .send()
+        .await;
+    assert!(
+        impatient.is_err(),
+        "the client gave up before the backend answered"
+    );
+    // promgate sees the connection close and drops the request long before the
+    // backend's 5 s are over.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let gauge = in_flight_gauge(&relay).await;
+        if gauge == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "in-flight gauge stuck at {gauge}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -198,11 +198,32 @@ pub async fn limit_in_flight(
         }
         .into_response();
     };
-    state.metrics.in_flight_requests.inc();
-    let response = next.run(request).await;
-    state.metrics.in_flight_requests.dec();
-    drop(permit);
-    response
+    // A guard, not a decrement after the await: a client that hangs up drops this
+    // future mid-request, and the gauge must come down then too.
+    let _in_flight = InFlightGauge::enter(&state, permit);
+    next.run(request).await
+}
+
+/// One request in the in-flight gauge and holding its permit, until dropped.
+struct InFlightGauge<'a> {
+    state: &'a SharedState,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<'a> InFlightGauge<'a> {
+    fn enter(state: &'a SharedState, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        state.metrics.in_flight_requests.inc();
+        InFlightGauge {
+            state,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for InFlightGauge<'_> {
+    fn drop(&mut self) {
+        self.state.metrics.in_flight_requests.dec();
+    }
 }
 
 /// Reads the body under `limit` bytes: a Content-Length over the limit is refused before
