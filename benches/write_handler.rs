@@ -128,7 +128,12 @@ async fn send_all(router: &Router, bodies: &[Bytes], token: &str) {
             .expect("infallible");
         if response.status() != StatusCode::NO_CONTENT {
             let status = response.status();
-            let body = response.into_body().collect().await.expect("body").to_bytes();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
             panic!("{status}: {}", String::from_utf8_lossy(&body));
         }
     }

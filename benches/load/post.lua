@@ -2,18 +2,20 @@
 -- round-robin with the headers Prometheus sends, optionally paced to a fixed request rate.
 --
 --   LOADBENCH_BODIES=LIST_FILE LOADBENCH_TOKEN=TOKEN LOADBENCH_RATE=R LOADBENCH_THREADS=T \
---     wrk -t T -c C -d D -s post.lua URL
+--     LOADBENCH_SEND_SECONDS=S wrk -t T -c C -d S+GRACE -s post.lua URL
 --
 -- LOADBENCH_BODIES:  a text file with one body path per line (read once per wrk thread).
 -- LOADBENCH_TOKEN:   bearer token for promgate; empty or unset for none (vmagent).
 -- LOADBENCH_RATE:    total requests per second over all threads; 0 or unset = unpaced.
 -- LOADBENCH_THREADS: the -t given to wrk (the script cannot see it), to split the rate.
--- (Environment variables rather than "-- args": delay() must be defined, or not, when the
--- script is loaded, before init() sees any argument.)
+-- LOADBENCH_SEND_SECONDS: start no request after this many seconds (0 or unset = until wrk
+--                    stops). wrk simply drops the requests in flight when its -d is over; with
+--                    a -d a few seconds longer than this, every request sent gets its answer
+--                    and the relay never sees a connection vanish mid-request.
 --
--- Pacing: wrk calls delay() before every request of a connection (only when the script
--- defines delay). Each thread owns rate/T of the total and keeps an absolute schedule of
--- send slots, one every T/rate seconds; delay() hands the next slot to whichever connection
+-- Pacing: wrk calls delay() before every request of every connection (because the script
+-- defines it). Each thread owns rate/T of the total and keeps an absolute schedule of send
+-- slots, one every T/rate seconds; delay() hands the next slot to whichever connection
 -- asks and returns how long it has to wait for it (0 when the schedule is behind). So the
 -- thread's requests are spaced evenly whatever the latency, as long as C/T connections are
 -- enough to cover the latency (an open-loop schedule with at most C requests in flight);
@@ -57,6 +59,8 @@ local function read_file(path)
 end
 
 local RATE = tonumber(os.getenv("LOADBENCH_RATE") or "0") or 0
+local SEND_MS = (tonumber(os.getenv("LOADBENCH_SEND_SECONDS") or "0") or 0) * 1000
+local started_ms = nil
 
 function init(args)
   local list_file = assert(os.getenv("LOADBENCH_BODIES"), "LOADBENCH_BODIES is not set")
@@ -93,23 +97,27 @@ function request()
   return r
 end
 
-if RATE > 0 then
-  -- Defined only when paced: a defined delay() makes wrk schedule every request on a timer.
-  function delay()
-    local now = now_ms()
-    if next_slot == nil or next_slot < now - 1000 then
-      -- First request, or more than a second behind: restart the schedule from now
-      -- instead of bursting to catch up.
-      next_slot = now
-    end
-    local slot = next_slot
-    next_slot = next_slot + interval_ms
-    local wait = slot - now
-    if wait <= 0 then
-      return 0
-    end
-    return math.floor(wait + 0.5)
+function delay()
+  local now = now_ms()
+  started_ms = started_ms or now
+  if SEND_MS > 0 and now - started_ms >= SEND_MS then
+    return 3600 * 1000 -- sending is over: this connection stays idle until wrk stops
   end
+  if RATE <= 0 then
+    return 0
+  end
+  if next_slot == nil or next_slot < now - 1000 then
+    -- First request, or more than a second behind: restart the schedule from now
+    -- instead of bursting to catch up.
+    next_slot = now
+  end
+  local slot = next_slot
+  next_slot = next_slot + interval_ms
+  local wait = slot - now
+  if wait <= 0 then
+    return 0
+  end
+  return math.floor(wait + 0.5)
 end
 
 function done(summary, latency, requests)
