@@ -18,19 +18,14 @@ use http_body_util::BodyExt;
 use promgate::config::Config;
 use tower::ServiceExt;
 
+mod common;
+
 const SAMPLES_PER_BODY: u64 = 2000;
 
 fn bodies() -> Vec<Bytes> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/prom-2.42");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .expect("tests/data/prom-2.42")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "bin"))
-        .collect();
-    paths.sort();
-    paths
-        .iter()
-        .map(|path| Bytes::from(std::fs::read(path).expect("body")))
+    common::captured_bodies()
+        .into_iter()
+        .map(Bytes::from)
         .collect()
 }
 

@@ -10,13 +10,18 @@
 //!
 //! Run: `cargo bench --bench write_path`
 
-use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    black_box, criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
 use promgate::codec::snappy::{compress, decompress_capped, decompress_capped_into};
 use promgate::codec::splice::rewrite;
 use promgate::codec::write::{decode, encode_compressed, validate_and_enforce, LabelPolicy};
 use promgate::config::{ConflictPolicy, Limits};
 use promgate::proto::WriteRequest;
 use prost::Message;
+
+mod common;
 
 const LIMIT: u64 = 32 << 20;
 /// Far ahead of the fixtures' timestamps and far behind `i64::MAX`.
@@ -30,17 +35,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/prom-2.42");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
-        .expect("tests/data/prom-2.42")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "bin"))
-        .collect();
-    paths.sort();
-    let compressed: Vec<Vec<u8>> = paths
-        .iter()
-        .map(|path| std::fs::read(path).expect("body"))
-        .collect();
+    let compressed = common::captured_bodies();
     let decoded: Vec<Vec<u8>> = compressed
         .iter()
         .map(|body| decompress_capped(body, LIMIT).expect("snappy"))
@@ -87,12 +82,7 @@ fn splice_path(body: &[u8], policy: &LabelPolicy, buffers: &mut (Vec<u8>, Vec<u8
     compress(out)
 }
 
-fn write_path(c: &mut Criterion) {
-    let fixture = fixture();
-    let policy = policy();
-    let limits = Limits::default();
-    let mut group = c.benchmark_group("write_path");
-    group.throughput(Throughput::Elements(fixture.samples));
+fn bench_snappy_roundtrip(group: &mut BenchmarkGroup<'_, WallTime>, fixture: &Fixture) {
     group.bench_function("baseline_snappy_roundtrip", |b| {
         b.iter(|| {
             for body in &fixture.compressed {
@@ -100,6 +90,26 @@ fn write_path(c: &mut Criterion) {
             }
         })
     });
+}
+
+fn bench_splice(group: &mut BenchmarkGroup<'_, WallTime>, fixture: &Fixture, policy: &LabelPolicy) {
+    group.bench_function("promgate_splice", |b| {
+        let mut buffers = (Vec::new(), Vec::new());
+        b.iter(|| {
+            for body in &fixture.compressed {
+                black_box(splice_path(body, policy, &mut buffers));
+            }
+        })
+    });
+}
+
+fn write_path(c: &mut Criterion) {
+    let fixture = fixture();
+    let policy = policy();
+    let limits = Limits::default();
+    let mut group = c.benchmark_group("write_path");
+    group.throughput(Throughput::Elements(fixture.samples));
+    bench_snappy_roundtrip(&mut group, &fixture);
     group.bench_function("baseline_prost_decode_encode", |b| {
         b.iter(|| {
             for body in &fixture.compressed {
@@ -121,33 +131,13 @@ fn write_path(c: &mut Criterion) {
             }
         })
     });
-    group.bench_function("promgate_splice", |b| {
-        let mut buffers = (Vec::new(), Vec::new());
-        b.iter(|| {
-            for body in &fixture.compressed {
-                black_box(splice_path(body, &policy, &mut buffers));
-            }
-        })
-    });
+    bench_splice(&mut group, &fixture, &policy);
     group.finish();
 
     let mut group = c.benchmark_group("write_path_bytes");
     group.throughput(Throughput::Bytes(fixture.decoded_bytes));
-    group.bench_function("baseline_snappy_roundtrip", |b| {
-        b.iter(|| {
-            for body in &fixture.compressed {
-                black_box(snappy_roundtrip(body));
-            }
-        })
-    });
-    group.bench_function("promgate_splice", |b| {
-        let mut buffers = (Vec::new(), Vec::new());
-        b.iter(|| {
-            for body in &fixture.compressed {
-                black_box(splice_path(body, &policy, &mut buffers));
-            }
-        })
-    });
+    bench_snappy_roundtrip(&mut group, &fixture);
+    bench_splice(&mut group, &fixture, &policy);
     group.finish();
 }
 
