@@ -224,9 +224,12 @@ impl<'a> Splicer<'a> {
         // Canonical labels come first; a label field after other fields sends the series
         // down the full path after all.
         let fast = match canonical {
-            Some(labels) => self
-                .fields(series, labels.end, false)?
-                .map(|fields| (labels, fields)),
+            Some(labels) => match self.lone_sample(series, labels.end) {
+                Some(fields) => Some((labels, fields)),
+                None => self
+                    .fields(series, labels.end, false)?
+                    .map(|fields| (labels, fields)),
+            },
             None => None,
         };
         let (canonical, fields) = match fast {
@@ -244,6 +247,25 @@ impl<'a> Splicer<'a> {
             None => self.write_enforced(series, fields.newest, out),
         };
         result.map_err(Refusal::Invalid)
+    }
+
+    /// The common case after canonical labels: exactly one sample in canonical form.
+    fn lone_sample(&mut self, series: &[u8], from: usize) -> Option<Fields> {
+        let [0x12, len, payload @ ..] = series.get(from..)? else {
+            return None;
+        };
+        if *len >= 0x80 || usize::from(*len) != payload.len() {
+            return None;
+        }
+        let timestamp = wire::canonical_sample_timestamp(payload)?;
+        self.pieces.clear();
+        self.owned.clear();
+        self.pieces.push(Piece::Input(from, series.len()));
+        Some(Fields {
+            samples: 1,
+            newest: Some(timestamp),
+            ..Fields::default()
+        })
     }
 
     /// Reads a series' fields from `from` on, keeping its samples, exemplars and

@@ -92,6 +92,30 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint_long(&mut self) -> Result<u64, WireError> {
+        // Up to eight bytes at once when eight are there: the first byte without its top
+        // bit ends the varint, and the 7-bit groups are gathered without a branch per byte
+        // (millisecond timestamps take six).
+        if let Some(bytes) = self.buf.get(self.pos..self.pos + 8) {
+            let word = u64::from_le_bytes(bytes.try_into().unwrap_or_default());
+            let stops = !word & 0x8080_8080_8080_8080;
+            if stops != 0 {
+                let len = (stops.trailing_zeros() / 8 + 1) as usize;
+                let word = if len == 8 {
+                    word
+                } else {
+                    word & ((1u64 << (8 * len)) - 1)
+                };
+                self.pos += len;
+                return Ok((word & 0x7f)
+                    | ((word >> 1) & (0x7f << 7))
+                    | ((word >> 2) & (0x7f << 14))
+                    | ((word >> 3) & (0x7f << 21))
+                    | ((word >> 4) & (0x7f << 28))
+                    | ((word >> 5) & (0x7f << 35))
+                    | ((word >> 6) & (0x7f << 42))
+                    | ((word >> 7) & (0x7f << 49)));
+            }
+        }
         let mut value = 0u64;
         for index in 0..10 {
             let Some(&byte) = self.buf.get(self.pos + index) else {
@@ -351,9 +375,26 @@ mod tests {
 
     #[test]
     fn varints_follow_prost() {
-        for value in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            1_763_830_083_325,
+            (1 << 56) - 1,
+            1 << 56,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             put_varint(&mut out, value);
+            // Also with bytes after it, for the word-at-a-time path.
+            let mut padded = out.clone();
+            padded.extend_from_slice(&[0xff; 9]);
+            let mut reader = Reader::new(&padded);
+            assert_eq!(reader.varint(), Ok(value));
+            assert_eq!(reader.pos(), out.len());
             assert_eq!(out.len(), varint_len(value));
             let mut reader = Reader::new(&out);
             assert_eq!(reader.varint(), Ok(value));
