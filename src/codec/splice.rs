@@ -3,8 +3,8 @@
 //!
 //! Each series is read in place. Label names and values stay borrowed slices of the
 //! input; when a series' labels are already in canonical form (each `Label` holding
-//! exactly its name then its value, sorted, unique, none empty, no enforced name among
-//! them) the output is the input's label bytes with the enforced labels' pre-encoded
+//! exactly its name then its value, short and ASCII, sorted, unique, none empty, no
+//! enforced name among them) the output is the input's label bytes with the enforced labels' pre-encoded
 //! bytes spliced in at their sorted places. Otherwise the series goes through the same
 //! checks as the reference path ([`super::write::enforce_labels`]) on borrowed labels and
 //! its labels are written out anew. Samples, exemplars and histograms are checked field
@@ -35,8 +35,8 @@ pub struct Rewritten {
     pub series_end: usize,
 }
 
-/// Rewrites `decoded` for the tenant into `out` (cleared first). On error `out` holds
-/// nothing that may be forwarded.
+/// Rewrites `decoded` for the tenant into `out` (cleared first). On error, whatever
+/// `out` holds must not be forwarded.
 pub fn rewrite(
     decoded: &[u8],
     policy: &LabelPolicy,
