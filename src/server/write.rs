@@ -100,7 +100,14 @@ async fn handle(
         };
         Failure::new(&tenant, "decoded_budget", error)
     })?;
-    let (bodies, stats) = rewrite_body(&compressed, &tenant, now_ms()).map_err(codec_failure)?;
+    // Backends that get the tenant only from the label must not get metadata.
+    let split_metadata = tenant
+        .backends
+        .iter()
+        .filter_map(|&index| state.backends.get(index))
+        .any(|backend| backend.config.tenant_header.is_none());
+    let (bodies, stats) =
+        rewrite_body(&compressed, &tenant, split_metadata, now_ms()).map_err(codec_failure)?;
     drop(compressed);
     let samples = stats.total_samples() as u64;
     match state
@@ -158,10 +165,12 @@ thread_local! {
 /// Buffers grown past this by a large request are freed rather than kept.
 const KEEP_BUFFER_BYTES: usize = 4 << 20;
 
-/// Decompresses, rewrites for the tenant and compresses a request body.
+/// Decompresses, rewrites for the tenant and compresses a request body (and, with
+/// `split_metadata`, its series alone when it holds metadata too).
 fn rewrite_body(
     compressed: &[u8],
     tenant: &TenantEntry,
+    split_metadata: bool,
     now_ms: i64,
 ) -> Result<(Bodies, WriteStats), CodecError> {
     BUFFERS.with(|buffers| {
@@ -170,7 +179,10 @@ fn rewrite_body(
         let limits = &tenant.limits;
         let result = snappy::decompress_capped_into(compressed, limits.max_decoded_bytes, decoded)
             .and_then(|()| splice::rewrite(decoded, &tenant.policy, limits, now_ms, encoded))
-            .map(|rewritten| (Bodies::compress(encoded, rewritten), rewritten.stats));
+            .map(|rewritten| {
+                let bodies = Bodies::compress(encoded, rewritten, split_metadata);
+                (bodies, rewritten.stats)
+            });
         for buffer in [decoded, encoded] {
             if buffer.capacity() > KEEP_BUFFER_BYTES {
                 *buffer = Vec::new();
@@ -256,10 +268,11 @@ struct Bodies {
 }
 
 impl Bodies {
-    /// Compresses the rewritten request; the series-only body is its prefix.
-    fn compress(encoded: &[u8], rewritten: Rewritten) -> Bodies {
+    /// Compresses the rewritten request; the series-only body, when asked for, is its
+    /// prefix.
+    fn compress(encoded: &[u8], rewritten: Rewritten, split_metadata: bool) -> Bodies {
         let has_metadata = rewritten.stats.metadata > 0;
-        let series_only = (has_metadata && rewritten.stats.series > 0)
+        let series_only = (split_metadata && has_metadata && rewritten.stats.series > 0)
             .then(|| Bytes::from(snappy::compress(&encoded[..rewritten.series_end])));
         Bodies {
             full: Bytes::from(snappy::compress(encoded)),
