@@ -416,13 +416,8 @@ async fn a_client_hanging_up_mid_request_leaves_the_in_flight_gauge() {
     let relay = Relay::start(&backends_toml(&[&backend])).await;
     let token = relay.tenant_with_token("alpha").await;
     let impatient = relay
-        .http
-        .post(relay.write_url())
-        .bearer_auth(&token)
-        .header("Content-Encoding", "snappy")
-        .header("Content-Type", "application/x-protobuf")
+        .write_request(&token, simple_body(&[]))
         .timeout(Duration::from_millis(300))
-        .body(simple_body(&[]))
         .send()
         .await;
     assert!(

@@ -352,6 +352,14 @@ impl Relay {
 
     /// POSTs a snappy body as Prometheus does.
     pub async fn write(&self, token: &str, body: Vec<u8>) -> reqwest::Response {
+        self.write_request(token, body)
+            .send()
+            .await
+            .expect("write request")
+    }
+
+    /// A remote-write POST with Prometheus' headers, to add to before sending.
+    pub fn write_request(&self, token: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
         self.http
             .post(self.write_url())
             .bearer_auth(token)
@@ -359,9 +367,6 @@ impl Relay {
             .header("Content-Type", "application/x-protobuf")
             .header("X-Prometheus-Remote-Write-Version", "0.1.0")
             .body(body)
-            .send()
-            .await
-            .expect("write request")
     }
 }
 
