@@ -6,7 +6,7 @@
 //! strings, repeated fields, unknown fields and groups at every depth, interleaved series
 //! fields), then sometimes damaged byte by byte; and pure random bytes besides.
 
-use promgate::codec::oracle::same_answer;
+use promgate::codec::oracle::{same_answer, tight_limits};
 use promgate::codec::snappy::decompress_capped;
 use promgate::codec::splice::rewrite;
 use promgate::codec::write::{decode, validate_and_enforce, LabelPolicy};
@@ -16,16 +16,6 @@ use proptest::prelude::*;
 use prost::Message;
 
 const NOW: i64 = 1_800_000_000_000;
-
-fn small_limits() -> Limits {
-    Limits {
-        max_label_name_bytes: 12,
-        max_label_value_bytes: 16,
-        max_labels_per_series: 7,
-        max_series_per_request: 5,
-        ..Limits::default()
-    }
-}
 
 /// A small deterministic generator the encoder draws its choices from.
 struct Choices(u64);
@@ -379,7 +369,7 @@ proptest! {
         policy in policy(),
     ) {
         let bytes = apply(encode_request(&series, &metadata, seed), &damage);
-        same_answer(&bytes, &policy, &small_limits(), NOW).map_err(TestCaseError::fail)?;
+        same_answer(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
         same_answer(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
     }
 

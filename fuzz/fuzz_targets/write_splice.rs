@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use promgate::codec::oracle::same_answer;
+use promgate::codec::oracle::{same_answer, tight_limits};
 use promgate::codec::write::LabelPolicy;
 use promgate::config::{ConflictPolicy, Limits};
 
@@ -18,17 +18,7 @@ fuzz_target!(|data: &[u8]| {
         _ => vec![("Zone".to_string(), "z".to_string()), ("zz".to_string(), "y".to_string())],
     };
     let policy = LabelPolicy::new("tenant_id", "alpha", extra, on_conflict);
-    let limits = if choice & 8 == 0 {
-        Limits::default()
-    } else {
-        Limits {
-            max_label_name_bytes: 12,
-            max_label_value_bytes: 16,
-            max_labels_per_series: 7,
-            max_series_per_request: 5,
-            ..Limits::default()
-        }
-    };
+    let limits = if choice & 8 == 0 { Limits::default() } else { tight_limits() };
     if let Err(difference) = same_answer(decoded, &policy, &limits, 1_800_000_000_000) {
         panic!("{difference}");
     }

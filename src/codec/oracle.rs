@@ -11,6 +11,18 @@ use super::CodecError;
 use crate::config::Limits;
 use crate::proto::WriteRequest;
 
+/// Limits small enough that generated inputs cross each of them: label name and value
+/// lengths, labels per series, series per request.
+pub fn tight_limits() -> Limits {
+    Limits {
+        max_label_name_bytes: 12,
+        max_label_value_bytes: 16,
+        max_labels_per_series: 7,
+        max_series_per_request: 5,
+        ..Limits::default()
+    }
+}
+
 /// Runs both paths on `decoded` and explains how they differ, if they do: one accepts
 /// what the other refuses; they refuse for different reasons (or, for an invalid series,
 /// in other words); what the fast path wrote does not decode to exactly the reference's

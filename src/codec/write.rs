@@ -264,10 +264,7 @@ pub(crate) fn enforce_labels<L: LabelRef + Clone>(
 }
 
 /// The per-series label cap, counting the enforced labels.
-pub(crate) fn check_label_count<L: LabelRef>(
-    labels: &[L],
-    limits: &Limits,
-) -> Result<(), CodecError> {
+fn check_label_count<L: LabelRef>(labels: &[L], limits: &Limits) -> Result<(), CodecError> {
     if labels.len() > limits.max_labels_per_series {
         return Err(invalid(
             labels,
