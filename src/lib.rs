@@ -6,12 +6,12 @@
 //! `admin` and `server` are the only modules that know axum.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod backend;
 pub mod codec;
 pub mod config;
 pub mod error;
-pub mod limits;
 pub mod proto;
 pub mod read;
 pub mod server;
@@ -81,14 +81,14 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         backends,
         metrics: telemetry::Metrics::new(),
         admin_token_digest: admin::admin_token_digest(&admin_token),
-        read_gate: limits::ReadGate::default(),
-        rate_limits: limits::RateLimits::default(),
-        in_flight: limits::InFlight::new(
+        read_gate: admission::ReadGate::default(),
+        rate_limits: admission::RateLimits::default(),
+        in_flight: admission::InFlight::new(
             config.server.max_in_flight_requests,
             config.server.max_in_flight_decoded_bytes,
             config.server.in_flight_wait,
         ),
-        data_auth_failures: limits::AuthFailureLimiter::new(
+        data_auth_failures: admission::AuthFailureLimiter::new(
             config.server.auth_failures_per_minute,
             std::time::Duration::from_secs(60),
             MAX_TRACKED_ADDRESSES,

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::bearer_token;
 use crate::error::{AppError, JsonError};
-use crate::limits::AuthFailureLimiter;
+use crate::admission::AuthFailureLimiter;
 use crate::server::{healthy, ready, SharedState};
 use crate::tenant::store::AuditEntry;
 

@@ -32,15 +32,15 @@ pub struct AppState {
     /// SHA-256 of the admin token, compared in constant time.
     pub admin_token_digest: [u8; 32],
     /// Each tenant's concurrent remote reads.
-    pub read_gate: crate::limits::ReadGate,
+    pub read_gate: crate::admission::ReadGate,
     /// Each tenant's token buckets.
-    pub rate_limits: crate::limits::RateLimits,
+    pub rate_limits: crate::admission::RateLimits,
     /// Requests and decoded bytes in flight, process-wide.
-    pub in_flight: crate::limits::InFlight,
+    pub in_flight: crate::admission::InFlight,
     /// Slows down token guessing on the data listener per source address.
-    pub data_auth_failures: crate::limits::AuthFailureLimiter,
+    pub data_auth_failures: crate::admission::AuthFailureLimiter,
     /// Slows down admin-token guessing per source address.
-    pub admin_auth_failures: crate::limits::AuthFailureLimiter,
+    pub admin_auth_failures: crate::admission::AuthFailureLimiter,
     /// False until the registry is loaded and again once shutdown begins.
     pub ready: AtomicBool,
 }

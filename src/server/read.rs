@@ -23,7 +23,7 @@ use super::SharedState;
 use crate::backend::{self, BackendClient, ReadBody};
 use crate::codec::snappy;
 use crate::error::AppError;
-use crate::limits::{ReadGateError, Verdict};
+use crate::admission::{ReadGateError, Verdict};
 use crate::read::filter::{filter_samples_response, FilterStats, ReadScope, StreamFilter};
 use crate::read::request::{self, ResponseType};
 use crate::read::ReadError;

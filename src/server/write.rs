@@ -21,7 +21,7 @@ use crate::codec::splice::{self, Rewritten};
 use crate::codec::write::WriteStats;
 use crate::codec::{snappy, CodecError};
 use crate::error::AppError;
-use crate::limits::{BudgetError, Verdict};
+use crate::admission::{BudgetError, Verdict};
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
 

@@ -1,4 +1,4 @@
-//! Limits that keep tenants from hurting one another and promgate itself (DESIGN §8;
+//! Admission: what a request must pass before promgate spends work on it (DESIGN §8;
 //! SECURITY.md T12–T17): per-tenant token buckets ([`rate`]), per-tenant read slots and
 //! per-address failed-authentication counting ([`guards`]), and the global in-flight
 //! budgets ([`budget`]). Memory stays bounded; clocks are injectable for tests.
