@@ -1,6 +1,9 @@
 //! The one error type that becomes an HTTP response, and the only place that picks
-//! status codes (SECURITY.md §1; DESIGN §6.9). 4xx means a retry can never help;
-//! anything transient is a 5xx so the sender keeps its data and retries.
+//! status codes (SECURITY.md §1; DESIGN §6.9). Each module has its own typed errors and
+//! converts them into this small closed set. 4xx means a retry can never help; anything
+//! transient — a backend down, a budget or deadline exhausted, a body that arrived too
+//! slowly or incomplete — is a 5xx with `Retry-After`, so the sender keeps its data and
+//! retries. There is deliberately no 408: Prometheus drops a batch answered with it.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +24,6 @@ pub enum AppError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
-    /// 408: the request body did not arrive in time.
-    #[error("{0}")]
-    RequestTimeout(String),
     /// 413: the body is over `max_request_bytes`.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -61,7 +61,6 @@ impl AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

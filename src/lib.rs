@@ -36,6 +36,9 @@ use crate::tenant::Registry;
 
 /// Addresses remembered at once by the failed-authentication limiters.
 const MAX_TRACKED_ADDRESSES: usize = 10_000;
+/// CPU-heavy jobs of one tenant waiting for the pool at once (a tenant's concurrent
+/// writes and reads bound this already; this is the backstop).
+const MAX_QUEUED_CPU_JOBS_PER_TENANT: usize = 256;
 /// The admin listener serves operators and scrapers, not fleets of senders.
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
@@ -83,6 +86,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         admin_token_digest: admin::admin_token_digest(&admin_token),
         read_gate: admission::ReadGate::default(),
         rate_limits: admission::RateLimits::default(),
+        tenant_budgets: admission::TenantBudgets::default(),
+        cpu: admission::CpuPool::per_core(MAX_QUEUED_CPU_JOBS_PER_TENANT),
         in_flight: admission::InFlight::new(
             config.server.max_in_flight_requests,
             config.server.max_in_flight_decoded_bytes,

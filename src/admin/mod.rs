@@ -16,9 +16,9 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::admission::AuthFailureLimiter;
 use crate::auth::bearer_token;
 use crate::error::{AppError, JsonError};
-use crate::admission::AuthFailureLimiter;
 use crate::server::{healthy, ready, SharedState};
 use crate::tenant::store::AuditEntry;
 
@@ -72,21 +72,24 @@ async fn require_admin_token(
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
     let now = Instant::now();
-    if let Err(wait) = state.admin_auth_failures.check(source, now) {
-        tracing::warn!(%source, "admin authentication throttled after repeated failures");
-        let body =
-            serde_json::json!({ "error": "too many failed admin authentications; retry later" });
-        let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(wait));
-        return response;
-    }
     let presented = bearer_token(request.headers()).map(admin_token_digest);
     let authorised = match presented {
         Ok(digest) => bool::from(digest.ct_eq(&state.admin_token_digest)),
         Err(_) => false,
     };
+    // The valid admin token is checked first and never throttled: someone else's failed
+    // guesses from the same address (a bastion, a NAT) must not lock the operator out.
+    if !authorised {
+        if let Err(wait) = state.admin_auth_failures.check(source, now) {
+            tracing::warn!(%source, "admin authentication throttled after repeated failures");
+            let body = serde_json::json!({ "error": "too many failed admin authentications; retry later" });
+            let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait));
+            return response;
+        }
+    }
     // The full path: inside the nested router the URI has lost its `/admin` prefix.
     let target = request.extensions().get::<OriginalUri>().map_or_else(
         || request.uri().path().to_string(),

@@ -41,16 +41,22 @@ impl ReadGate {
         if let Ok(permit) = Arc::clone(&gate.slots).try_acquire_owned() {
             return Ok(permit);
         }
-        if gate.waiting.fetch_add(1, Ordering::SeqCst) >= max_queued {
-            gate.waiting.fetch_sub(1, Ordering::SeqCst);
+        // A guard, not a decrement after the await: a client that hangs up while queued
+        // drops this future mid-wait, and its place in the queue must come back then too.
+        let Some(_queued) = QueuedRead::enter(&gate.waiting, max_queued) else {
             return Err(ReadGateError::QueueFull);
-        }
-        let waited = tokio::time::timeout(max_wait, Arc::clone(&gate.slots).acquire_owned()).await;
-        gate.waiting.fetch_sub(1, Ordering::SeqCst);
-        match waited {
+        };
+        match tokio::time::timeout(max_wait, Arc::clone(&gate.slots).acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(ReadGateError::WaitedTooLong),
         }
+    }
+
+    /// Reads of `tenant` waiting for a slot right now.
+    pub fn queued(&self, tenant: &str) -> usize {
+        self.tenants
+            .get(tenant)
+            .map_or(0, |gate| gate.waiting.load(Ordering::SeqCst))
     }
 
     /// The tenant's gate, replaced when its concurrency limit changed (permits held on
@@ -68,6 +74,27 @@ impl ReadGate {
         });
         self.tenants.insert(tenant.to_string(), Arc::clone(&gate));
         gate
+    }
+}
+
+/// One read's place in its tenant's queue, given back when dropped.
+struct QueuedRead<'a> {
+    waiting: &'a AtomicUsize,
+}
+
+impl<'a> QueuedRead<'a> {
+    fn enter(waiting: &'a AtomicUsize, max_queued: usize) -> Option<QueuedRead<'a>> {
+        if waiting.fetch_add(1, Ordering::SeqCst) >= max_queued {
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(QueuedRead { waiting })
+    }
+}
+
+impl Drop for QueuedRead<'_> {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -181,6 +208,30 @@ mod tests {
             queued.await.expect("join"),
             "the waiter gets the released slot"
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_hangs_up_gives_its_queue_place_back() {
+        let gate = ReadGate::default();
+        let held = gate
+            .acquire("a", 1, 2, Duration::from_secs(5))
+            .await
+            .expect("free slot");
+        for _ in 0..10 {
+            // Queued, then abandoned (the client hung up) before a slot freed.
+            let abandoned = tokio::time::timeout(
+                Duration::from_millis(5),
+                gate.acquire("a", 1, 2, Duration::from_secs(5)),
+            )
+            .await;
+            assert!(abandoned.is_err(), "still waiting when abandoned");
+            assert_eq!(gate.queued("a"), 0, "the place came back");
+        }
+        drop(held);
+        assert!(gate
+            .acquire("a", 1, 2, Duration::from_millis(50))
+            .await
+            .is_ok());
     }
 
     fn ip(last: u8) -> IpAddr {

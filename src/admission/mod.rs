@@ -4,9 +4,13 @@
 //! budgets ([`budget`]). Memory stays bounded; clocks are injectable for tests.
 
 pub mod budget;
+pub mod cpu_pool;
 pub mod guards;
 pub mod rate;
+pub mod tenant_budget;
 
 pub use budget::{BudgetError, InFlight};
+pub use cpu_pool::{CpuPool, PoolError};
 pub use guards::{AuthFailureLimiter, ReadGate, ReadGateError};
 pub use rate::{RateLimits, Verdict};
+pub use tenant_budget::TenantBudgets;

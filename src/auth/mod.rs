@@ -43,6 +43,13 @@ pub enum AuthError {
     /// An identity provider's keys cannot be had right now: retryable.
     #[error("{0}")]
     Unavailable(String),
+    /// The source address failed to authenticate too often lately, and this credential
+    /// is not one already known good: it is not even verified.
+    #[error("too many failed authentications from this address; retry later")]
+    Throttled { retry_after_seconds: u64 },
+    /// Too many unknown credentials are being verified at once; retryable.
+    #[error("too many credentials are being verified at once; retry later")]
+    Overloaded,
 }
 
 impl AuthError {
@@ -60,6 +67,8 @@ impl AuthError {
             AuthError::UnregisteredCertificate => "unregistered_certificate",
             AuthError::AmbiguousCertificate => "ambiguous_certificate",
             AuthError::ConflictingCredentials => "conflicting_credentials",
+            AuthError::Throttled { .. } => "auth_failures_throttled",
+            AuthError::Overloaded => "verification_overloaded",
         }
     }
 }
@@ -73,6 +82,16 @@ impl From<AuthError> for AppError {
             AuthError::Unavailable(message) => AppError::Unavailable {
                 message,
                 retry_after_seconds: issuers::UNAVAILABLE_RETRY_SECONDS,
+            },
+            AuthError::Throttled {
+                retry_after_seconds,
+            } => AppError::TooManyRequests {
+                message: err.to_string(),
+                retry_after_seconds,
+            },
+            AuthError::Overloaded => AppError::Unavailable {
+                message: err.to_string(),
+                retry_after_seconds: 1,
             },
             _ => AppError::Unauthenticated(err.to_string()),
         }
@@ -105,6 +124,8 @@ pub struct Authenticator {
     /// Only an exact token matches; expiry is checked on every hit; revocation and tenant
     /// status are looked up on every request as before.
     verified: DashMap<[u8; 32], VerifiedToken>,
+    /// Permits for verifying tokens the cache does not know.
+    verifying: tokio::sync::Semaphore,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +139,9 @@ struct VerifiedToken {
 
 /// Verified tokens remembered at once; the cache starts over when full.
 const MAX_VERIFIED_TOKENS: usize = 10_000;
+/// Unknown tokens verified at once (signature checks are quick; an external issuer's
+/// may wait up to its JWKS fetch timeout).
+const MAX_CONCURRENT_VERIFICATIONS: usize = 256;
 
 impl Authenticator {
     pub fn new(signer: TokenSigner, issuers: Issuers, registry: Arc<Registry>) -> Authenticator {
@@ -126,6 +150,7 @@ impl Authenticator {
             issuers,
             registry,
             verified: DashMap::new(),
+            verifying: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
         }
     }
 
@@ -135,17 +160,24 @@ impl Authenticator {
 
     /// Maps the request's credentials (a bearer token, a verified client certificate, or
     /// both naming the same tenant) to an active tenant, from the in-memory registry.
+    ///
+    /// `restriction` is set when the source address failed too often lately: then only
+    /// credentials already known good pass (a token whose signature verified before and
+    /// is still cached, a token promgate issued whose id the registry holds, a registered
+    /// client certificate), and any other token is refused before a signature is checked.
+    /// Strangers behind a shared address thus cannot lock out the tenants behind it.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         certificate: Option<&ClientCertificate>,
+        restriction: Option<Restriction>,
     ) -> Result<Arc<TenantEntry>, AuthError> {
         let certificate_tenant = match certificate {
             Some(certificate) => self.tenant_of_certificate(certificate)?,
             None => None,
         };
         let token_tenant = match bearer_token(headers) {
-            Ok(token) => Some(self.tenant_of_token(token).await?),
+            Ok(token) => Some(self.tenant_of_token(token, restriction).await?),
             Err(AuthError::Missing) => None,
             Err(err) => return Err(err),
         };
@@ -199,8 +231,12 @@ impl Authenticator {
         Ok(tenant)
     }
 
-    async fn tenant_of_token(&self, token: &str) -> Result<String, AuthError> {
-        let verified = self.verify(token).await?;
+    async fn tenant_of_token(
+        &self,
+        token: &str,
+        restriction: Option<Restriction>,
+    ) -> Result<String, AuthError> {
+        let verified = self.verify(token, restriction).await?;
         if let Some(token_id) = &verified.issued_token_id {
             let record = self
                 .registry
@@ -216,7 +252,11 @@ impl Authenticator {
         Ok(verified.tenant_id)
     }
 
-    async fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+    async fn verify(
+        &self,
+        token: &str,
+        restriction: Option<Restriction>,
+    ) -> Result<VerifiedToken, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = unix_now();
         if let Some(hit) = self.verified.get(&key) {
@@ -224,12 +264,42 @@ impl Authenticator {
                 return Ok(hit.clone());
             }
         }
+        if let Some(restriction) = restriction {
+            if !self.is_registered_issued_token(token) {
+                return Err(AuthError::Throttled {
+                    retry_after_seconds: restriction.retry_after_seconds,
+                });
+            }
+        }
+        // Bounds the unknown credentials verified at once (an external issuer's may wait
+        // for its JWKS); more are answered 503 at once, holding nothing.
+        let _verifying = self
+            .verifying
+            .try_acquire()
+            .map_err(|_| AuthError::Overloaded)?;
         let verified = self.verify_uncached(token).await?;
         if self.verified.len() >= MAX_VERIFIED_TOKENS {
             self.verified.clear();
         }
         self.verified.insert(key, verified.clone());
         Ok(verified)
+    }
+
+    /// Whether an unverified token claims to be one promgate issued with a token id the
+    /// registry holds and has not revoked: a map lookup, no signature check. Token ids
+    /// are random, so a stranger cannot guess one.
+    fn is_registered_issued_token(&self, token: &str) -> bool {
+        let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<UnverifiedIssuer>(token)
+        else {
+            return false;
+        };
+        let claims = unverified.claims;
+        claims.iss.as_deref() == Some(tokens::ISSUER)
+            && claims.jti.is_some_and(|jti| {
+                self.registry
+                    .token(&jti)
+                    .is_some_and(|record| record.revoked_at.is_none())
+            })
     }
 
     /// The unverified `iss` only picks which verifier runs; that verifier then checks
@@ -271,6 +341,16 @@ impl Authenticator {
 #[derive(serde::Deserialize)]
 struct UnverifiedIssuer {
     iss: Option<String>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// The source address is over its failed-authentication budget (see
+/// [`Authenticator::authenticate`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Restriction {
+    /// When the address's window ends.
+    pub retry_after_seconds: u64,
 }
 
 fn unix_now() -> i64 {

@@ -59,6 +59,9 @@ limit_keys! {
     burst_samples: u64 = 200_000, written as u64;
     requests_per_second: u64 = 100, written as u64;
     read_requests_per_second: u64 = 10, written as u64;
+    /// Remote reads a tenant may make at once before the per-second rate applies: a
+    /// dashboard refresh sends dozens together.
+    read_requests_burst: u64 = 100, written as u64;
     /// Samples one remote-read request may return, SAMPLES and streamed alike.
     max_read_samples: u64 = 50_000_000, written as u64;
     /// A remote-read request body, compressed and decoded.
@@ -71,9 +74,17 @@ limit_keys! {
     /// The longest time range one remote-read query may cover.
     max_read_range: Duration = Duration::from_secs(721 * 3600), written as HumanDuration;
     /// Remote-read requests a tenant may have in flight at once.
-    max_concurrent_reads: usize = 2, written as usize;
+    max_concurrent_reads: usize = 4, written as usize;
     /// Remote-read requests a tenant may have waiting for a slot; more get a throttle answer.
     max_queued_reads: usize = 100, written as usize;
+    /// Regex matcher bytes one remote-read request may carry, all queries together.
+    max_read_regex_bytes: u64 = 64 * 1024, written as HumanSize;
+    /// Write requests a tenant may have in flight at once (Prometheus' default queue
+    /// sends at most 50 shards at once; more wait their turn).
+    max_concurrent_writes: usize = 16, written as usize;
+    /// Decoded write bodies a tenant may hold at once, by their announced size; at least
+    /// `max_decoded_bytes`, so that every request fits.
+    max_in_flight_decoded_bytes: u64 = 64 * 1024 * 1024, written as HumanSize;
     /// 429 (default) or 503 for senders that never retry 429.
     throttle_status: u16 = 429, written as u16;
 }
@@ -118,6 +129,7 @@ impl Limits {
             ("max_read_request_bytes", self.max_read_request_bytes),
             ("max_read_response_bytes", self.max_read_response_bytes),
             ("max_read_frame_bytes", self.max_read_frame_bytes),
+            ("max_read_regex_bytes", self.max_read_regex_bytes),
         ] {
             if value == 0 || value > MAX_CONFIGURABLE_BYTES {
                 problems.push(format!("limits.{key} must be between 1 byte and 256MiB"));
@@ -129,10 +141,19 @@ impl Limits {
             ("max_label_name_bytes", self.max_label_name_bytes),
             ("max_label_value_bytes", self.max_label_value_bytes),
             ("max_concurrent_reads", self.max_concurrent_reads),
+            ("max_concurrent_writes", self.max_concurrent_writes),
         ] {
             if value == 0 {
                 problems.push(format!("limits.{key} must be at least 1"));
             }
+        }
+        if self.max_decoded_bytes > self.max_in_flight_decoded_bytes {
+            problems.push(format!(
+                "limits.max_decoded_bytes ({}) is larger than limits.max_in_flight_decoded_bytes ({}): \
+                 such a request could never be admitted",
+                HumanSize(self.max_decoded_bytes),
+                HumanSize(self.max_in_flight_decoded_bytes)
+            ));
         }
         if self.max_labels_per_series < 2 {
             problems.push(
@@ -184,6 +205,22 @@ mod tests {
         assert_eq!(share.burst_samples, 9000);
         assert_eq!(limits.shared_by(0), limits.shared_by(1));
         assert_eq!(limits.shared_by(1), limits);
+    }
+
+    #[test]
+    fn a_request_size_the_in_flight_budget_cannot_hold_is_a_problem() {
+        let limits = Limits {
+            max_decoded_bytes: 64 * 1024 * 1024,
+            max_in_flight_decoded_bytes: 32 * 1024 * 1024,
+            ..Limits::default()
+        };
+        let problems = limits.problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("could never be admitted"),
+            "{problems:?}"
+        );
+        assert!(Limits::default().problems().is_empty());
     }
 
     #[test]

@@ -20,6 +20,8 @@ use units::HumanDuration;
 /// so promgate answers before the sender gives up (SECURITY.md §1).
 pub const MAX_BACKEND_TIMEOUT: Duration = Duration::from_secs(29);
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a data request may take in all, waits, body and backends included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
 /// The `iss` of the tokens promgate issues itself; no external issuer may claim it.
 pub const PROMGATE_ISSUER: &str = "promgate";
 
@@ -48,8 +50,13 @@ pub struct ServerConfig {
     pub max_in_flight_decoded_bytes: u64,
     /// How long a request may wait for either budget before 503.
     pub in_flight_wait: Duration,
-    /// Failed authentications per source address and minute before 429.
+    /// Failed authentications per source address and minute before 429. Never applied
+    /// to a credential already known good (a cached verified token, a registered client
+    /// certificate): strangers behind the same address cannot lock a tenant out.
     pub auth_failures_per_minute: u32,
+    /// Every data request is answered within this (503 + Retry-After when it runs out),
+    /// below Prometheus' 30 s `remote_timeout`, so the sender hears back before it gives up.
+    pub request_timeout: Duration,
 }
 
 /// TLS on the data listener (DESIGN §4c; SECURITY.md T6–T8, T22).
@@ -179,7 +186,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
-            body_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(20),
             min_body_bytes_per_second: 1000,
             max_connections: 4096,
         }
@@ -288,6 +295,7 @@ struct RawServer {
     max_in_flight_decoded_bytes: Option<units::HumanSize>,
     in_flight_wait: Option<HumanDuration>,
     auth_failures_per_minute: Option<u32>,
+    request_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -458,7 +466,26 @@ impl Config {
         let tenancy = validate_tenancy(tenancy, &mut problems);
         let limits = Limits::default().with(&limit_overrides);
         problems.extend(limits.problems());
+        if limits.max_in_flight_decoded_bytes > server_cfg.max_in_flight_decoded_bytes {
+            problems.push(format!(
+                "limits.max_in_flight_decoded_bytes ({}) is larger than server.max_in_flight_decoded_bytes ({}), \
+                 the whole relay's budget",
+                units::HumanSize(limits.max_in_flight_decoded_bytes),
+                units::HumanSize(server_cfg.max_in_flight_decoded_bytes)
+            ));
+        }
         let backends = validate_backends(raw_backends, &mut problems);
+        for backend in &backends {
+            if backend.timeout >= server_cfg.request_timeout {
+                problems.push(format!(
+                    "backends: {:?} has a timeout of {} which is not below server.request_timeout ({}); \
+                     promgate would answer before the backend does",
+                    backend.name,
+                    humantime::format_duration(backend.timeout),
+                    humantime::format_duration(server_cfg.request_timeout)
+                ));
+            }
+        }
 
         if problems.is_empty() {
             Ok(Config {
@@ -634,13 +661,22 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
             problems,
         ),
         connections,
-        max_in_flight_requests: raw.max_in_flight_requests.unwrap_or(32),
+        max_in_flight_requests: raw.max_in_flight_requests.unwrap_or(128),
         max_in_flight_decoded_bytes: raw
             .max_in_flight_decoded_bytes
             .map_or(256 * 1024 * 1024, |size| size.0),
         in_flight_wait: raw.in_flight_wait.map_or(Duration::from_secs(5), |d| d.0),
         auth_failures_per_minute: raw.auth_failures_per_minute.unwrap_or(30),
+        request_timeout: raw.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0),
     };
+    if config.request_timeout < Duration::from_secs(1)
+        || config.request_timeout > MAX_BACKEND_TIMEOUT
+    {
+        problems.push(format!(
+            "server.request_timeout must be between 1s and {}s (below Prometheus' 30s remote_timeout)",
+            MAX_BACKEND_TIMEOUT.as_secs()
+        ));
+    }
     for (key, value) in [
         ("header_read_timeout", connections.header_read_timeout),
         ("body_read_timeout", connections.body_read_timeout),

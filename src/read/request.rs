@@ -12,8 +12,11 @@ use crate::proto::{label_matcher, read_request, LabelMatcher, ReadRequest};
 
 /// A matcher value longer than this is refused (SECURITY.md §4: 4 KiB per matcher).
 pub const MAX_MATCHER_VALUE_BYTES: usize = 4096;
-/// Compiled-program ceiling for one regex matcher.
-const MAX_REGEX_PROGRAM_BYTES: usize = 1 << 20;
+/// Ceiling for one regex matcher's size once repetitions are expanded (in pattern
+/// elements: `a{100}` counts 100): what a regex engine would have to build for it.
+const MAX_REGEX_EXPANDED_SIZE: u64 = 1 << 17;
+/// Nesting depth of groups and repetitions in one regex matcher.
+const MAX_REGEX_NESTING: u32 = 64;
 /// Queries one request may carry.
 pub const MAX_QUERIES: usize = 64;
 
@@ -51,6 +54,20 @@ pub fn validate(request: &ReadRequest, limits: &Limits) -> Result<ResponseType, 
         )));
     }
     let max_range = i64::try_from(limits.max_read_range.as_millis()).unwrap_or(i64::MAX);
+    // The request's regex budget: every regex matcher of every query counts.
+    let regex_bytes: u64 = request
+        .queries
+        .iter()
+        .flat_map(|query| &query.matchers)
+        .filter(|matcher| is_regex(matcher.r#type))
+        .map(|matcher| matcher.value.len() as u64)
+        .sum();
+    if regex_bytes > limits.max_read_regex_bytes {
+        return Err(ReadError::Invalid(format!(
+            "read request carries {regex_bytes} bytes of regex matchers, over the limit of {}",
+            limits.max_read_regex_bytes
+        )));
+    }
     for (index, query) in request.queries.iter().enumerate() {
         if query.end_timestamp_ms < query.start_timestamp_ms {
             return Err(ReadError::Invalid(format!(
@@ -93,18 +110,62 @@ fn validate_matcher(matcher: &LabelMatcher) -> Result<(), String> {
         ));
     }
     if matches!(kind, label_matcher::Type::Re | label_matcher::Type::Nre) {
-        // Prometheus anchors regex matchers at both ends.
-        regex::RegexBuilder::new(&format!("^(?:{})$", matcher.value))
-            .size_limit(MAX_REGEX_PROGRAM_BYTES)
-            .build()
-            .map_err(|err| {
-                format!(
-                    "regex matcher on {:?} does not compile: {err}",
-                    matcher.name
-                )
-            })?;
+        check_regex(&matcher.value)
+            .map_err(|why| format!("regex matcher on {:?} {why}", matcher.name))?;
     }
     Ok(())
+}
+
+fn is_regex(kind: i32) -> bool {
+    kind == label_matcher::Type::Re as i32 || kind == label_matcher::Type::Nre as i32
+}
+
+/// Parses a regex matcher (linear in its length; nothing is compiled: promgate only
+/// forwards it) and refuses one whose expanded size or nesting would make the backend
+/// build something huge.
+fn check_regex(pattern: &str) -> Result<(), String> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .nest_limit(MAX_REGEX_NESTING)
+        .build()
+        .parse(pattern)
+        .map_err(|err| format!("does not parse: {}", first_line(&err.to_string())))?;
+    if expanded_size(&hir) > MAX_REGEX_EXPANDED_SIZE {
+        return Err(format!(
+            "is too large once its repetitions are expanded (over {MAX_REGEX_EXPANDED_SIZE} elements)"
+        ));
+    }
+    Ok(())
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .find(|line| line.starts_with("error:"))
+        .unwrap_or_else(|| text.lines().next().unwrap_or_default())
+}
+
+/// The number of pattern elements with every counted repetition written out; saturates.
+fn expanded_size(hir: &regex_syntax::hir::Hir) -> u64 {
+    use regex_syntax::hir::HirKind;
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) => 1,
+        HirKind::Literal(literal) => literal.0.len() as u64,
+        HirKind::Repetition(repetition) => {
+            let times = u64::from(
+                repetition
+                    .max
+                    .unwrap_or(repetition.min)
+                    .max(repetition.min)
+                    .max(1),
+            );
+            expanded_size(&repetition.sub).saturating_mul(times)
+        }
+        HirKind::Capture(capture) => expanded_size(&capture.sub),
+        HirKind::Concat(parts) | HirKind::Alternation(parts) => parts
+            .iter()
+            .map(expanded_size)
+            .fold(0u64, u64::saturating_add),
+    }
 }
 
 /// An empty list means SAMPLES (Prometheus ≤ 2.54); otherwise the first type promgate
@@ -202,6 +263,45 @@ mod tests {
             &limits
         )
         .is_err());
+        let deep = format!("{}a{}", "(".repeat(200), ")".repeat(200));
+        assert!(validate(&request(vec![matcher(3, "job", &deep)], vec![]), &limits).is_err());
+        let alternation = (0..300)
+            .map(|i| format!("host-{i}"))
+            .collect::<Vec<_>>()
+            .join("|");
+        assert!(
+            validate(
+                &request(vec![matcher(2, "instance", &alternation)], vec![]),
+                &limits
+            )
+            .is_ok(),
+            "a dashboard variable's alternation is fine"
+        );
+    }
+
+    #[test]
+    fn the_regex_budget_counts_every_matcher_of_every_query() {
+        let limits = Limits {
+            max_read_regex_bytes: 10_000,
+            ..Limits::default()
+        };
+        let pattern = "x".repeat(3000);
+        let mut within = request(
+            vec![matcher(2, "a", &pattern), matcher(3, "b", &pattern)],
+            vec![],
+        );
+        within.queries.push(within.queries[0].clone());
+        assert!(
+            validate(&within, &limits).is_err(),
+            "4 × 3000 bytes > 10 000"
+        );
+        within.queries.pop();
+        assert!(validate(&within, &limits).is_ok());
+        let equality = request(vec![matcher(0, "a", &pattern); 4], vec![]);
+        assert!(
+            validate(&equality, &limits).is_ok(),
+            "only regex matchers count"
+        );
     }
 
     #[test]

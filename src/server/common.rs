@@ -1,22 +1,27 @@
-//! What the data handlers share: authentication with its metric and per-address
-//! failure limit, the throttle answer, the in-flight request cap, the capped and timed
-//! body read, and one way to log, count and answer a refused request.
+//! What the data handlers share, in the order a request meets it (SECURITY.md T16,
+//! T23): authentication first, with its metric and the per-address failure limit that
+//! never throttles a credential known good; then the tenant's own admission (the
+//! throttle answer, its budgets); then the process-wide in-flight cap as the last-resort
+//! shed; the capped and timed body read; the request deadline; and one way to log,
+//! count and answer a refused request.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::ConnectInfo;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::SharedState;
+use crate::admission::{BudgetError, PoolError};
 use crate::auth::mtls::ClientCertificate;
+use crate::auth::Restriction;
 use crate::error::AppError;
 use crate::telemetry::{CauseLabel, EndpointTenantCode, EndpointTenantReason, ThrottleLabels};
 use crate::tenant::TenantEntry;
@@ -111,25 +116,27 @@ pub fn peer_ip(extensions: &http::Extensions) -> IpAddr {
         .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip())
 }
 
-/// The caller's tenant, from the request's credentials alone. An address that failed
-/// too often lately is refused before its credential is even looked at.
+/// The caller's tenant, from the request's credentials alone. Nothing shared is held
+/// yet: a stranger's request costs header parsing and, at most, one signature check.
+/// An address that failed too often lately is not refused outright: its credentials
+/// are only accepted when already known good, so tenants that share the address with
+/// a stranger (behind a load balancer or NAT) keep working.
 pub async fn authenticate(state: &SharedState, parts: &Parts) -> Result<Arc<TenantEntry>, Failure> {
     let (headers, extensions) = (&parts.headers, &parts.extensions);
-    let peer = peer_ip(extensions);
+    let source = peer_ip(extensions);
     let now = Instant::now();
-    if let Err(wait) = state.data_auth_failures.check(peer, now) {
-        return Err(Failure::anonymous(
-            "auth_failures_throttled",
-            AppError::TooManyRequests {
-                message: "too many failed authentications from this address; retry later".into(),
-                retry_after_seconds: wait,
-            },
-        ));
-    }
+    let restriction =
+        state
+            .data_auth_failures
+            .check(source, now)
+            .err()
+            .map(|retry_after_seconds| Restriction {
+                retry_after_seconds,
+            });
     let certificate = extensions.get::<ClientCertificate>();
     state
         .auth
-        .authenticate(headers, certificate)
+        .authenticate(headers, certificate, restriction)
         .await
         .map_err(|err| {
             state
@@ -141,10 +148,87 @@ pub async fn authenticate(state: &SharedState, parts: &Parts) -> Result<Arc<Tena
                 .inc();
             let error = AppError::from(err.clone());
             if error.status() == StatusCode::UNAUTHORIZED {
-                state.data_auth_failures.record_failure(peer, now);
+                state.data_auth_failures.record_failure(source, now);
             }
             Failure::anonymous(err.cause(), error)
         })
+}
+
+/// A tenant none of whose backends is configured any more is refused, never answered
+/// 2xx for data that goes nowhere (DESIGN §9).
+pub fn require_backends(tenant: &Arc<TenantEntry>) -> Result<(), Failure> {
+    if !tenant.backends.is_empty() {
+        return Ok(());
+    }
+    tracing::error!(
+        tenant = %tenant.tenant.id,
+        backends = ?tenant.tenant.backends,
+        "tenant names no configured backend; refusing its requests until its backends are fixed"
+    );
+    Err(Failure::new(
+        tenant,
+        "no_backend",
+        AppError::Unavailable {
+            message: "no configured backend serves this tenant".into(),
+            retry_after_seconds: 30,
+        },
+    ))
+}
+
+/// The answer when one of the tenant's own budgets stayed full for the whole wait.
+pub fn budget_exhausted(tenant: &Arc<TenantEntry>, budget: &'static str) -> Failure {
+    Failure::new(
+        tenant,
+        budget,
+        AppError::Unavailable {
+            message: format!(
+                "tenant {} is at its {} limit; retry later",
+                tenant.tenant.id,
+                budget.replace('_', " ")
+            ),
+            retry_after_seconds: 1,
+        },
+    )
+}
+
+/// The CPU pool refused or lost a job: the tenant has too much heavy work waiting, or
+/// promgate is shutting down. Transient either way.
+pub fn cpu_unavailable(tenant: &Arc<TenantEntry>, err: PoolError) -> Failure {
+    Failure::new(
+        tenant,
+        "cpu_pool",
+        AppError::Unavailable {
+            message: format!("{err}; retry later"),
+            retry_after_seconds: 1,
+        },
+    )
+}
+
+/// Runs a handler under the request deadline (`server.request_timeout`); `None` when it
+/// ran out. The handler is then dropped, and every guard it held gives its share back.
+pub async fn within_deadline<T>(
+    state: &SharedState,
+    handler: impl Future<Output = Result<T, Failure>>,
+) -> Option<Result<T, Failure>> {
+    tokio::time::timeout(state.config.server.request_timeout, handler)
+        .await
+        .ok()
+}
+
+/// The answer when the deadline ran out: 503 + Retry-After, before the sender's own
+/// `remote_timeout`. `caller` is the tenant, when the handler got as far as knowing it.
+pub fn deadline_exceeded(state: &SharedState, caller: Option<Arc<TenantEntry>>) -> Failure {
+    Failure {
+        tenant: caller,
+        reason: "deadline",
+        error: AppError::Unavailable {
+            message: format!(
+                "the request did not complete within {}; retry later",
+                humantime::format_duration(state.config.server.request_timeout)
+            ),
+            retry_after_seconds: 1,
+        },
+    }
 }
 
 /// The tenant's throttle answer: 429 (or 503 with `throttle_status = 503`) with an
@@ -183,29 +267,30 @@ pub fn throttled(
     Failure::new(tenant, "throttled", error)
 }
 
-/// Holds a place among the requests in flight for the rest of the request; 503 when
-/// none frees up within `in_flight_wait`.
-pub async fn limit_in_flight(
-    State(state): State<SharedState>,
-    request: axum::extract::Request,
-    next: Next,
-) -> Response {
-    let Some(permit) = state.in_flight.request().await else {
-        tracing::warn!(path = %request.uri().path(), "request refused: too many requests in flight");
-        return AppError::Unavailable {
-            message: "promgate is at its in-flight request limit; retry later".into(),
-            retry_after_seconds: 1,
-        }
-        .into_response();
-    };
-    // A guard, not a decrement after the await: a client that hangs up drops this
-    // future mid-request, and the gauge must come down then too.
-    let _in_flight = InFlightGauge::enter(&state, permit);
-    next.run(request).await
+/// A place among the process-wide requests in flight, taken after authentication and
+/// after the tenant's own share: the last-resort shed. 503 when none frees up within
+/// `in_flight_wait`.
+pub async fn global_slot<'a>(
+    state: &'a SharedState,
+    tenant: &Arc<TenantEntry>,
+) -> Result<InFlightGauge<'a>, Failure> {
+    match state.in_flight.request().await {
+        Ok(permit) => Ok(InFlightGauge::enter(state, permit)),
+        Err(BudgetError::Busy) => Err(Failure::new(
+            tenant,
+            "in_flight",
+            AppError::Unavailable {
+                message: "promgate is at its in-flight request limit; retry later".into(),
+                retry_after_seconds: 1,
+            },
+        )),
+    }
 }
 
-/// One request in the in-flight gauge and holding its permit, until dropped.
-struct InFlightGauge<'a> {
+/// One request in the in-flight gauge and holding its permit, until dropped (a guard,
+/// not a decrement after an await: a client that hangs up drops the request's future
+/// mid-way, and the gauge must come down then too).
+pub struct InFlightGauge<'a> {
     state: &'a SharedState,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
@@ -227,9 +312,10 @@ impl Drop for InFlightGauge<'_> {
 }
 
 /// Reads the body under `limit` bytes: a Content-Length over the limit is refused before
-/// a byte is read, and a body that runs past it is cut off. The body must arrive within
-/// `body_read_timeout` and, after a grace second, at `min_body_bytes_per_second` or
-/// faster (408 otherwise).
+/// a byte is read (413), and a body that runs past it is cut off. The body must arrive
+/// within `body_read_timeout` and, after a grace second, at `min_body_bytes_per_second`
+/// or faster; a slow or incomplete body is a transient fault of the network or the
+/// sender, answered 503 + Retry-After so the sender retries rather than dropping it.
 pub async fn read_body_capped(
     state: &SharedState,
     tenant: &Arc<TenantEntry>,
@@ -248,7 +334,10 @@ pub async fn read_body_capped(
         Failure::new(
             tenant,
             "body_too_slow",
-            AppError::RequestTimeout(format!("request body {what}")),
+            AppError::Unavailable {
+                message: format!("request body {what}; retry"),
+                retry_after_seconds: 1,
+            },
         )
     };
     let announced = headers
@@ -298,8 +387,11 @@ pub async fn read_body_capped(
             Some(Err(_)) => {
                 return Err(Failure::new(
                     tenant,
-                    "body_read_failed",
-                    AppError::BadRequest("the request body could not be read".into()),
+                    "body_incomplete",
+                    AppError::Unavailable {
+                        message: "the request body broke off before it was complete; retry".into(),
+                        retry_after_seconds: 1,
+                    },
                 ))
             }
         }

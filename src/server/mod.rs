@@ -35,8 +35,12 @@ pub struct AppState {
     pub read_gate: crate::admission::ReadGate,
     /// Each tenant's token buckets.
     pub rate_limits: crate::admission::RateLimits,
-    /// Requests and decoded bytes in flight, process-wide.
+    /// Each tenant's own writes and decoded bytes in flight.
+    pub tenant_budgets: crate::admission::TenantBudgets,
+    /// Requests and decoded bytes in flight, process-wide: the last-resort shed.
     pub in_flight: crate::admission::InFlight,
+    /// Threads for CPU-heavy stages, serving tenants in turn.
+    pub cpu: crate::admission::CpuPool,
     /// Slows down token guessing on the data listener per source address.
     pub data_auth_failures: crate::admission::AuthFailureLimiter,
     /// Slows down admin-token guessing per source address.
@@ -52,10 +56,6 @@ pub fn data_router(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/write", post(write::remote_write))
         .route("/api/v1/read", post(read::remote_read))
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::clone(&state),
-            common::limit_in_flight,
-        ))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .with_state(state)

@@ -18,12 +18,16 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::common::{authenticate, count_request, read_body_capped, throttled, Endpoint, Failure};
+use super::common::{
+    authenticate, count_request, cpu_unavailable, deadline_exceeded, global_slot, read_body_capped,
+    require_backends, throttled, within_deadline, Endpoint, Failure,
+};
 use super::SharedState;
+use crate::admission::{ReadGateError, Verdict};
 use crate::backend::{self, BackendClient, ReadBody};
 use crate::codec::snappy;
+use crate::config::Limits;
 use crate::error::AppError;
-use crate::admission::{ReadGateError, Verdict};
 use crate::read::filter::{filter_samples_response, FilterStats, ReadScope, StreamFilter};
 use crate::read::request::{self, ResponseType};
 use crate::read::ReadError;
@@ -38,7 +42,11 @@ const MAX_READ_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn remote_read(State(state): State<SharedState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    match handle(&state, &parts, body).await {
+    let mut caller = None;
+    let handled = within_deadline(&state, handle(&state, &parts, body, &mut caller))
+        .await
+        .unwrap_or_else(|| Err(deadline_exceeded(&state, caller.take())));
+    match handled {
         Ok((tenant, response)) => {
             count_request(&state, Endpoint::Read, &tenant.tenant.id, response.status());
             response
@@ -47,14 +55,42 @@ pub async fn remote_read(State(state): State<SharedState>, request: Request) -> 
     }
 }
 
+/// A read request decoded, checked and scoped to its tenant, ready for the backend.
+struct ScopedRead {
+    response_type: ResponseType,
+    query_count: usize,
+    upstream_body: Bytes,
+}
+
+/// Decodes, validates (regexes parsed, within the request's regex budget), scopes to the
+/// tenant and re-encodes a read request: on the CPU pool, in the tenant's turn.
+fn scope_read(
+    body: &[u8],
+    limits: &Limits,
+    label: &str,
+    value: &str,
+) -> Result<ScopedRead, ReadError> {
+    let mut read_request = request::decode(body, limits)?;
+    let response_type = request::validate(&read_request, limits)?;
+    request::scope_to_tenant(&mut read_request, label, value, response_type);
+    Ok(ScopedRead {
+        response_type,
+        query_count: read_request.queries.len(),
+        upstream_body: Bytes::from(snappy::compress(&read_request.encode_to_vec())),
+    })
+}
+
 async fn handle(
     state: &SharedState,
     parts: &Parts,
     body: Body,
+    caller: &mut Option<Arc<TenantEntry>>,
 ) -> Result<(Arc<TenantEntry>, Response), Failure> {
     let headers = &parts.headers;
     check_encoding(headers).map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
     let tenant = authenticate(state, parts).await?;
+    *caller = Some(Arc::clone(&tenant));
+    require_backends(&tenant)?;
     let limits = &tenant.limits;
     let rates = limits.shared_by(state.registry.live_replicas());
     if let Verdict::Throttled { retry_after } = state
@@ -70,6 +106,8 @@ async fn handle(
             seconds,
         ));
     }
+    // The tenant's own read slots first (queued reads wait there, holding nothing
+    // shared), then the process-wide in-flight place.
     let permit = state
         .read_gate
         .acquire(
@@ -80,11 +118,9 @@ async fn handle(
         )
         .await
         .map_err(|_: ReadGateError| throttled(state, Endpoint::Read, &tenant, "read_slots", 1))?;
+    let global = global_slot(state, &tenant).await?;
     let body =
         read_body_capped(state, &tenant, headers, body, limits.max_read_request_bytes).await?;
-    let invalid = |err: ReadError| Failure::new(&tenant, "invalid_read", read_error(err));
-    let mut read_request = request::decode(&body, limits).map_err(invalid)?;
-    let response_type = request::validate(&read_request, limits).map_err(invalid)?;
     let backend = read_backend(state, &tenant).ok_or_else(|| {
         Failure::new(
             &tenant,
@@ -97,11 +133,19 @@ async fn handle(
         value: tenant.tenant.label_value.clone(),
         strip: state.config.tenancy.strip_label_on_read,
     };
-    request::scope_to_tenant(&mut read_request, &scope.label, &scope.value, response_type);
-    let query_count = read_request.queries.len();
-    let upstream_body = Bytes::from(snappy::compress(&read_request.encode_to_vec()));
+    let scoped = {
+        let (limits, label, value) = (limits.clone(), scope.label.clone(), scope.value.clone());
+        state
+            .cpu
+            .run(&tenant.tenant.id, move || {
+                scope_read(&body, &limits, &label, &value)
+            })
+            .await
+            .map_err(|err| cpu_unavailable(&tenant, err))?
+            .map_err(|err| Failure::new(&tenant, "invalid_read", read_error(err)))?
+    };
     let upstream = backend
-        .read(&tenant.tenant.id, upstream_body, &state.metrics)
+        .read(&tenant.tenant.id, scoped.upstream_body, &state.metrics)
         .await
         .map_err(|outcome| {
             let error = backend::combine(&[(backend.config.name.as_str(), outcome)])
@@ -115,14 +159,15 @@ async fn handle(
         backend: backend.config.name.clone(),
         stats: FilterStats::default(),
     };
-    let response = match response_type {
+    let response = match scoped.response_type {
         ResponseType::Samples => {
-            samples_response(&tenant, upstream, scope, query_count, report).await?
+            samples_response(state, &tenant, upstream, scope, scoped.query_count, report).await?
         }
         ResponseType::StreamedXorChunks => {
             streamed_response(&tenant, upstream, scope, report, permit).await?
         }
     };
+    drop(global);
     Ok((tenant, response))
 }
 
@@ -163,7 +208,10 @@ fn read_backend<'a>(state: &'a SharedState, tenant: &TenantEntry) -> Option<&'a 
         .find(|backend| backend.config.read_url.is_some())
 }
 
+/// Reads the backend's SAMPLES answer (capped), then decompresses, filters and
+/// re-encodes it on the CPU pool in the tenant's turn.
 async fn samples_response(
+    state: &SharedState,
     tenant: &Arc<TenantEntry>,
     upstream: ReadBody,
     scope: ReadScope,
@@ -176,14 +224,24 @@ async fn samples_response(
     let compressed = read_upstream_capped(upstream, limits.max_read_response_bytes)
         .await
         .map_err(backend_failure)?;
-    let decoded = snappy::decompress_capped(&compressed, limits.max_read_response_bytes)
-        .map_err(|err| backend_failure(format!("backend SAMPLES response: {err}")))?;
-    let (encoded, stats) =
-        filter_samples_response(&decoded, &scope, query_count, limits.max_read_samples)
-            .map_err(|err| Failure::new(tenant, "read_filter", read_error(err)))?;
+    let (max_bytes, max_samples) = (limits.max_read_response_bytes, limits.max_read_samples);
+    let filtered = state
+        .cpu
+        .run(&tenant.tenant.id, move || {
+            let decoded = snappy::decompress_capped(&compressed, max_bytes)
+                .map_err(|err| ReadError::Backend(format!("backend SAMPLES response: {err}")))?;
+            filter_samples_response(&decoded, &scope, query_count, max_samples)
+                .map(|(encoded, stats)| (snappy::compress(&encoded), stats))
+        })
+        .await
+        .map_err(|err| cpu_unavailable(tenant, err))?;
+    let (compressed, stats) = filtered.map_err(|err| match err {
+        ReadError::Backend(message) => backend_failure(message),
+        other => Failure::new(tenant, "read_filter", read_error(other)),
+    })?;
     report.stats = stats;
     drop(report);
-    let mut response = snappy::compress(&encoded).into_response();
+    let mut response = compressed.into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
