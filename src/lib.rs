@@ -87,7 +87,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         read_gate: admission::ReadGate::default(),
         rate_limits: admission::RateLimits::default(),
         tenant_budgets: admission::TenantBudgets::default(),
-        cpu: admission::CpuPool::per_core(MAX_QUEUED_CPU_JOBS_PER_TENANT),
+        cpu: admission::CpuPool::for_this_machine(MAX_QUEUED_CPU_JOBS_PER_TENANT),
         in_flight: admission::InFlight::new(
             config.server.max_in_flight_requests,
             config.server.max_in_flight_decoded_bytes,

@@ -98,10 +98,11 @@ impl CpuPool {
         }
     }
 
-    /// One thread per core.
-    pub fn per_core(max_queued_per_tenant: usize) -> CpuPool {
+    /// One thread per two cores (at least one): heavy work never takes every core
+    /// from the async workers that serve everyone else's cheap requests.
+    pub fn for_this_machine(max_queued_per_tenant: usize) -> CpuPool {
         let cores = thread::available_parallelism().map_or(2, usize::from);
-        CpuPool::new(cores, max_queued_per_tenant)
+        CpuPool::new((cores / 2).max(1), max_queued_per_tenant)
     }
 
     /// Runs `job` on the pool in `tenant`'s turn and returns its result.

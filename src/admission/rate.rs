@@ -1,6 +1,6 @@
 //! Per-tenant token buckets (governor's GCRA): samples per second with a burst
 //! (samples + histogram samples + exemplars), write requests per second, read requests
-//! per second. A tenant's buckets are rebuilt when its limits change, so new limits
+//! per second with a burst of their own (a dashboard refresh sends dozens at once). A tenant's buckets are rebuilt when its limits change, so new limits
 //! apply to its next request. Generic over the clock so tests run on a fake one.
 
 use std::num::NonZeroU32;
@@ -46,6 +46,7 @@ struct BucketKey {
     burst_samples: u64,
     requests_per_second: u64,
     read_requests_per_second: u64,
+    read_requests_burst: u64,
 }
 
 struct TenantBuckets<C: Clock> {
@@ -148,6 +149,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             burst_samples: limits.burst_samples,
             requests_per_second: limits.requests_per_second,
             read_requests_per_second: limits.read_requests_per_second,
+            read_requests_burst: limits.read_requests_burst,
         };
         if let Some(existing) = self.tenants.get(tenant) {
             if existing.key == key {
@@ -166,7 +168,11 @@ impl<C: Clock + Clone> RateLimits<C> {
             key,
             samples: bucket(key.samples_per_second, key.burst_samples),
             requests: bucket(key.requests_per_second, key.requests_per_second),
-            reads: bucket(key.read_requests_per_second, key.read_requests_per_second),
+            // Reads come in bursts (a dashboard refresh): the burst is its own key.
+            reads: bucket(
+                key.read_requests_per_second,
+                key.read_requests_burst.max(key.read_requests_per_second),
+            ),
             samples_blocked_until: parking_lot::Mutex::new(None),
         });
         self.tenants
@@ -266,15 +272,17 @@ mod tests {
             rates.check_write_request("r", &requests),
             Verdict::Throttled { .. }
         ));
+        let reads = Limits {
+            read_requests_per_second: 1,
+            read_requests_burst: 50,
+            ..requests.clone()
+        };
+        for _ in 0..50 {
+            assert_eq!(rates.check_read_request("r", &reads), Verdict::Allowed);
+        }
         assert!(matches!(
-            rates.check_read_request(
-                "r",
-                &Limits {
-                    read_requests_per_second: 1,
-                    ..requests.clone()
-                }
-            ),
-            Verdict::Allowed
+            rates.check_read_request("r", &reads),
+            Verdict::Throttled { .. }
         ));
     }
 

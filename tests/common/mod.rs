@@ -20,7 +20,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use promgate::config::Config;
-use promgate::proto::{Label, Sample, TimeSeries, WriteRequest};
+use promgate::proto::{
+    Label, QueryResult, ReadRequest, ReadResponse, Sample, TimeSeries, WriteRequest,
+};
 use prost::Message;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -70,6 +72,7 @@ impl FakeBackend {
         };
         let router = Router::new()
             .route("/api/v1/write", post(record))
+            .route("/api/v1/read", post(answer_read))
             .with_state(state);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -92,6 +95,11 @@ impl FakeBackend {
 
     pub fn write_url(&self) -> String {
         format!("http://{}/api/v1/write", self.addr)
+    }
+
+    /// Its remote-read endpoint: an empty SAMPLES answer per query, after the delay.
+    pub fn read_url(&self) -> String {
+        format!("http://{}/api/v1/read", self.addr)
     }
 
     /// Makes every answer wait this long.
@@ -134,6 +142,57 @@ async fn record(
         format!("fake backend says {}\nsecond line", status.as_u16())
     };
     (status, response_headers, body)
+}
+
+/// A remote-read answer with one empty result per query (after the set delay).
+async fn answer_read(
+    State(state): State<FakeState>,
+    body: Bytes,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(&body)
+        .expect("read request is snappy");
+    let request = ReadRequest::decode(raw.as_slice()).expect("a ReadRequest");
+    let response = ReadResponse {
+        results: vec![QueryResult::default(); request.queries.len()],
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "content-type",
+        "application/x-protobuf".parse().expect("value"),
+    );
+    headers.insert("content-encoding", "snappy".parse().expect("value"));
+    let encoded = snap::raw::Encoder::new()
+        .compress_vec(&response.encode_to_vec())
+        .expect("compress");
+    (StatusCode::OK, headers, encoded)
+}
+
+/// A SAMPLES remote-read request for `{__name__="up"}` plus `matchers` over the last hour.
+pub fn read_body(matchers: Vec<promgate::proto::LabelMatcher>) -> Vec<u8> {
+    let now = now_ms();
+    let mut all = vec![promgate::proto::LabelMatcher {
+        r#type: 0,
+        name: "__name__".into(),
+        value: "up".into(),
+    }];
+    all.extend(matchers);
+    let request = ReadRequest {
+        queries: vec![promgate::proto::Query {
+            start_timestamp_ms: now - 3_600_000,
+            end_timestamp_ms: now,
+            matchers: all,
+            hints: None,
+        }],
+        accepted_response_types: vec![],
+    };
+    snap::raw::Encoder::new()
+        .compress_vec(&request.encode_to_vec())
+        .expect("compress")
 }
 
 /// promgate running in this process on loopback port 0, with its data in a temp dir.
@@ -358,6 +417,21 @@ impl Relay {
             .expect("write request")
     }
 
+    pub fn read_url(&self) -> String {
+        format!("http://{}/api/v1/read", self.data_addr)
+    }
+
+    /// A remote-read POST with Prometheus' headers.
+    pub fn read_request(&self, token: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+        self.http
+            .post(self.read_url())
+            .bearer_auth(token)
+            .header("Content-Encoding", "snappy")
+            .header("Content-Type", "application/x-protobuf")
+            .header("X-Prometheus-Remote-Read-Version", "0.1.0")
+            .body(body)
+    }
+
     /// A remote-write POST with Prometheus' headers, to add to before sending.
     pub fn write_request(&self, token: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
         self.http
@@ -376,6 +450,21 @@ impl Drop for Relay {
             let _ = stop.send(());
         }
     }
+}
+
+/// `[[backends]]` blocks for fake backends with their read URLs, named b0, b1, …
+pub fn read_backends_toml(backends: &[&FakeBackend]) -> String {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(index, backend)| {
+            format!(
+                "[[backends]]\nname = \"b{index}\"\nwrite_url = \"{}\"\nread_url = \"{}\"\ntimeout = \"5s\"\n",
+                backend.write_url(),
+                backend.read_url()
+            )
+        })
+        .collect()
 }
 
 /// `[[backends]]` blocks for fake backends, named b0, b1, …
