@@ -110,8 +110,10 @@ async fn throttle_status_503_and_limit_changes_apply_at_once() {
 
 #[tokio::test]
 async fn request_rates_are_limited_for_writes_and_reads() {
-    let (relay, _backend, token) =
-        relay_with_limits(json!({"requests_per_second": 2, "read_requests_per_second": 1})).await;
+    let (relay, _backend, token) = relay_with_limits(
+        json!({"requests_per_second": 2, "read_requests_per_second": 1, "read_requests_burst": 1}),
+    )
+    .await;
     assert_eq!(relay.write(&token, simple_body(&[])).await.status(), 204);
     assert_eq!(relay.write(&token, simple_body(&[])).await.status(), 204);
     let response = relay.write(&token, simple_body(&[])).await;
@@ -263,11 +265,13 @@ fn stream_closed(read: &Result<std::io::Result<usize>, tokio::time::error::Elaps
 async fn slow_bodies_get_a_retryable_503_while_a_normal_writer_succeeds() {
     let backend = FakeBackend::start().await;
     let relay = Relay::start_with_server(
-        "body_read_timeout = \"3s\"\nmin_body_bytes_per_second = 1000",
+        "body_read_timeout = \"3s\"\nmin_body_bytes_per_second = 1000\nin_flight_wait = \"500ms\"",
         &backends_toml(&[&backend]),
     )
     .await;
     let token = relay.tenant_with_token("alpha").await;
+    // Another tenant writes normally meanwhile: alpha's dribblers fill alpha's own share.
+    let normal = relay.tenant_with_token("beta").await;
     let addr = relay.data_addr;
     let started = Instant::now();
     let mut dribblers = Vec::new();
@@ -298,7 +302,7 @@ async fn slow_bodies_get_a_retryable_503_while_a_normal_writer_succeeds() {
             (String::from_utf8_lossy(&answer[..read]).to_string(), begun.elapsed())
         }));
     }
-    steady_writer(&relay, &token, started + Duration::from_secs(2)).await;
+    steady_writer(&relay, &normal, started + Duration::from_secs(2)).await;
     for dribbler in dribblers {
         let (answer, elapsed) = dribbler.await.expect("join");
         // Never 408: Prometheus drops a batch answered with any 4xx but 429.
@@ -388,7 +392,7 @@ async fn a_decoded_size_the_budget_can_never_hold_is_a_config_error() {
         "{problems:?}"
     );
     let text = format!(
-        "[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n[limits]\nmax_decoded_bytes = \"64MiB\"\n",
+        "[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n[limits]\nmax_decoded_bytes = \"128MiB\"\n",
         dir.path().display()
     );
     let problems = promgate::config::Config::from_toml_str(&text, &Default::default())

@@ -78,7 +78,8 @@ async fn peak_memory_stays_under_budget_under_max_size_writes_and_bombs() {
         ),
         &format!(
             "[limits]\nmax_request_bytes = \"{MAX_BYTES_MIB}MiB\"\nmax_decoded_bytes = \"{MAX_BYTES_MIB}MiB\"\n\
-             [[backends]]\nname = \"sink\"\nwrite_url = \"{}\"\ntimeout = \"29s\"\n",
+             max_concurrent_writes = {IN_FLIGHT_REQUESTS}\nmax_in_flight_decoded_bytes = \"{IN_FLIGHT_DECODED_MIB}MiB\"\n\
+             [[backends]]\nname = \"sink\"\nwrite_url = \"{}\"\ntimeout = \"20s\"\n",
             backend.write_url()
         ),
     )

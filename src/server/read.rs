@@ -121,13 +121,6 @@ async fn handle(
     let global = global_slot(state, &tenant).await?;
     let body =
         read_body_capped(state, &tenant, headers, body, limits.max_read_request_bytes).await?;
-    let backend = read_backend(state, &tenant).ok_or_else(|| {
-        Failure::new(
-            &tenant,
-            "no_read_backend",
-            AppError::NotImplemented("no backend with a read_url serves this tenant".into()),
-        )
-    })?;
     let scope = ReadScope {
         label: state.config.tenancy.label.clone(),
         value: tenant.tenant.label_value.clone(),
@@ -144,6 +137,13 @@ async fn handle(
             .map_err(|err| cpu_unavailable(&tenant, err))?
             .map_err(|err| Failure::new(&tenant, "invalid_read", read_error(err)))?
     };
+    let backend = read_backend(state, &tenant).ok_or_else(|| {
+        Failure::new(
+            &tenant,
+            "no_read_backend",
+            AppError::NotImplemented("no backend with a read_url serves this tenant".into()),
+        )
+    })?;
     let upstream = backend
         .read(&tenant.tenant.id, scoped.upstream_body, &state.metrics)
         .await
