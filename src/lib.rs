@@ -133,6 +133,10 @@ pub async fn run(
         server::data_router(Arc::clone(&state)),
         connection_limits,
         data_tls,
+        server::listener::ProxyProtocol::new(
+            state.config.server.proxy_protocol,
+            &state.config.server.trusted_proxies,
+        ),
         state.metrics.open_connections("data"),
         stop_rx.clone(),
     );
@@ -144,6 +148,10 @@ pub async fn run(
             ..connection_limits
         },
         None,
+        server::listener::ProxyProtocol::new(
+            state.config.admin.proxy_protocol,
+            &state.config.admin.trusted_proxies,
+        ),
         state.metrics.open_connections("admin"),
         stop_rx,
     );

@@ -416,9 +416,10 @@ async fn admin_token_guessing_is_throttled_per_address(engine: Engine) {
         .parse()
         .expect("seconds");
     assert!((1..=60).contains(&wait), "{wait}");
-    // While throttled even the right token waits: guessing cannot continue in parallel.
+    // The right token is never throttled: someone else's guesses from the operator's
+    // address (a bastion, a NAT) must not lock the operator out. Guessing stays throttled.
     let (status, _) = relay.admin(Method::GET, "/admin/v1/tenants", None).await;
-    assert_eq!(status, 429);
+    assert_eq!(status, 200);
     // Probes and metrics stay reachable.
     let response = relay
         .http

@@ -408,3 +408,28 @@ async fn the_request_deadline_answers_503_before_the_senders_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(6));
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_failures_count_against_the_forwarded_client() {
+    let backend = FakeBackend::start().await;
+    let relay = Relay::start_with_server(
+        "auth_failures_per_minute = 3\ntrusted_proxies = [\"127.0.0.1/32\"]",
+        &backends_toml(&[&backend]),
+    )
+    .await;
+    let guess = |client: &'static str| {
+        relay
+            .write_request("forged", simple_body(&[]))
+            .header("X-Forwarded-For", format!("6.6.6.6, {client}"))
+    };
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        answers.push(status(guess("198.51.100.1")).await);
+    }
+    assert_eq!(answers, [401, 401, 401, 429, 429]);
+    assert_eq!(
+        status(guess("198.51.100.2")).await,
+        401,
+        "another client behind the same proxy has its own count"
+    );
+}

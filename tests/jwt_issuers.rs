@@ -2,11 +2,11 @@
 //! configured issuer map to the tenant in their claim; forged, expired, misaddressed and
 //! algorithm-confused tokens are 401 and reach no backend; JWKS rotation is picked up;
 //! during a JWKS outage known keys keep working and unknown key ids get 503; sprayed key
-//! ids fetch the JWKS at most once per cooldown.
+//! ids fetch the JWKS at most once per cooldown, even when they arrive all at once.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
@@ -62,10 +62,16 @@ struct Jwks {
     document: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
+    /// Milliseconds every answer waits: a slow identity provider.
+    delay_ms: Arc<AtomicU64>,
 }
 
 async fn serve_jwks(State(jwks): State<Jwks>) -> Response {
     jwks.fetches.fetch_add(1, Ordering::SeqCst);
+    let delay = jwks.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     if jwks.failing.load(Ordering::SeqCst) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
     }
@@ -77,6 +83,7 @@ async fn start_jwks(keys: Vec<Value>) -> (Jwks, String) {
         document: Arc::new(Mutex::new(json!({ "keys": keys }))),
         fetches: Arc::new(AtomicUsize::new(0)),
         failing: Arc::new(AtomicBool::new(false)),
+        delay_ms: Arc::new(AtomicU64::new(0)),
     };
     let router = Router::new()
         .route("/jwks.json", get(serve_jwks))
@@ -355,6 +362,79 @@ async fn sprayed_key_ids_fetch_the_jwks_at_most_once_per_cooldown() {
         "the JWKS was fetched {fetched} times for 30 sprayed kids"
     );
     assert!(backend.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sprayed_key_ids_share_one_slow_fetch() {
+    const COOLDOWN: std::time::Duration = std::time::Duration::from_secs(3);
+    let key = test_key(1);
+    let (jwks, url) = start_jwks(vec![jwk(&key, "k1")]).await;
+    let backend = FakeBackend::start().await;
+    let toml = format!(
+        "{}{}",
+        issuer_toml(&format!("jwks_url = \"{url}\""), "3s"),
+        backends_toml(&[&backend])
+    );
+    // The per-address failure limiter would otherwise answer most of the spray itself.
+    let relay = Relay::start_with_server("auth_failures_per_minute = 100000", &toml).await;
+    relay.create_tenant(json!({"id": "alpha"})).await;
+    let relay = Arc::new(relay);
+    // Let the start-up fetch's cooldown run out, then make the identity provider slow.
+    tokio::time::sleep(COOLDOWN + std::time::Duration::from_millis(100)).await;
+    jwks.delay_ms.store(300, Ordering::SeqCst);
+    let before = jwks.fetches.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+
+    let stranger = Arc::new(test_key(7));
+    let spray: Vec<_> = (0..200)
+        .map(|_| {
+            let relay = Arc::clone(&relay);
+            let stranger = Arc::clone(&stranger);
+            tokio::spawn(async move {
+                let token = sign(&stranger, Some(&random_kid()), &claims("alpha"));
+                status(&relay, &token).await
+            })
+        })
+        .collect();
+    // A real tenant keeps writing while the spray waits on the identity provider.
+    let real = sign(&key, Some("k1"), &claims("alpha"));
+    let mut real_answers = Vec::new();
+    for _ in 0..10 {
+        real_answers.push(status(&relay, &real).await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut spray_answers = Vec::new();
+    for task in spray {
+        spray_answers.push(task.await.expect("join"));
+    }
+    let elapsed = started.elapsed();
+
+    assert!(
+        real_answers.iter().all(|&code| code == 204),
+        "{real_answers:?}"
+    );
+    assert!(
+        spray_answers.iter().all(|&code| code == 401),
+        "every unknown kid is 401 once the JWKS was fetched: {spray_answers:?}"
+    );
+    let fetched = jwks.fetches.load(Ordering::SeqCst) - before;
+    if elapsed < COOLDOWN {
+        assert_eq!(
+            fetched, 1,
+            "200 concurrent unknown kids fetched the JWKS {fetched} times"
+        );
+    } else {
+        // The cooldown ran out before the spray ended: one more fetch is allowed.
+        assert!(fetched <= 2, "fetched {fetched} times in {elapsed:?}");
+    }
+    assert_eq!(backend.requests().len(), real_answers.len());
+}
+
+/// A random key id, as a stranger spraying tokens would send.
+fn random_kid() -> String {
+    let mut bytes = [0u8; 12];
+    getrandom::getrandom(&mut bytes).expect("random");
+    hex::encode(bytes)
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::admission::client_address::client_ip;
 use crate::admission::AuthFailureLimiter;
 use crate::auth::bearer_token;
 use crate::error::{AppError, JsonError};
@@ -67,10 +68,13 @@ async fn require_admin_token(
     request: Request,
     next: Next,
 ) -> Response {
-    let source = request
+    let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |info| info.0.ip());
+    // Behind a trusted proxy, the client it names: throttling and the audit log must
+    // not lump every operator behind one load balancer together (SECURITY.md T16).
+    let source = client_ip(&state.config.admin.trusted_proxies, peer, request.headers());
     let now = Instant::now();
     let presented = bearer_token(request.headers()).map(admin_token_digest);
     let authorised = match presented {

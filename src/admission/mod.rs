@@ -4,6 +4,7 @@
 //! budgets ([`budget`]). Memory stays bounded; clocks are injectable for tests.
 
 pub mod budget;
+pub mod client_address;
 pub mod cpu_pool;
 pub mod guards;
 pub mod rate;

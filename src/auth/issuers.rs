@@ -5,6 +5,10 @@
 //! issuer's own JWKS (`jku`, `x5u` and embedded `jwk` headers are ignored); `oct`
 //! (shared-secret) keys are refused. When the JWKS cannot be fetched, keys already
 //! known keep working and unknown key ids get 503 (retryable), never 401.
+//!
+//! Unknown key ids are a stranger's lever on the identity provider (T5): one fetch is in
+//! flight per issuer at a time, every request that waited for it takes its result, and
+//! inside the cooldown an unknown kid is answered from the last fetch without fetching.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +46,9 @@ pub struct Issuer {
     config: IssuerConfig,
     keys: RwLock<KeySet>,
     http: reqwest::Client,
-    /// One fetch at a time.
+    /// One fetch in flight per issuer. A request that waited here while another fetch
+    /// completed uses that fetch's result (see [`KeySet::attempts`]) instead of
+    /// fetching again, so a spray of unknown key ids costs one fetch, not one each.
     fetching: tokio::sync::Mutex<()>,
 }
 
@@ -52,6 +58,25 @@ struct KeySet {
     without_kid: Vec<Arc<DecodingKey>>,
     last_attempt: Option<Instant>,
     last_attempt_failed: bool,
+    /// Completed fetch attempts: a waiter that sees it move knows a fetch finished
+    /// while it waited, and answers from that fetch.
+    attempts: u64,
+}
+
+/// What the key set said about a key it does not hold, read under one lock so the
+/// answer and the fetch bookkeeping belong together.
+#[derive(Clone, Copy, Debug)]
+struct Missing {
+    attempts: u64,
+    last_attempt: Option<Instant>,
+    last_attempt_failed: bool,
+}
+
+impl Missing {
+    /// Whether the unknown-kid cooldown allows a fetch now.
+    fn cooldown_over(&self, cooldown: std::time::Duration) -> bool {
+        self.last_attempt.is_none_or(|at| at.elapsed() >= cooldown)
+    }
 }
 
 impl Issuer {
@@ -77,10 +102,16 @@ impl Issuer {
     /// Fetches (or reads) the JWKS now and replaces the known keys on success.
     pub async fn refresh(&self) -> Result<usize, String> {
         let _one_at_a_time = self.fetching.lock().await;
+        self.fetch_while_holding_the_lock().await
+    }
+
+    /// The fetch itself; the caller holds `fetching`.
+    async fn fetch_while_holding_the_lock(&self) -> Result<usize, String> {
         let result = self.load_keys().await;
         let mut keys = self.keys.write();
         keys.last_attempt = Some(Instant::now());
         keys.last_attempt_failed = result.is_err();
+        keys.attempts = keys.attempts.wrapping_add(1);
         match result {
             Ok((by_kid, without_kid)) => {
                 let count = by_kid.len() + without_kid.len();
@@ -224,43 +255,61 @@ impl Issuer {
         })
     }
 
-    /// The key named by the token's `kid`; an unknown kid triggers one fetch per cooldown.
+    /// The key named by the token's `kid`. An unknown kid triggers at most one fetch per
+    /// cooldown, shared by every request that was waiting for it; inside the cooldown it
+    /// is answered from the last fetch without fetching: 401 if that fetch succeeded,
+    /// 503 if it failed.
     async fn key_for(&self, header: &Header) -> Result<Arc<DecodingKey>, IssuerError> {
-        if let Some(key) = self.lookup(header) {
-            return Ok(key);
-        }
-        let (may_fetch, last_failed) = {
-            let keys = self.keys.read();
-            let may_fetch = keys
-                .last_attempt
-                .is_none_or(|at| at.elapsed() >= self.config.jwks_cooldown);
-            (may_fetch, keys.last_attempt_failed)
+        let before_waiting = match self.lookup(header) {
+            Ok(key) => return Ok(key),
+            Err(missing) => missing,
         };
-        if may_fetch {
-            if let Err(err) = self.refresh().await {
-                return Err(IssuerError::Unavailable(format!(
-                    "the keys of issuer {} cannot be fetched: {err}",
-                    self.config.issuer
-                )));
-            }
-            if let Some(key) = self.lookup(header) {
-                return Ok(key);
-            }
-        } else if last_failed {
+        if !before_waiting.cooldown_over(self.config.jwks_cooldown) {
+            return Err(self.missing_key(header, before_waiting));
+        }
+        let _one_at_a_time = self.fetching.lock().await;
+        // Look again under the lock: the fetch this request waited for may have brought
+        // the key, or have found it missing; either way it is the answer.
+        let after_waiting = match self.lookup(header) {
+            Ok(key) => return Ok(key),
+            Err(missing) => missing,
+        };
+        if after_waiting.attempts != before_waiting.attempts
+            || !after_waiting.cooldown_over(self.config.jwks_cooldown)
+        {
+            return Err(self.missing_key(header, after_waiting));
+        }
+        if let Err(err) = self.fetch_while_holding_the_lock().await {
             return Err(IssuerError::Unavailable(format!(
-                "the keys of issuer {} are unavailable; retry later",
+                "the keys of issuer {} cannot be fetched: {err}",
                 self.config.issuer
             )));
         }
-        Err(IssuerError::Invalid(match &header.kid {
-            Some(kid) => format!("unknown key id {kid:?} for issuer {}", self.config.issuer),
-            None => "token names no key id and the issuer has no single key to use".into(),
-        }))
+        match self.lookup(header) {
+            Ok(key) => Ok(key),
+            Err(missing) => Err(self.missing_key(header, missing)),
+        }
     }
 
-    fn lookup(&self, header: &Header) -> Option<Arc<DecodingKey>> {
+    /// The answer for a key the last fetch did not bring: 503 when that fetch failed
+    /// (the key may exist; the sender retries), 401 when it succeeded.
+    fn missing_key(&self, header: &Header, missing: Missing) -> IssuerError {
+        if missing.last_attempt_failed {
+            return IssuerError::Unavailable(format!(
+                "the keys of issuer {} are unavailable; retry later",
+                self.config.issuer
+            ));
+        }
+        IssuerError::Invalid(match &header.kid {
+            Some(kid) => format!("unknown key id {kid:?} for issuer {}", self.config.issuer),
+            None => "token names no key id and the issuer has no single key to use".into(),
+        })
+    }
+
+    /// The key for `header`, or the state of the key set that does not hold it.
+    fn lookup(&self, header: &Header) -> Result<Arc<DecodingKey>, Missing> {
         let keys = self.keys.read();
-        match &header.kid {
+        let found = match &header.kid {
             Some(kid) => keys.by_kid.get(kid).cloned(),
             None => {
                 let family = header.alg.family();
@@ -274,7 +323,12 @@ impl Issuer {
                     _ => None,
                 }
             }
-        }
+        };
+        found.ok_or(Missing {
+            attempts: keys.attempts,
+            last_attempt: keys.last_attempt,
+            last_attempt_failed: keys.last_attempt_failed,
+        })
     }
 }
 

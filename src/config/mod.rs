@@ -3,6 +3,7 @@
 //! report them all in one run; unknown keys are problems, never silently ignored.
 
 pub mod limits;
+pub mod network;
 pub mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub use limits::{LimitOverrides, Limits};
+pub use network::{IpNetwork, NetworkError, TrustedProxies};
 use units::HumanDuration;
 
 /// Prometheus' default `remote_timeout` is 30 s: a backend timeout must stay below it
@@ -57,6 +59,12 @@ pub struct ServerConfig {
     /// Every data request is answered within this (503 + Retry-After when it runs out),
     /// below Prometheus' 30 s `remote_timeout`, so the sender hears back before it gives up.
     pub request_timeout: Duration,
+    /// Peers believed about the client address (PROXY header, `X-Forwarded-For`);
+    /// everyone else is the client (SECURITY.md T16).
+    pub trusted_proxies: TrustedProxies,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from one of
+    /// `trusted_proxies`; any other connection is closed.
+    pub proxy_protocol: bool,
 }
 
 /// TLS on the data listener (DESIGN §4c; SECURITY.md T6–T8, T22).
@@ -200,6 +208,10 @@ pub struct AdminConfig {
     pub token_file: PathBuf,
     /// Failed admin authentications per source address and minute before 429.
     pub auth_failures_per_minute: u32,
+    /// As `ServerConfig::trusted_proxies`, for the admin listener.
+    pub trusted_proxies: TrustedProxies,
+    /// As `ServerConfig::proxy_protocol`, for the admin listener.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -296,6 +308,8 @@ struct RawServer {
     in_flight_wait: Option<HumanDuration>,
     auth_failures_per_minute: Option<u32>,
     request_timeout: Option<HumanDuration>,
+    trusted_proxies: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +317,8 @@ struct RawAdmin {
     listen: Option<String>,
     token_file: Option<PathBuf>,
     auth_failures_per_minute: Option<u32>,
+    trusted_proxies: Option<Vec<String>>,
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -445,7 +461,19 @@ impl Config {
                 .token_file
                 .unwrap_or_else(|| secrets_dir.join("promgate-admin.token")),
             auth_failures_per_minute: admin.auth_failures_per_minute.unwrap_or(5),
+            trusted_proxies: validate_trusted_proxies(
+                "admin",
+                admin.trusted_proxies.as_deref(),
+                &mut problems,
+            ),
+            proxy_protocol: admin.proxy_protocol.unwrap_or(false),
         };
+        check_proxy_protocol(
+            "admin",
+            admin_cfg.proxy_protocol,
+            &admin_cfg.trusted_proxies,
+            &mut problems,
+        );
         if admin_cfg.auth_failures_per_minute == 0 {
             problems.push("admin.auth_failures_per_minute must be at least 1".into());
         }
@@ -668,6 +696,12 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
         in_flight_wait: raw.in_flight_wait.map_or(Duration::from_secs(5), |d| d.0),
         auth_failures_per_minute: raw.auth_failures_per_minute.unwrap_or(30),
         request_timeout: raw.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0),
+        trusted_proxies: validate_trusted_proxies(
+            "server",
+            raw.trusted_proxies.as_deref(),
+            problems,
+        ),
+        proxy_protocol: raw.proxy_protocol.unwrap_or(false),
     };
     if config.request_timeout < Duration::from_secs(1)
         || config.request_timeout > MAX_BACKEND_TIMEOUT
@@ -677,6 +711,12 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
             MAX_BACKEND_TIMEOUT.as_secs()
         ));
     }
+    check_proxy_protocol(
+        "server",
+        config.proxy_protocol,
+        &config.trusted_proxies,
+        problems,
+    );
     for (key, value) in [
         ("header_read_timeout", connections.header_read_timeout),
         ("body_read_timeout", connections.body_read_timeout),
@@ -704,6 +744,37 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
         problems.push("server.max_in_flight_decoded_bytes must be at least 1MiB".into());
     }
     config
+}
+
+/// `[section] trusted_proxies`: one problem line per entry that is not a network.
+fn validate_trusted_proxies(
+    section: &str,
+    entries: Option<&[String]>,
+    problems: &mut Vec<String>,
+) -> TrustedProxies {
+    match TrustedProxies::parse(entries.unwrap_or_default()) {
+        Ok(trusted) => trusted,
+        Err(errors) => {
+            for error in errors {
+                problems.push(format!("{section}.trusted_proxies: {error}"));
+            }
+            TrustedProxies::default()
+        }
+    }
+}
+
+/// With nobody trusted to send a PROXY header, every connection would be closed.
+fn check_proxy_protocol(
+    section: &str,
+    proxy_protocol: bool,
+    trusted: &TrustedProxies,
+    problems: &mut Vec<String>,
+) {
+    if proxy_protocol && trusted.is_empty() {
+        problems.push(format!(
+            "{section}.proxy_protocol: list the proxies that send the header in {section}.trusted_proxies"
+        ));
+    }
 }
 
 fn validate_issuers(raw: Vec<RawIssuer>, problems: &mut Vec<String>) -> Vec<IssuerConfig> {
@@ -1102,6 +1173,41 @@ mod tests {
         .expect("loopback http and asymmetric algorithms are fine");
         assert_eq!(config.issuers[0].tenant_claim, "tenant");
         assert_eq!(config.issuers[0].jwks_cooldown, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn trusted_proxies_and_proxy_protocol_are_checked() {
+        let config = parse("").expect("defaults");
+        assert!(config.server.trusted_proxies.is_empty());
+        assert!(config.admin.trusted_proxies.is_empty());
+        assert!(!config.server.proxy_protocol && !config.admin.proxy_protocol);
+
+        let config = parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.1\"]\nproxy_protocol = true\n[admin]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.server.trusted_proxies.networks().len(), 3);
+        assert!(config.server.proxy_protocol);
+        assert!(config
+            .admin
+            .trusted_proxies
+            .contains("127.0.0.1".parse().expect("ip")));
+        assert!(!config.admin.proxy_protocol);
+
+        let errors = parse(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/33\", \"proxy.example\", \"10.1.2.3/8\"]\n[admin]\nproxy_protocol = true\n",
+        )
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "server.trusted_proxies: \"10.0.0.0/33\"",
+            "server.trusted_proxies: \"proxy.example\"",
+            "did you mean 10.0.0.0/8?",
+            "admin.proxy_protocol",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(errors.problems.len(), 4, "{text}");
     }
 
     #[test]

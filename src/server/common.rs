@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::SharedState;
+use crate::admission::client_address::client_ip;
 use crate::admission::{BudgetError, PoolError};
 use crate::auth::mtls::ClientCertificate;
 use crate::auth::Restriction;
@@ -123,7 +124,13 @@ pub fn peer_ip(extensions: &http::Extensions) -> IpAddr {
 /// a stranger (behind a load balancer or NAT) keep working.
 pub async fn authenticate(state: &SharedState, parts: &Parts) -> Result<Arc<TenantEntry>, Failure> {
     let (headers, extensions) = (&parts.headers, &parts.extensions);
-    let source = peer_ip(extensions);
+    // The real client behind a trusted proxy (X-Forwarded-For, or the PROXY header the
+    // accept loop already put in place of the peer); anyone else is the client.
+    let source = client_ip(
+        &state.config.server.trusted_proxies,
+        peer_ip(extensions),
+        headers,
+    );
     let now = Instant::now();
     let restriction =
         state

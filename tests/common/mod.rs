@@ -281,10 +281,45 @@ impl Relay {
         database_url: &str,
         extra_toml: &str,
     ) -> Relay {
+        let admin_toml = format!("auth_failures_per_minute = {failures}");
+        Relay::start_configured(dir, server_toml, &admin_toml, database_url, extra_toml, &[]).await
+    }
+
+    /// With `server_toml` lines added to `[server]` and `admin_toml` lines to `[admin]`.
+    /// When the admin listener expects a PROXY protocol header, `admin_prefix` is the
+    /// header the harness sends before each of its own admin requests (use
+    /// `raw_request` then, as HTTP clients send no such header).
+    pub async fn start_with_sections(
+        server_toml: &str,
+        admin_toml: &str,
+        extra_toml: &str,
+        admin_prefix: &[u8],
+    ) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let database_url = format!("sqlite://{}/promgate.db", dir.path().display());
+        Relay::start_configured(
+            dir,
+            server_toml,
+            admin_toml,
+            &database_url,
+            extra_toml,
+            admin_prefix,
+        )
+        .await
+    }
+
+    async fn start_configured(
+        dir: tempfile::TempDir,
+        server_toml: &str,
+        admin_toml: &str,
+        database_url: &str,
+        extra_toml: &str,
+        admin_prefix: &[u8],
+    ) -> Relay {
         // Secrets always in the temp dir (with PostgreSQL they would default to the
         // working directory).
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\nauth_failures_per_minute = {failures}\ntoken_file = \"{dir}/promgate-admin.token\"\n[storage]\ndatabase_url = \"{database_url}\"\n[auth.tokens]\nsigning_key_file = \"{dir}/promgate-signing.key\"\n{extra_toml}",
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_toml}\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin_toml}\ntoken_file = \"{dir}/promgate-admin.token\"\n[storage]\ndatabase_url = \"{database_url}\"\n[auth.tokens]\nsigning_key_file = \"{dir}/promgate-signing.key\"\n{extra_toml}",
             dir = dir.path().display()
         );
         let config = Config::from_toml_str(&text, &BTreeMap::new()).expect("test config is valid");
@@ -311,8 +346,16 @@ impl Relay {
             _postgres: None,
         };
         for _ in 0..200 {
-            let ready = relay.http.get(relay.admin_url("/-/ready")).send().await;
-            if ready.is_ok_and(|r| r.status() == 200) {
+            let ready = if admin_prefix.is_empty() {
+                let ready = relay.http.get(relay.admin_url("/-/ready")).send().await;
+                ready.is_ok_and(|r| r.status() == 200)
+            } else {
+                let request = "GET /-/ready HTTP/1.1\r\nHost: promgate\r\n\r\n";
+                raw_request(relay.admin_addr, admin_prefix, request.as_bytes())
+                    .await
+                    .is_some_and(|(status, _)| status == 200)
+            };
+            if ready {
                 relay.admin_token = std::fs::read_to_string(&token_path)
                     .expect("admin token")
                     .trim()
@@ -465,6 +508,37 @@ pub fn read_backends_toml(backends: &[&FakeBackend]) -> String {
             )
         })
         .collect()
+}
+
+/// Sends `prefix` (a PROXY protocol header, or nothing) and then one HTTP/1.1 request
+/// on a fresh connection, which is closed after the answer. Returns the status and
+/// body, or `None` when the connection closed without an answer.
+pub async fn raw_request(addr: SocketAddr, prefix: &[u8], request: &[u8]) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    // Ask the server to close after answering, so the answer ends at end of stream.
+    let request =
+        String::from_utf8_lossy(request).replacen("\r\n\r\n", "\r\nConnection: close\r\n\r\n", 1);
+    stream.write_all(prefix).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .ok()?;
+    // A connection the server closed with unread bytes may end in a reset.
+    if read.is_err() && answer.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 /// `[[backends]]` blocks for fake backends, named b0, b1, …
