@@ -375,35 +375,32 @@ async fn in_flight_budgets_answer_503_when_exhausted() {
     assert_eq!(retry_after(&second), 1);
 }
 
-#[tokio::test]
-async fn a_decoded_size_the_budget_can_never_hold_is_a_config_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let text = format!(
-        "[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n[server]\nmax_in_flight_decoded_bytes = \"16MiB\"\n",
-        dir.path().display()
-    );
-    let problems = promgate::config::Config::from_toml_str(&text, &Default::default())
-        .expect_err("refused")
-        .problems;
-    assert!(
-        problems
-            .iter()
-            .any(|problem| problem.contains("limits.max_in_flight_decoded_bytes")),
-        "{problems:?}"
-    );
-    let text = format!(
-        "[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n[limits]\nmax_decoded_bytes = \"128MiB\"\n",
-        dir.path().display()
-    );
-    let problems = promgate::config::Config::from_toml_str(&text, &Default::default())
-        .expect_err("refused")
-        .problems;
-    assert!(
-        problems
-            .iter()
-            .any(|problem| problem.contains("could never be admitted")),
-        "{problems:?}"
-    );
+#[test]
+fn a_decoded_size_the_budget_can_never_hold_is_a_config_error() {
+    // Each config must be refused with a problem naming the cause.
+    for (section, cause) in [
+        (
+            "[server]\nmax_in_flight_decoded_bytes = \"16MiB\"",
+            "limits.max_in_flight_decoded_bytes",
+        ),
+        (
+            "[limits]\nmax_decoded_bytes = \"128MiB\"",
+            "could never be admitted",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "[storage]\ndatabase_url = \"sqlite://{}/promgate.db\"\n{section}\n",
+            dir.path().display()
+        );
+        let problems = promgate::config::Config::from_toml_str(&text, &Default::default())
+            .expect_err("refused")
+            .problems;
+        assert!(
+            problems.iter().any(|problem| problem.contains(cause)),
+            "{section}: {problems:?}"
+        );
+    }
 }
 
 /// A request of `n` series whose body decodes to about `n` × 60 bytes.
