@@ -155,7 +155,10 @@ async fn handle(
             .await
             .map_err(|err| cpu_unavailable(&tenant, err))?
     } else {
-        rewrite_body(&compressed, &tenant, split_metadata, now)
+        let rewritten = rewrite_body(&compressed, &tenant, split_metadata, now);
+        // Not held while the backends answer.
+        drop(compressed);
+        rewritten
     };
     let (bodies, stats) = rewritten.map_err(codec_failure)?;
     let samples = stats.total_samples() as u64;
