@@ -1,6 +1,12 @@
 //! The in-memory view of the registry that the request path reads (never the
 //! database), and the admin operations that change both. Admin writes go to the
 //! database first and then to the cache, one at a time.
+//!
+//! An admin write reads the tenant's current row inside its database transaction, applies
+//! only what the caller changes, and writes back onto the version it read (optimistic
+//! concurrency): a write another replica made in between is never undone. When the version
+//! moved, the write is retried on the new row a bounded number of times, or refused when
+//! the caller named the version it expected (`If-Match`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +30,51 @@ pub struct TenantEntry {
     pub backends: Vec<usize>,
 }
 
+/// What an admin write expects of the tenant's current version (`If-Match`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// None: the change applies to whatever the database holds now.
+    Unconditional,
+    /// `If-Match: *`: the tenant must exist, at any version.
+    Exists,
+    /// The tenant must be at one of these versions (an empty list matches nothing).
+    AtVersion(Vec<i64>),
+}
+
+impl Precondition {
+    pub fn admits(&self, version: i64) -> bool {
+        match self {
+            Precondition::Unconditional | Precondition::Exists => true,
+            Precondition::AtVersion(versions) => versions.contains(&version),
+        }
+    }
+
+    /// The tenant as found, if it exists and satisfies the precondition. A missing tenant is
+    /// 404 without a precondition and 412 with one (RFC 9110 §13.1.1).
+    fn check_exists(&self, id: &str, found: Option<Tenant>) -> Result<Tenant, RegistryError> {
+        let Some(tenant) = found else {
+            return Err(match self {
+                Precondition::Unconditional => RegistryError::NotFound(format!("tenant {id:?}")),
+                _ => RegistryError::PreconditionFailed(format!(
+                    "tenant {id:?} does not exist, so If-Match cannot hold"
+                )),
+            });
+        };
+        if self.admits(tenant.version) {
+            Ok(tenant)
+        } else {
+            Err(RegistryError::PreconditionFailed(format!(
+                "tenant {id:?} is at version {}, not one If-Match names; GET it and retry",
+                tenant.version
+            )))
+        }
+    }
+}
+
+/// How often an unconditional admin write is tried again when another replica changed the
+/// tenant between its read and its write.
+const MAX_WRITE_ATTEMPTS: usize = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{}", .0.join("; "))]
@@ -32,6 +83,12 @@ pub enum RegistryError {
     Conflict(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// `If-Match` names a version the tenant is no longer (or never was) at.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// Other writers kept changing the tenant for every attempt; the caller may retry.
+    #[error("{0}")]
+    Contended(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -240,57 +297,78 @@ impl Registry {
         tokens
     }
 
-    pub async fn create_tenant(&self, tenant: Tenant) -> Result<Tenant, RegistryError> {
+    /// Creates a tenant at version 1. Conflict when its id, its `label_value` or one of its
+    /// identities is taken, as the database holds them (not this replica's cache).
+    pub async fn create_tenant(&self, mut tenant: Tenant) -> Result<Tenant, RegistryError> {
+        tenant.version = 1;
         self.validate(&tenant)?;
         let _guard = self.admin_writes.lock().await;
-        if self.tenants.contains_key(&tenant.id) {
-            return Err(RegistryError::Conflict(format!(
-                "tenant {:?} already exists",
-                tenant.id
-            )));
-        }
-        self.store.insert_tenant(&tenant).await?;
+        let mut write = self.store.begin_write().await?;
+        write.insert_tenant(&tenant).await?;
+        write.commit().await?;
         self.cache_tenant(tenant.clone());
         self.store.notify_change().await;
         Ok(tenant)
     }
 
-    /// Replaces a tenant with `change(current)`; the id never changes.
+    /// Applies `change` to the tenant as the database holds it now and writes the result
+    /// back onto the version it was computed from; the id and creation time never change.
+    /// `change` may run more than once (after another replica's write); it should set
+    /// only the fields the caller asked to change.
     pub async fn update_tenant(
         &self,
         id: &str,
-        change: impl FnOnce(&mut Tenant) -> Result<(), RegistryError>,
+        precondition: &Precondition,
+        change: impl Fn(&mut Tenant) -> Result<(), RegistryError>,
     ) -> Result<Tenant, RegistryError> {
         let _guard = self.admin_writes.lock().await;
-        let mut tenant = self
-            .tenant(id)
-            .ok_or_else(|| RegistryError::NotFound(format!("tenant {id:?}")))?
-            .tenant
-            .clone();
-        change(&mut tenant)?;
-        tenant.id = id.to_string();
-        self.validate(&tenant)?;
-        self.store
-            .update_tenant(&tenant)
-            .await
-            .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
-        self.cache_tenant(tenant.clone());
-        self.store.notify_change().await;
-        Ok(tenant)
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut write = self.store.begin_write().await?;
+            let current = precondition.check_exists(id, write.tenant(id).await?)?;
+            let mut next = current.clone();
+            change(&mut next)?;
+            next.id = current.id.clone();
+            next.created_at = current.created_at;
+            next.version = current.version.saturating_add(1);
+            self.validate(&next)?;
+            if !write.replace_tenant(&next, current.version).await? {
+                // Another replica wrote in between: read again (dropping rolls back).
+                continue;
+            }
+            write.commit().await?;
+            self.cache_tenant(next.clone());
+            self.store.notify_change().await;
+            return Ok(next);
+        }
+        Err(RegistryError::Contended(format!(
+            "tenant {id:?} kept changing under concurrent writes; retry"
+        )))
     }
 
-    pub async fn delete_tenant(&self, id: &str) -> Result<(), RegistryError> {
+    /// Deletes a tenant with its identities and tokens, if it satisfies `precondition`.
+    pub async fn delete_tenant(
+        &self,
+        id: &str,
+        precondition: &Precondition,
+    ) -> Result<(), RegistryError> {
         let _guard = self.admin_writes.lock().await;
-        self.store
-            .delete_tenant(id)
-            .await
-            .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
-        if let Some((_, old)) = self.tenants.remove(id) {
-            self.forget_identities(&old.tenant);
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut write = self.store.begin_write().await?;
+            let current = precondition.check_exists(id, write.tenant(id).await?)?;
+            if !write.delete_tenant(id, current.version).await? {
+                continue;
+            }
+            write.commit().await?;
+            if let Some((_, old)) = self.tenants.remove(id) {
+                self.forget_identities(&old.tenant);
+            }
+            self.tokens.retain(|_, token| token.tenant_id != id);
+            self.store.notify_change().await;
+            return Ok(());
         }
-        self.tokens.retain(|_, token| token.tenant_id != id);
-        self.store.notify_change().await;
-        Ok(())
+        Err(RegistryError::Contended(format!(
+            "tenant {id:?} kept changing under concurrent writes; retry"
+        )))
     }
 
     pub async fn add_token(&self, token: TokenRecord) -> Result<(), RegistryError> {
@@ -329,23 +407,11 @@ impl Registry {
         Ok(())
     }
 
+    /// The checks that need no other tenant (the database makes the others: id,
+    /// `label_value` and identities taken).
     fn validate(&self, tenant: &Tenant) -> Result<(), RegistryError> {
         let names: Vec<&str> = self.backend_names.iter().map(String::as_str).collect();
         let mut problems = validate_tenant(tenant, &self.tenancy.label, &names);
-        for identity in &tenant.identities {
-            let owner = self
-                .tenants
-                .iter()
-                .find(|entry| {
-                    entry.tenant.id != tenant.id && entry.tenant.identities.contains(identity)
-                })
-                .map(|entry| entry.tenant.id.clone());
-            if let Some(owner) = owner {
-                return Err(RegistryError::Conflict(format!(
-                    "identity {identity:?} belongs to tenant {owner:?}"
-                )));
-            }
-        }
         let mut unique = tenant.identities.clone();
         unique.sort();
         unique.dedup();
@@ -401,5 +467,44 @@ impl Registry {
         self.identities
             .get(identity)
             .map(|owner| owner.value().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preconditions_admit_only_what_they_name() {
+        assert!(Precondition::Unconditional.admits(7));
+        assert!(Precondition::Exists.admits(7));
+        assert!(Precondition::AtVersion(vec![3, 7]).admits(7));
+        assert!(!Precondition::AtVersion(vec![6]).admits(7));
+        assert!(!Precondition::AtVersion(vec![]).admits(1));
+        let tenant = Tenant {
+            id: "a".into(),
+            label_value: "a".into(),
+            extra_labels: Default::default(),
+            limits: Default::default(),
+            identities: vec![],
+            backends: vec![],
+            status: super::super::TenantStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+            version: 7,
+        };
+        assert!(matches!(
+            Precondition::AtVersion(vec![6]).check_exists("a", Some(tenant.clone())),
+            Err(RegistryError::PreconditionFailed(_))
+        ));
+        assert!(Precondition::Exists.check_exists("a", Some(tenant)).is_ok());
+        assert!(matches!(
+            Precondition::Exists.check_exists("a", None),
+            Err(RegistryError::PreconditionFailed(_))
+        ));
+        assert!(matches!(
+            Precondition::Unconditional.check_exists("a", None),
+            Err(RegistryError::NotFound(_))
+        ));
     }
 }
