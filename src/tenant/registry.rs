@@ -26,8 +26,14 @@ pub struct TenantEntry {
     pub tenant: Tenant,
     pub policy: LabelPolicy,
     pub limits: Limits,
-    /// Indices into the configured backends this tenant writes to.
+    /// Indices into the configured backends this tenant writes to: the configured ones
+    /// among those it names (every backend when it names none). Empty when every backend
+    /// it names is gone from the config; its writes are then refused (DESIGN §9), never
+    /// answered 2xx for going nowhere.
     pub backends: Vec<usize>,
+    /// Backend names the tenant lists that the config does not have (in the tenant's
+    /// order); logged when the tenant is loaded or changes.
+    pub unknown_backends: Vec<String>,
 }
 
 /// What an admin write expects of the tenant's current version (`If-Match`).
@@ -74,6 +80,23 @@ impl Precondition {
 /// How often an unconditional admin write is tried again when another replica changed the
 /// tenant between its read and its write.
 const MAX_WRITE_ATTEMPTS: usize = 5;
+
+/// The configured backends (indices) among the names a tenant lists (every one when it
+/// lists none), and the names it lists that are not configured.
+fn resolve_backends(named: &[String], configured: &[String]) -> (Vec<usize>, Vec<String>) {
+    let indices = configured
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| named.is_empty() || named.contains(name))
+        .map(|(index, _)| index)
+        .collect();
+    let unknown = named
+        .iter()
+        .filter(|name| !configured.contains(name))
+        .cloned()
+        .collect();
+    (indices, unknown)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -301,7 +324,7 @@ impl Registry {
     /// identities is taken, as the database holds them (not this replica's cache).
     pub async fn create_tenant(&self, mut tenant: Tenant) -> Result<Tenant, RegistryError> {
         tenant.version = 1;
-        self.validate(&tenant)?;
+        self.validate(&tenant, None)?;
         let _guard = self.admin_writes.lock().await;
         let mut write = self.store.begin_write().await?;
         write.insert_tenant(&tenant).await?;
@@ -330,7 +353,7 @@ impl Registry {
             next.id = current.id.clone();
             next.created_at = current.created_at;
             next.version = current.version.saturating_add(1);
-            self.validate(&next)?;
+            self.validate(&next, Some(&current))?;
             if !write.replace_tenant(&next, current.version).await? {
                 // Another replica wrote in between: read again (dropping rolls back).
                 continue;
@@ -407,10 +430,16 @@ impl Registry {
         Ok(())
     }
 
-    /// The checks that need no other tenant (the database makes the others: id,
-    /// `label_value` and identities taken).
-    fn validate(&self, tenant: &Tenant) -> Result<(), RegistryError> {
-        let names: Vec<&str> = self.backend_names.iter().map(String::as_str).collect();
+    /// The checks that need no other tenant (those the database makes: id, `label_value`
+    /// and identities taken). Backend names are checked when they are set or changed, so a
+    /// tenant whose backend left the config can still be disabled or relabelled.
+    fn validate(&self, tenant: &Tenant, current: Option<&Tenant>) -> Result<(), RegistryError> {
+        let backends_changed = current.is_none_or(|current| current.backends != tenant.backends);
+        let names: Vec<&str> = if backends_changed {
+            self.backend_names.iter().map(String::as_str).collect()
+        } else {
+            tenant.backends.iter().map(String::as_str).collect()
+        };
         let mut problems = validate_tenant(tenant, &self.tenancy.label, &names);
         let mut unique = tenant.identities.clone();
         unique.sort();
@@ -432,13 +461,22 @@ impl Registry {
             tenant.extra_labels.clone(),
             self.tenancy.on_conflict,
         );
-        let backends = self
-            .backend_names
-            .iter()
-            .enumerate()
-            .filter(|(_, name)| tenant.backends.is_empty() || tenant.backends.contains(name))
-            .map(|(index, _)| index)
-            .collect();
+        let (backends, unknown_backends) = resolve_backends(&tenant.backends, &self.backend_names);
+        if !unknown_backends.is_empty() {
+            if backends.is_empty() {
+                tracing::error!(
+                    tenant = %tenant.id,
+                    unknown_backends = ?unknown_backends,
+                    "tenant names only backends that are not configured; its writes are refused with 503 until its backends are changed"
+                );
+            } else {
+                tracing::error!(
+                    tenant = %tenant.id,
+                    unknown_backends = ?unknown_backends,
+                    "tenant names backends that are not configured; its writes go to its other backends only"
+                );
+            }
+        }
         if let Some(old) = self.tenant(&tenant.id) {
             self.forget_identities(&old.tenant);
         }
@@ -449,6 +487,7 @@ impl Registry {
             limits: self.default_limits.with(&tenant.limits),
             policy,
             backends,
+            unknown_backends,
             tenant,
         };
         self.tenants
@@ -473,6 +512,33 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_tenant_naming_no_backend_writes_to_all() {
+        let configured = names(&["b0", "b1"]);
+        assert_eq!(resolve_backends(&[], &configured), (vec![0, 1], vec![]));
+    }
+
+    #[test]
+    fn unknown_backends_are_listed_and_left_out() {
+        let configured = names(&["b0", "b1", "b2"]);
+        assert_eq!(
+            resolve_backends(&names(&["b2", "gone", "b0"]), &configured),
+            (vec![0, 2], names(&["gone"]))
+        );
+    }
+
+    #[test]
+    fn a_tenant_whose_backends_are_all_gone_has_none() {
+        let configured = names(&["b0"]);
+        let (backends, unknown) = resolve_backends(&names(&["old", "older"]), &configured);
+        assert!(backends.is_empty(), "never every backend by default");
+        assert_eq!(unknown, names(&["old", "older"]));
+    }
 
     #[test]
     fn preconditions_admit_only_what_they_name() {

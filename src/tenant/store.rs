@@ -11,7 +11,7 @@
 use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Connection, Row};
 
 use super::{Tenant, TenantStatus, TokenRecord};
 
@@ -36,6 +36,9 @@ pub enum StoreError {
          or UPDATE tenants SET label_value = ... in the database), then start promgate again"
     )]
     DuplicateLabelValues(String),
+    /// A SQLite file that does not exist, where it must not be created.
+    #[error("{0} does not exist")]
+    Missing(String),
 }
 
 /// One admin action, as the audit log keeps it.
@@ -97,6 +100,46 @@ impl Store {
             SQLITE_MIGRATIONS.run(&store.pool).await?;
         }
         Ok(store)
+    }
+
+    /// Opens an existing registry to read it, without creating a SQLite file or applying
+    /// migrations (`check-config`); gives up after `timeout`.
+    pub async fn open_read_only(
+        database_url: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = if database_url.starts_with("sqlite:") {
+            let base = database_url
+                .split_once('?')
+                .map_or(database_url, |(base, _)| base);
+            let path = base
+                .strip_prefix("sqlite://")
+                .or_else(|| base.strip_prefix("sqlite:"))
+                .unwrap_or(base);
+            if !std::path::Path::new(path).is_file() {
+                return Err(StoreError::Missing(path.to_string()));
+            }
+            format!("{base}?mode=ro")
+        } else {
+            database_url.to_string()
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        // One plain connection first: a pool would retry until its timeout and report only
+        // that, where this reports why (refused, unknown host, authentication).
+        let probe = tokio::time::timeout(timeout, sqlx::AnyConnection::connect_with(&options))
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+        drop(probe);
+        let pool = AnyPoolOptions::new()
+            .acquire_timeout(timeout)
+            .max_connections(1)
+            .connect_with(options);
+        let pool = tokio::time::timeout(timeout, pool)
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+        let postgres_url = url.starts_with("postgres").then_some(url);
+        Ok(Store { pool, postgres_url })
     }
 
     fn is_postgres(&self) -> bool {
@@ -162,6 +205,20 @@ impl Store {
             self.pool.begin_with("BEGIN IMMEDIATE").await?
         };
         Ok(TenantWrite { tx })
+    }
+
+    /// Every tenant's id and backend names, whatever the schema version (`check-config`).
+    pub async fn tenant_backends(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let rows = sqlx::query("SELECT id, backends FROM tenants ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let backends = from_json("backends", &row.try_get::<String, _>("backends")?)?;
+                Ok((id, backends))
+            })
+            .collect()
     }
 
     /// Tells the other replicas that the registry changed (PostgreSQL NOTIFY; SQLite has
