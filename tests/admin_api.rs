@@ -1,8 +1,14 @@
 //! Admin API (DESIGN §5; SECURITY.md group "Admin API"): authentication on every route,
-//! id validation, conflicts, token secrecy and persistence across restarts.
+//! id validation, conflicts (ids, identities, label values), token secrecy and persistence
+//! across restarts, ETag / If-Match, and replicas sharing one SQLite file never undoing
+//! each other's changes.
 
 mod common;
 
+use common::concurrency::{
+    simultaneous_creates_share_no_label_value, simultaneous_patches_keep_both_changes,
+    until_every_replica_shows,
+};
 use common::{backends_toml, label_value, simple_body, Engine, FakeBackend, Relay};
 use reqwest::Method;
 use serde_json::json;
@@ -40,6 +46,8 @@ on_both_engines!(
     token_ttl_and_description_are_checked,
     admin_token_guessing_is_throttled_per_address,
     changes_and_refused_attempts_are_audited_without_secrets,
+    label_values_are_unique_across_tenants,
+    etags_and_if_match_guard_tenant_writes,
 );
 
 const ROUTES: [(&str, &str); 11] = [
@@ -501,4 +509,292 @@ async fn changes_and_refused_attempts_are_audited_without_secrets(engine: Engine
         !text.contains(&relay.admin_token)
             && !text.contains(secret.rsplit('.').next().expect("jwt"))
     );
+}
+
+async fn label_values_are_unique_across_tenants(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
+    let post = |spec| relay.admin(Method::POST, "/admin/v1/tenants", Some(spec));
+    relay.create_tenant(json!({"id": "b"})).await;
+    // "b"'s label_value is its id: a tenant asking for it collides.
+    let (status, body) = post(json!({"id": "a", "label_value": "b"})).await;
+    assert_eq!(status, 409, "{body}");
+    let error = body["error"].as_str().expect("error");
+    assert!(
+        error.contains("label_value") && error.contains("\"b\""),
+        "{error}"
+    );
+    relay.create_tenant(json!({"id": "a"})).await;
+    // A new tenant's default label_value (its id) collides with another's explicit one.
+    relay
+        .create_tenant(json!({"id": "x", "label_value": "free"}))
+        .await;
+    let (status, body) = post(json!({"id": "free"})).await;
+    assert_eq!(status, 409, "{body}");
+    // PATCH both ways: onto another tenant's default, and onto another's explicit value.
+    for (id, taken) in [("a", "b"), ("b", "a"), ("a", "free")] {
+        let (status, body) = relay
+            .admin(
+                Method::PATCH,
+                &format!("/admin/v1/tenants/{id}"),
+                Some(json!({"label_value": taken})),
+            )
+            .await;
+        assert_eq!(status, 409, "{id} → {taken}: {body}");
+        let (_, unchanged) = relay
+            .admin(Method::GET, &format!("/admin/v1/tenants/{id}"), None)
+            .await;
+        assert_eq!(unchanged["label_value"], id, "nothing changed");
+        assert_eq!(unchanged["version"], 1, "nothing changed");
+    }
+    // A tenant may keep its own value, and a freed value may be taken.
+    let (status, _) = relay
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/a",
+            Some(json!({"label_value": "a", "status": "disabled"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = relay
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/x",
+            Some(json!({"label_value": "x"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    relay.create_tenant(json!({"id": "free"})).await;
+    let (status, _) = relay
+        .admin(Method::DELETE, "/admin/v1/tenants/b", None)
+        .await;
+    assert_eq!(status, 204);
+    relay
+        .create_tenant(json!({"id": "c", "label_value": "b"}))
+        .await;
+}
+
+async fn etags_and_if_match_guard_tenant_writes(engine: Engine) {
+    let relay = Relay::start_on(engine, 1000, "").await;
+    let path = "/admin/v1/tenants/alpha";
+    let etag = |headers: &reqwest::header::HeaderMap| {
+        headers
+            .get("etag")
+            .map(|value| value.to_str().expect("ascii").to_string())
+    };
+    let (status, created, headers) = relay
+        .admin_with_headers(
+            Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "alpha"})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(etag(&headers).as_deref(), Some("\"1\""));
+    assert_eq!(created["version"], 1);
+
+    let (status, patched, headers) = relay
+        .admin_with_headers(
+            Method::PATCH,
+            path,
+            Some(json!({"extra_labels": {"env": "prod"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let patched_tag = etag(&headers);
+    assert_eq!(patched_tag.as_deref(), Some("\"2\""));
+    assert_eq!(patched["version"], 2);
+    let (status, fetched, headers) = relay.admin_with_headers(Method::GET, path, None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        etag(&headers),
+        patched_tag,
+        "GET shows the ETag PATCH returned"
+    );
+    assert_eq!(fetched, patched);
+
+    // Stale, weak, unknown: 412, JSON error, nothing changed.
+    for stale in ["\"1\"", "W/\"2\"", "\"99\"", "\"1\", \"3\""] {
+        let (status, body, _) = relay
+            .admin_with_headers(
+                Method::PATCH,
+                path,
+                Some(json!({"status": "disabled"})),
+                &[("if-match", stale)],
+            )
+            .await;
+        assert_eq!(status, 412, "{stale}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+        let (_, unchanged) = relay.admin(Method::GET, path, None).await;
+        assert_eq!(unchanged, fetched, "{stale}: nothing changed");
+    }
+    let (status, _, _) = relay
+        .admin_with_headers(
+            Method::PATCH,
+            path,
+            Some(json!({"status": "disabled"})),
+            &[("if-match", "2")],
+        )
+        .await;
+    assert_eq!(status, 400, "an entity tag is quoted");
+
+    // Current: applied, version bumps.
+    let (status, disabled, headers) = relay
+        .admin_with_headers(
+            Method::PATCH,
+            path,
+            Some(json!({"status": "disabled"})),
+            &[("if-match", "\"2\"")],
+        )
+        .await;
+    assert_eq!(status, 200, "{disabled}");
+    assert_eq!(disabled["status"], "disabled");
+    assert_eq!(disabled["version"], 3);
+    assert_eq!(etag(&headers).as_deref(), Some("\"3\""));
+    assert_eq!(disabled["extra_labels"], json!({"env": "prod"}));
+    // One of several tags.
+    let (status, _, headers) = relay
+        .admin_with_headers(
+            Method::PATCH,
+            path,
+            Some(json!({"status": "active"})),
+            &[("if-match", "\"7\", \"3\"")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(etag(&headers).as_deref(), Some("\"4\""));
+
+    // `*` matches any existing tenant, and no missing one.
+    let (status, starred, headers) = relay
+        .admin_with_headers(
+            Method::PATCH,
+            path,
+            Some(json!({"label_value": "a"})),
+            &[("if-match", "*")],
+        )
+        .await;
+    assert_eq!(status, 200, "{starred}");
+    assert_eq!(etag(&headers).as_deref(), Some("\"5\""));
+    let (status, _, _) = relay
+        .admin_with_headers(
+            Method::PATCH,
+            "/admin/v1/tenants/ghost",
+            Some(json!({"status": "disabled"})),
+            &[("if-match", "*")],
+        )
+        .await;
+    assert_eq!(status, 412);
+    let (status, _) = relay
+        .admin(
+            Method::PATCH,
+            "/admin/v1/tenants/ghost",
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    assert_eq!(status, 404, "without If-Match a missing tenant is 404");
+
+    // DELETE: stale → 412 and the tenant stays; current → 204.
+    let (status, body, _) = relay
+        .admin_with_headers(Method::DELETE, path, None, &[("if-match", "\"4\"")])
+        .await;
+    assert_eq!(status, 412, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    let (status, _) = relay.admin(Method::GET, path, None).await;
+    assert_eq!(status, 200, "still there");
+    let (status, _, _) = relay
+        .admin_with_headers(Method::DELETE, path, None, &[("if-match", "\"5\"")])
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = relay.admin(Method::GET, path, None).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = relay
+        .admin_with_headers(Method::DELETE, path, None, &[("if-match", "*")])
+        .await;
+    assert_eq!(status, 412, "If-Match: * on a deleted tenant");
+}
+
+/// Two relays on one SQLite file (two processes sharing it behave the same: each relay has
+/// its own connection): concurrent PATCHes through both never lose a change, and of two
+/// concurrent creates with one label_value exactly one wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relays_on_one_sqlite_file_never_lose_a_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = format!("sqlite://{}/shared.db", dir.path().display());
+    let first = Relay::start_on_database(&database_url, "").await;
+    let second = Relay::start_on_database(&database_url, "").await;
+    let (a, b) = (first.admin_endpoint(), second.admin_endpoint());
+    first.create_tenant(json!({"id": "alpha"})).await;
+    until_every_replica_shows(&[&a, &b], "alpha", "created", |tenant| {
+        tenant["id"] == "alpha"
+    })
+    .await;
+    simultaneous_patches_keep_both_changes(&a, &b, "alpha", 10).await;
+    simultaneous_creates_share_no_label_value(&a, &b, 10).await;
+}
+
+/// A registry from before label values were unique, holding two tenants with one value:
+/// promgate refuses to start and names them; once one is changed, it starts and the
+/// database enforces uniqueness from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_shared_label_values_refuses_to_start_until_fixed() {
+    use promgate::tenant::store::{Store, StoreError};
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = format!("sqlite://{}/old.db", dir.path().display());
+    drop(Store::open(&database_url).await.expect("fresh registry"));
+    // Take the registry back to the schema before migration 4, then share a label value.
+    let mut connection = sqlx::SqliteConnection::connect(&database_url)
+        .await
+        .expect("connect");
+    for statement in [
+        "DROP INDEX tenants_label_value_unique",
+        "ALTER TABLE tenants DROP COLUMN version",
+        "DELETE FROM _sqlx_migrations WHERE version = 4",
+        "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, created_at, updated_at) \
+         VALUES ('a', 'b', '{}', '{}', '[]', 'active', 0, 0), ('b', 'b', '{}', '{}', '[]', 'active', 0, 0), \
+                ('c', 'c', '{}', '{}', '[]', 'active', 0, 0)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect(statement);
+    }
+    match Store::open(&database_url).await {
+        Err(err @ StoreError::DuplicateLabelValues(_)) => {
+            let message = err.to_string();
+            assert!(
+                message.contains("label_value \"b\" is used by tenants \"a\", \"b\"")
+                    && message.contains("PATCH"),
+                "{message}"
+            );
+            assert!(!message.contains("\"c\""), "{message}");
+        }
+        other => panic!("expected the duplicates to be refused, got {other:?}"),
+    }
+    let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tenants")
+        .fetch_one(&mut connection)
+        .await
+        .expect("count");
+    assert_eq!(count, 3, "nothing was dropped");
+    sqlx::query("UPDATE tenants SET label_value = 'a' WHERE id = 'a'")
+        .execute(&mut connection)
+        .await
+        .expect("fix");
+    drop(connection);
+    let store = Store::open(&database_url).await.expect("starts once fixed");
+    let tenants = store.load_tenants().await.expect("tenants");
+    assert_eq!(
+        tenants.iter().map(|t| t.version).collect::<Vec<_>>(),
+        [1, 1, 1],
+        "existing tenants start at version 1"
+    );
+    let mut connection = sqlx::SqliteConnection::connect(&database_url)
+        .await
+        .expect("connect");
+    let duplicate = sqlx::query("UPDATE tenants SET label_value = 'b' WHERE id = 'a'")
+        .execute(&mut connection)
+        .await;
+    assert!(duplicate.is_err(), "the unique index holds");
 }

@@ -1,7 +1,17 @@
 //! The `promgate` command line: `check-config` reports every problem at once and exits 1;
-//! a valid file exits 0.
+//! a valid file exits 0, with a warning for every tenant in the registry that names a
+//! backend the file does not configure.
+
+mod common;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{backends_toml, FakeBackend, Relay};
+use promgate::config::Config;
+use promgate::tenant::store::Store;
+use promgate::tenant::Registry;
+use serde_json::json;
 
 fn check_config(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -76,4 +86,136 @@ fn unreadable_file_is_a_problem_too() {
         .output()
         .expect("run promgate");
     assert_eq!(output.status.code(), Some(1));
+}
+
+/// A registry whose tenants name backend "gone", made by a relay configured with b0 and
+/// "gone"; returns the relay's directory (database inside) and the b0-only config lines.
+async fn registry_naming_a_gone_backend(b0: &FakeBackend) -> (tempfile::TempDir, String) {
+    let gone = FakeBackend::start().await;
+    let both = format!(
+        "{}[[backends]]\nname = \"gone\"\nwrite_url = \"{}\"\n",
+        backends_toml(&[b0]),
+        gone.write_url()
+    );
+    let mut relay = Relay::start(&both).await;
+    relay
+        .create_tenant(json!({"id": "alpha", "backends": ["gone"]}))
+        .await;
+    relay
+        .create_tenant(json!({"id": "beta", "backends": ["b0", "gone"]}))
+        .await;
+    relay.create_tenant(json!({"id": "gamma"})).await;
+    let dir = relay.stop().await;
+    (dir, backends_toml(&[b0]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_warns_about_tenants_naming_unknown_backends() {
+    let b0 = FakeBackend::start().await;
+    let (dir, b0_only) = registry_naming_a_gone_backend(&b0).await;
+    let database = dir.path().join("promgate.db");
+    let (ok, output) = check_config(&format!(
+        "[storage]\ndatabase_url = \"sqlite://{}\"\n{b0_only}",
+        database.display()
+    ));
+    assert!(ok, "warnings do not fail the check:\n{output}");
+    assert!(output.contains("OK"), "{output}");
+    assert!(
+        output.contains("warning: tenant \"alpha\" names backend \"gone\", which is not configured; its writes will be refused with 503"),
+        "{output}"
+    );
+    assert!(
+        output.contains("warning: tenant \"beta\" names backend \"gone\""),
+        "{output}"
+    );
+    assert!(!output.contains("gamma"), "{output}");
+    assert_eq!(output.matches("warning:").count(), 2, "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_backends_are_gone_has_none_in_the_registry() {
+    let b0 = FakeBackend::start().await;
+    let (dir, b0_only) = registry_naming_a_gone_backend(&b0).await;
+    let database_url = format!("sqlite://{}/promgate.db", dir.path().display());
+    let config = Config::from_toml_str(
+        &format!("[storage]\ndatabase_url = \"{database_url}\"\n{b0_only}"),
+        &Default::default(),
+    )
+    .expect("config");
+    let registry = Registry::load(Store::open(&database_url).await.expect("store"), &config)
+        .await
+        .expect("registry");
+    let alpha = registry.tenant("alpha").expect("alpha");
+    assert!(
+        alpha.backends.is_empty(),
+        "never every backend when the named ones are gone"
+    );
+    assert_eq!(alpha.unknown_backends, ["gone"]);
+    let beta = registry.tenant("beta").expect("beta");
+    assert_eq!(
+        (beta.backends.as_slice(), beta.unknown_backends.as_slice()),
+        (&[0][..], &["gone".to_string()][..])
+    );
+    let gamma = registry.tenant("gamma").expect("gamma");
+    assert_eq!(gamma.backends, [0]);
+    assert!(gamma.unknown_backends.is_empty());
+    drop(registry);
+
+    // The relay starts on that config; nothing is dropped, and the tenant can still be
+    // changed (disabled) without first fixing its backends.
+    let relay = Relay::start_in(dir, &b0_only).await;
+    let (status, tenant) = relay
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/alpha",
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{tenant}");
+    assert_eq!(tenant["backends"], json!(["gone"]));
+    let (status, _) = relay
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/tenants/alpha",
+            Some(json!({"backends": ["gone", "b0"]})),
+        )
+        .await;
+    assert_eq!(status, 400, "a new list of backends is checked");
+}
+
+#[test]
+fn check_config_without_a_registry_notes_it_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = dir.path().join("missing.db");
+    let (ok, output) = check_config(&format!(
+        "[storage]\ndatabase_url = \"sqlite://{}\"\n",
+        database.display()
+    ));
+    assert!(ok, "{output}");
+    assert!(output.contains("registry database not checked"), "{output}");
+    assert_eq!(
+        output
+            .lines()
+            .filter(|line| line.contains("registry"))
+            .count(),
+        1,
+        "{output}"
+    );
+    assert!(!database.exists(), "check-config created the database");
+}
+
+#[test]
+fn check_config_with_an_unreachable_postgresql_gives_up_quickly() {
+    let port = common::process::free_port();
+    let started = Instant::now();
+    let (ok, output) = check_config(&format!(
+        "[storage]\ndatabase_url = \"postgres://promgate@127.0.0.1:{port}/promgate\"\n"
+    ));
+    assert!(ok, "{output}");
+    assert!(output.contains("registry database not checked"), "{output}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }

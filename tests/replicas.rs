@@ -2,13 +2,18 @@
 //! replica 1 writes through replica 3; a token revoked through replica 2 is refused by all
 //! three within 2 s; with the database down, cached tenants keep writing, an identity the
 //! cache does not know gets 503 (not 401), the admin API 503, and all recovers when the
-//! database returns. Also the admin API's behaviour on PostgreSQL.
+//! database returns. Also the admin API's behaviour on PostgreSQL, and admin writes through
+//! two replicas at the same moment: no change lost, a label value won once.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::binary::PromgateBinary;
+use common::concurrency::{
+    simultaneous_creates_share_no_label_value, simultaneous_patches_keep_both_changes,
+    until_every_replica_shows, AdminEndpoint,
+};
 use common::postgres::Postgres;
 use common::{backends_toml, simple_body, FakeBackend};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -452,4 +457,29 @@ async fn a_global_rate_is_shared_among_the_live_replicas() {
             "with 2 replicas each should take ≈1500/s: {two:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_admin_writes_through_two_replicas_never_lose_a_change() {
+    let cluster = Cluster::start(2).await;
+    let endpoints: Vec<AdminEndpoint> = cluster
+        .replicas
+        .iter()
+        .map(|replica| AdminEndpoint::new(&replica.admin_url, &replica.admin_token))
+        .collect();
+    let (first, second) = (&endpoints[0], &endpoints[1]);
+    let (status, body) = first
+        .call(
+            reqwest::Method::POST,
+            "/admin/v1/tenants",
+            Some(json!({"id": "alpha"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    until_every_replica_shows(&[first, second], "alpha", "created", |tenant| {
+        tenant["id"] == "alpha"
+    })
+    .await;
+    simultaneous_patches_keep_both_changes(first, second, "alpha", 15).await;
+    simultaneous_creates_share_no_label_value(first, second, 10).await;
 }

@@ -236,4 +236,36 @@ mod tests {
             assert!(paths.contains_key(path), "{path} missing");
         }
     }
+
+    #[test]
+    fn openapi_document_describes_versions_and_preconditions() {
+        let document: serde_json::Value =
+            serde_json::from_str(OPENAPI_DOCUMENT).expect("valid JSON");
+        let tenant = &document["paths"]["/admin/v1/tenants/{id}"];
+        for method in ["patch", "delete"] {
+            assert!(
+                tenant[method]["responses"]["412"].is_object(),
+                "{method}: 412"
+            );
+            assert_eq!(
+                tenant[method]["parameters"][0]["$ref"], "#/components/parameters/IfMatch",
+                "{method}: If-Match"
+            );
+        }
+        for response in [
+            &tenant["get"]["responses"]["200"],
+            &tenant["patch"]["responses"]["200"],
+            &document["paths"]["/admin/v1/tenants"]["post"]["responses"]["201"],
+        ] {
+            assert!(response["headers"]["ETag"].is_object(), "{response}");
+        }
+        assert!(tenant["patch"]["responses"]["409"]["description"]
+            .as_str()
+            .is_some_and(|text| text.contains("label_value")));
+        assert_eq!(
+            document["components"]["schemas"]["Tenant"]["allOf"][1]["properties"]["version"]
+                ["type"],
+            "integer"
+        );
+    }
 }

@@ -1,12 +1,17 @@
 //! Tenant and token routes: create, list, get, update, disable, delete tenants; issue,
 //! list and revoke tokens. A token's secret appears only in the response that issues it.
+//!
+//! A tenant's version is its strong `ETag` (`"<version>"`) on GET, POST and PATCH; PATCH
+//! and DELETE honour `If-Match` (RFC 9110 §13.1.1) and answer 412 when it does not hold.
+//! PATCH is a partial update: only the fields in the body change, applied to what the
+//! database holds, so concurrent changes through other replicas are kept.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -18,7 +23,7 @@ use crate::config::LimitOverrides;
 use crate::error::{AppError, JsonError};
 use crate::server::SharedState;
 use crate::tenant::registry::RegistryError;
-use crate::tenant::{validate_tenant_id, Tenant, TenantStatus, TokenRecord};
+use crate::tenant::{validate_tenant_id, Precondition, Tenant, TenantStatus, TokenRecord};
 
 pub fn routes() -> Router<SharedState> {
     Router::new()
@@ -47,21 +52,22 @@ struct TenantSpec {
 }
 
 impl TenantSpec {
-    fn apply(self, tenant: &mut Tenant) {
-        if let Some(label_value) = self.label_value {
-            tenant.label_value = label_value;
+    /// Sets the fields present in the body, and only those.
+    fn apply(&self, tenant: &mut Tenant) {
+        if let Some(label_value) = &self.label_value {
+            tenant.label_value.clone_from(label_value);
         }
-        if let Some(extra_labels) = self.extra_labels {
-            tenant.extra_labels = extra_labels;
+        if let Some(extra_labels) = &self.extra_labels {
+            tenant.extra_labels.clone_from(extra_labels);
         }
-        if let Some(limits) = self.limits {
-            tenant.limits = limits;
+        if let Some(limits) = &self.limits {
+            tenant.limits.clone_from(limits);
         }
-        if let Some(identities) = self.identities {
-            tenant.identities = identities;
+        if let Some(identities) = &self.identities {
+            tenant.identities.clone_from(identities);
         }
-        if let Some(backends) = self.backends {
-            tenant.backends = backends;
+        if let Some(backends) = &self.backends {
+            tenant.backends.clone_from(backends);
         }
         if let Some(status) = self.status {
             tenant.status = status;
@@ -80,6 +86,8 @@ struct TenantView {
     status: TenantStatus,
     created_at: String,
     updated_at: String,
+    /// Bumped by every change; the same figure as the `ETag`.
+    version: i64,
 }
 
 impl From<Tenant> for TenantView {
@@ -87,6 +95,7 @@ impl From<Tenant> for TenantView {
         TenantView {
             created_at: rfc3339(tenant.created_at),
             updated_at: rfc3339(tenant.updated_at),
+            version: tenant.version,
             id: tenant.id,
             label_value: tenant.label_value,
             extra_labels: tenant.extra_labels,
@@ -153,6 +162,11 @@ impl From<RegistryError> for AppError {
             RegistryError::Invalid(_) => AppError::BadRequest(err.to_string()),
             RegistryError::Conflict(message) => AppError::Conflict(message),
             RegistryError::NotFound(what) => AppError::NotFound(format!("{what} not found")),
+            RegistryError::PreconditionFailed(message) => AppError::PreconditionFailed(message),
+            RegistryError::Contended(message) => AppError::Unavailable {
+                message,
+                retry_after_seconds: 1,
+            },
             RegistryError::Store(store) => {
                 tracing::error!(error = %store, "registry database failed");
                 AppError::Unavailable {
@@ -165,6 +179,71 @@ impl From<RegistryError> for AppError {
 }
 
 type ApiResult = Result<Response, JsonError>;
+
+impl From<RegistryError> for JsonError {
+    fn from(err: RegistryError) -> Self {
+        JsonError(AppError::from(err))
+    }
+}
+
+/// A tenant's strong entity tag: its version, quoted.
+fn etag(version: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("\"{version}\"")).ok()
+}
+
+/// The tenant as JSON with its `ETag`.
+fn tenant_response(status: StatusCode, tenant: Tenant) -> Response {
+    let tag = etag(tenant.version);
+    let mut response = (status, Json(TenantView::from(tenant))).into_response();
+    if let Some(tag) = tag {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
+    response
+}
+
+/// `If-Match` (RFC 9110 §13.1.1): absent → no precondition; `*` → the tenant must exist;
+/// otherwise entity tags compared strongly with `"<version>"`, so a weak tag (`W/"3"`)
+/// or one that is no version never matches. Several `If-Match` lines form one list.
+fn precondition(headers: &HeaderMap) -> Result<Precondition, AppError> {
+    let malformed =
+        || AppError::BadRequest("If-Match must be \"*\" or entity tags such as \"3\"".into());
+    let mut present = false;
+    let mut any = false;
+    let mut versions = Vec::new();
+    for value in headers.get_all(header::IF_MATCH) {
+        present = true;
+        let text = value.to_str().map_err(|_| malformed())?;
+        for tag in text.split(',').map(str::trim).filter(|tag| !tag.is_empty()) {
+            if tag == "*" {
+                any = true;
+                continue;
+            }
+            let (weak, quoted) = match tag.strip_prefix("W/") {
+                Some(quoted) => (true, quoted),
+                None => (false, tag),
+            };
+            let opaque = quoted
+                .strip_prefix('"')
+                .and_then(|rest| rest.strip_suffix('"'))
+                .filter(|opaque| !opaque.contains('"'))
+                .ok_or_else(malformed)?;
+            let version = opaque
+                .parse::<i64>()
+                .ok()
+                .filter(|version| version.to_string() == opaque);
+            if let (false, Some(version)) = (weak, version) {
+                versions.push(version);
+            }
+        }
+    }
+    Ok(if !present {
+        Precondition::Unconditional
+    } else if any {
+        Precondition::Exists
+    } else {
+        Precondition::AtVersion(versions)
+    })
+}
 
 async fn list_tenants(State(state): State<SharedState>) -> ApiResult {
     let tenants: Vec<TenantView> = state
@@ -194,15 +273,12 @@ async fn create_tenant(State(state): State<SharedState>, body: Bytes) -> ApiResu
         status: TenantStatus::Active,
         created_at: now,
         updated_at: now,
+        version: 1,
     };
     spec.apply(&mut tenant);
-    let tenant = state
-        .registry
-        .create_tenant(tenant)
-        .await
-        .map_err(AppError::from)?;
+    let tenant = state.registry.create_tenant(tenant).await?;
     tracing::info!(tenant = %tenant.id, "tenant created");
-    Ok((StatusCode::CREATED, Json(TenantView::from(tenant))).into_response())
+    Ok(tenant_response(StatusCode::CREATED, tenant))
 }
 
 async fn get_tenant(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult {
@@ -211,15 +287,17 @@ async fn get_tenant(State(state): State<SharedState>, Path(id): Path<String>) ->
         .registry
         .tenant(&id)
         .ok_or_else(|| AppError::NotFound(format!("tenant {id:?} not found")))?;
-    Ok(Json(TenantView::from(entry.tenant.clone())).into_response())
+    Ok(tenant_response(StatusCode::OK, entry.tenant.clone()))
 }
 
 async fn update_tenant(
     State(state): State<SharedState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
     validate_tenant_id(&id).map_err(AppError::BadRequest)?;
+    let precondition = precondition(&headers)?;
     let spec: TenantSpec = parse_json(&body)?;
     if spec.id.as_ref().is_some_and(|new_id| *new_id != id) {
         return Err(AppError::BadRequest("a tenant's id cannot change".into()).into());
@@ -227,25 +305,26 @@ async fn update_tenant(
     let now = unix_now();
     let tenant = state
         .registry
-        .update_tenant(&id, |tenant| {
+        .update_tenant(&id, &precondition, |tenant| {
             spec.apply(tenant);
             tenant.updated_at = now;
             Ok(())
         })
-        .await
-        .map_err(AppError::from)?;
-    tracing::info!(tenant = %tenant.id, status = tenant.status.as_str(), "tenant updated");
-    Ok(Json(TenantView::from(tenant)).into_response())
+        .await?;
+    tracing::info!(tenant = %tenant.id, status = tenant.status.as_str(), version = tenant.version, "tenant updated");
+    Ok(tenant_response(StatusCode::OK, tenant))
 }
 
-async fn delete_tenant(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult {
+async fn delete_tenant(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
     validate_tenant_id(&id).map_err(AppError::BadRequest)?;
-    state
-        .registry
-        .delete_tenant(&id)
-        .await
-        .map_err(AppError::from)?;
+    let precondition = precondition(&headers)?;
+    state.registry.delete_tenant(&id, &precondition).await?;
     state.rate_limits.forget(&id);
+    state.tenant_budgets.forget(&id);
     tracing::info!(tenant = %id, "tenant deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -345,4 +424,60 @@ fn unix_now() -> i64 {
 fn rfc3339(unix_seconds: i64) -> String {
     let time = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix_seconds).unwrap_or(0));
     humantime::format_rfc3339_seconds(time).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(values: &[&str]) -> Result<Precondition, AppError> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(
+                header::IF_MATCH,
+                HeaderValue::from_str(value).expect("ascii"),
+            );
+        }
+        precondition(&headers)
+    }
+
+    #[test]
+    fn if_match_becomes_a_precondition() {
+        assert_eq!(parsed(&[]).ok(), Some(Precondition::Unconditional));
+        assert_eq!(parsed(&["*"]).ok(), Some(Precondition::Exists));
+        assert_eq!(
+            parsed(&["\"3\""]).ok(),
+            Some(Precondition::AtVersion(vec![3]))
+        );
+        assert_eq!(
+            parsed(&["\"3\", \"5\"", "\"8\""]).ok(),
+            Some(Precondition::AtVersion(vec![3, 5, 8]))
+        );
+    }
+
+    #[test]
+    fn weak_and_foreign_tags_never_match() {
+        for value in ["W/\"3\"", "\"03\"", "\"abc\"", "\"\""] {
+            assert_eq!(
+                parsed(&[value]).ok(),
+                Some(Precondition::AtVersion(vec![])),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_if_match_is_a_bad_request() {
+        for value in ["3", "\"3", "W/3", "\"a\"b\""] {
+            assert!(
+                matches!(parsed(&[value]), Err(AppError::BadRequest(_))),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_etag_is_the_quoted_version() {
+        assert_eq!(etag(42).expect("header"), "\"42\"");
+    }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{is_legacy_label_name, LimitOverrides};
 
-pub use registry::{Registry, TenantEntry};
+pub use registry::{Precondition, Registry, TenantEntry};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,6 +52,9 @@ pub struct Tenant {
     /// Unix seconds.
     pub created_at: i64,
     pub updated_at: i64,
+    /// Bumped by every change in the database; the admin API's ETag. An update lands only
+    /// on the version it was computed from, so concurrent admin writes never undo each other.
+    pub version: i64,
 }
 
 /// A token promgate issued: metadata only, never the secret.

@@ -1,6 +1,12 @@
 //! The in-memory view of the registry that the request path reads (never the
 //! database), and the admin operations that change both. Admin writes go to the
 //! database first and then to the cache, one at a time.
+//!
+//! An admin write reads the tenant's current row inside its database transaction, applies
+//! only what the caller changes, and writes back onto the version it read (optimistic
+//! concurrency): a write another replica made in between is never undone. When the version
+//! moved, the write is retried on the new row a bounded number of times, or refused when
+//! the caller named the version it expected (`If-Match`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,8 +26,76 @@ pub struct TenantEntry {
     pub tenant: Tenant,
     pub policy: LabelPolicy,
     pub limits: Limits,
-    /// Indices into the configured backends this tenant writes to.
+    /// Indices into the configured backends this tenant writes to: the configured ones
+    /// among those it names (every backend when it names none). Empty when every backend
+    /// it names is gone from the config; its writes are then refused (DESIGN §9), never
+    /// answered 2xx for going nowhere.
     pub backends: Vec<usize>,
+    /// Backend names the tenant lists that the config does not have (in the tenant's
+    /// order); logged when the tenant is loaded or changes.
+    pub unknown_backends: Vec<String>,
+}
+
+/// What an admin write expects of the tenant's current version (`If-Match`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Precondition {
+    /// None: the change applies to whatever the database holds now.
+    Unconditional,
+    /// `If-Match: *`: the tenant must exist, at any version.
+    Exists,
+    /// The tenant must be at one of these versions (an empty list matches nothing).
+    AtVersion(Vec<i64>),
+}
+
+impl Precondition {
+    pub fn admits(&self, version: i64) -> bool {
+        match self {
+            Precondition::Unconditional | Precondition::Exists => true,
+            Precondition::AtVersion(versions) => versions.contains(&version),
+        }
+    }
+
+    /// The tenant as found, if it exists and satisfies the precondition. A missing tenant is
+    /// 404 without a precondition and 412 with one (RFC 9110 §13.1.1).
+    fn check_exists(&self, id: &str, found: Option<Tenant>) -> Result<Tenant, RegistryError> {
+        let Some(tenant) = found else {
+            return Err(match self {
+                Precondition::Unconditional => RegistryError::NotFound(format!("tenant {id:?}")),
+                _ => RegistryError::PreconditionFailed(format!(
+                    "tenant {id:?} does not exist, so If-Match cannot hold"
+                )),
+            });
+        };
+        if self.admits(tenant.version) {
+            Ok(tenant)
+        } else {
+            Err(RegistryError::PreconditionFailed(format!(
+                "tenant {id:?} is at version {}, not one If-Match names; GET it and retry",
+                tenant.version
+            )))
+        }
+    }
+}
+
+/// How often an unconditional admin write is tried again when another replica changed the
+/// tenant between its read and its write.
+const MAX_WRITE_ATTEMPTS: usize = 5;
+
+/// The configured backends (indices) among the names a tenant lists (every one when it
+/// lists none), and the names it lists that are not configured.
+fn resolve_backends(named: &[String], configured: &[String]) -> (Vec<usize>, Vec<String>) {
+    let indices = configured
+        .iter()
+        .enumerate()
+        .filter(|(_, name)| named.is_empty() || named.contains(name))
+        .map(|(index, _)| index)
+        .collect();
+    let unknown = named
+        .iter()
+        .filter(|name| !configured.contains(name))
+        .cloned()
+        .collect();
+    (indices, unknown)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +106,12 @@ pub enum RegistryError {
     Conflict(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// `If-Match` names a version the tenant is no longer (or never was) at.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// Other writers kept changing the tenant for every attempt; the caller may retry.
+    #[error("{0}")]
+    Contended(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -240,57 +320,78 @@ impl Registry {
         tokens
     }
 
-    pub async fn create_tenant(&self, tenant: Tenant) -> Result<Tenant, RegistryError> {
-        self.validate(&tenant)?;
+    /// Creates a tenant at version 1. Conflict when its id, its `label_value` or one of its
+    /// identities is taken, as the database holds them (not this replica's cache).
+    pub async fn create_tenant(&self, mut tenant: Tenant) -> Result<Tenant, RegistryError> {
+        tenant.version = 1;
+        self.validate(&tenant, None)?;
         let _guard = self.admin_writes.lock().await;
-        if self.tenants.contains_key(&tenant.id) {
-            return Err(RegistryError::Conflict(format!(
-                "tenant {:?} already exists",
-                tenant.id
-            )));
-        }
-        self.store.insert_tenant(&tenant).await?;
+        let mut write = self.store.begin_write().await?;
+        write.insert_tenant(&tenant).await?;
+        write.commit().await?;
         self.cache_tenant(tenant.clone());
         self.store.notify_change().await;
         Ok(tenant)
     }
 
-    /// Replaces a tenant with `change(current)`; the id never changes.
+    /// Applies `change` to the tenant as the database holds it now and writes the result
+    /// back onto the version it was computed from; the id and creation time never change.
+    /// `change` may run more than once (after another replica's write); it should set
+    /// only the fields the caller asked to change.
     pub async fn update_tenant(
         &self,
         id: &str,
-        change: impl FnOnce(&mut Tenant) -> Result<(), RegistryError>,
+        precondition: &Precondition,
+        change: impl Fn(&mut Tenant) -> Result<(), RegistryError>,
     ) -> Result<Tenant, RegistryError> {
         let _guard = self.admin_writes.lock().await;
-        let mut tenant = self
-            .tenant(id)
-            .ok_or_else(|| RegistryError::NotFound(format!("tenant {id:?}")))?
-            .tenant
-            .clone();
-        change(&mut tenant)?;
-        tenant.id = id.to_string();
-        self.validate(&tenant)?;
-        self.store
-            .update_tenant(&tenant)
-            .await
-            .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
-        self.cache_tenant(tenant.clone());
-        self.store.notify_change().await;
-        Ok(tenant)
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut write = self.store.begin_write().await?;
+            let current = precondition.check_exists(id, write.tenant(id).await?)?;
+            let mut next = current.clone();
+            change(&mut next)?;
+            next.id = current.id.clone();
+            next.created_at = current.created_at;
+            next.version = current.version.saturating_add(1);
+            self.validate(&next, Some(&current))?;
+            if !write.replace_tenant(&next, current.version).await? {
+                // Another replica wrote in between: read again (dropping rolls back).
+                continue;
+            }
+            write.commit().await?;
+            self.cache_tenant(next.clone());
+            self.store.notify_change().await;
+            return Ok(next);
+        }
+        Err(RegistryError::Contended(format!(
+            "tenant {id:?} kept changing under concurrent writes; retry"
+        )))
     }
 
-    pub async fn delete_tenant(&self, id: &str) -> Result<(), RegistryError> {
+    /// Deletes a tenant with its identities and tokens, if it satisfies `precondition`.
+    pub async fn delete_tenant(
+        &self,
+        id: &str,
+        precondition: &Precondition,
+    ) -> Result<(), RegistryError> {
         let _guard = self.admin_writes.lock().await;
-        self.store
-            .delete_tenant(id)
-            .await
-            .map_err(|err| not_found_as(err, || format!("tenant {id:?}")))?;
-        if let Some((_, old)) = self.tenants.remove(id) {
-            self.forget_identities(&old.tenant);
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut write = self.store.begin_write().await?;
+            let current = precondition.check_exists(id, write.tenant(id).await?)?;
+            if !write.delete_tenant(id, current.version).await? {
+                continue;
+            }
+            write.commit().await?;
+            if let Some((_, old)) = self.tenants.remove(id) {
+                self.forget_identities(&old.tenant);
+            }
+            self.tokens.retain(|_, token| token.tenant_id != id);
+            self.store.notify_change().await;
+            return Ok(());
         }
-        self.tokens.retain(|_, token| token.tenant_id != id);
-        self.store.notify_change().await;
-        Ok(())
+        Err(RegistryError::Contended(format!(
+            "tenant {id:?} kept changing under concurrent writes; retry"
+        )))
     }
 
     pub async fn add_token(&self, token: TokenRecord) -> Result<(), RegistryError> {
@@ -329,23 +430,17 @@ impl Registry {
         Ok(())
     }
 
-    fn validate(&self, tenant: &Tenant) -> Result<(), RegistryError> {
-        let names: Vec<&str> = self.backend_names.iter().map(String::as_str).collect();
+    /// The checks that need no other tenant (those the database makes: id, `label_value`
+    /// and identities taken). Backend names are checked when they are set or changed, so a
+    /// tenant whose backend left the config can still be disabled or relabelled.
+    fn validate(&self, tenant: &Tenant, current: Option<&Tenant>) -> Result<(), RegistryError> {
+        let backends_changed = current.is_none_or(|current| current.backends != tenant.backends);
+        let names: Vec<&str> = if backends_changed {
+            self.backend_names.iter().map(String::as_str).collect()
+        } else {
+            tenant.backends.iter().map(String::as_str).collect()
+        };
         let mut problems = validate_tenant(tenant, &self.tenancy.label, &names);
-        for identity in &tenant.identities {
-            let owner = self
-                .tenants
-                .iter()
-                .find(|entry| {
-                    entry.tenant.id != tenant.id && entry.tenant.identities.contains(identity)
-                })
-                .map(|entry| entry.tenant.id.clone());
-            if let Some(owner) = owner {
-                return Err(RegistryError::Conflict(format!(
-                    "identity {identity:?} belongs to tenant {owner:?}"
-                )));
-            }
-        }
         let mut unique = tenant.identities.clone();
         unique.sort();
         unique.dedup();
@@ -366,13 +461,22 @@ impl Registry {
             tenant.extra_labels.clone(),
             self.tenancy.on_conflict,
         );
-        let backends = self
-            .backend_names
-            .iter()
-            .enumerate()
-            .filter(|(_, name)| tenant.backends.is_empty() || tenant.backends.contains(name))
-            .map(|(index, _)| index)
-            .collect();
+        let (backends, unknown_backends) = resolve_backends(&tenant.backends, &self.backend_names);
+        if !unknown_backends.is_empty() {
+            if backends.is_empty() {
+                tracing::error!(
+                    tenant = %tenant.id,
+                    unknown_backends = ?unknown_backends,
+                    "tenant names only backends that are not configured; its writes are refused with 503 until its backends are changed"
+                );
+            } else {
+                tracing::error!(
+                    tenant = %tenant.id,
+                    unknown_backends = ?unknown_backends,
+                    "tenant names backends that are not configured; its writes go to its other backends only"
+                );
+            }
+        }
         if let Some(old) = self.tenant(&tenant.id) {
             self.forget_identities(&old.tenant);
         }
@@ -383,6 +487,7 @@ impl Registry {
             limits: self.default_limits.with(&tenant.limits),
             policy,
             backends,
+            unknown_backends,
             tenant,
         };
         self.tenants
@@ -401,5 +506,71 @@ impl Registry {
         self.identities
             .get(identity)
             .map(|owner| owner.value().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_tenant_naming_no_backend_writes_to_all() {
+        let configured = names(&["b0", "b1"]);
+        assert_eq!(resolve_backends(&[], &configured), (vec![0, 1], vec![]));
+    }
+
+    #[test]
+    fn unknown_backends_are_listed_and_left_out() {
+        let configured = names(&["b0", "b1", "b2"]);
+        assert_eq!(
+            resolve_backends(&names(&["b2", "gone", "b0"]), &configured),
+            (vec![0, 2], names(&["gone"]))
+        );
+    }
+
+    #[test]
+    fn a_tenant_whose_backends_are_all_gone_has_none() {
+        let configured = names(&["b0"]);
+        let (backends, unknown) = resolve_backends(&names(&["old", "older"]), &configured);
+        assert!(backends.is_empty(), "never every backend by default");
+        assert_eq!(unknown, names(&["old", "older"]));
+    }
+
+    #[test]
+    fn preconditions_admit_only_what_they_name() {
+        assert!(Precondition::Unconditional.admits(7));
+        assert!(Precondition::Exists.admits(7));
+        assert!(Precondition::AtVersion(vec![3, 7]).admits(7));
+        assert!(!Precondition::AtVersion(vec![6]).admits(7));
+        assert!(!Precondition::AtVersion(vec![]).admits(1));
+        let tenant = Tenant {
+            id: "a".into(),
+            label_value: "a".into(),
+            extra_labels: Default::default(),
+            limits: Default::default(),
+            identities: vec![],
+            backends: vec![],
+            status: super::super::TenantStatus::Active,
+            created_at: 0,
+            updated_at: 0,
+            version: 7,
+        };
+        assert!(matches!(
+            Precondition::AtVersion(vec![6]).check_exists("a", Some(tenant.clone())),
+            Err(RegistryError::PreconditionFailed(_))
+        ));
+        assert!(Precondition::Exists.check_exists("a", Some(tenant)).is_ok());
+        assert!(matches!(
+            Precondition::Exists.check_exists("a", None),
+            Err(RegistryError::PreconditionFailed(_))
+        ));
+        assert!(matches!(
+            Precondition::Unconditional.check_exists("a", None),
+            Err(RegistryError::NotFound(_))
+        ));
     }
 }

@@ -3,11 +3,15 @@
 //! request path reads [`super::Registry`]'s cache.
 //!
 //! Every query binds its parameters (`$1`…); no string is ever spliced into SQL.
+//!
+//! Admin writes go through [`TenantWrite`], one transaction that reads the current row and
+//! writes back only onto the version it read (optimistic concurrency), so replicas sharing
+//! the database never undo each other's changes.
 
 use std::str::FromStr;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Connection, Row};
 
 use super::{Tenant, TenantStatus, TokenRecord};
 
@@ -23,6 +27,18 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Found at start-up, before the migration that makes `label_value` unique: those
+    /// tenants read and write each other's series, and nothing is dropped to fix it.
+    #[error(
+        "tenants share a label_value, so each reads and writes the others' series: {0}; \
+         give all but one of each group a distinct label_value \
+         (PATCH /admin/v1/tenants/<id> {{\"label_value\": \"...\"}} through a replica that still runs, \
+         or UPDATE tenants SET label_value = ... in the database), then start promgate again"
+    )]
+    DuplicateLabelValues(String),
+    /// A SQLite file that does not exist, where it must not be created.
+    #[error("{0} does not exist")]
+    Missing(String),
 }
 
 /// One admin action, as the audit log keeps it.
@@ -66,21 +82,143 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?;
         // A short acquire timeout: during a database outage, reloads and admin calls fail
         // fast (503) instead of hanging.
-        // SQLite: one connection, so a transaction that reads before it writes can never
-        // meet another writer (SQLite answers that with an immediate "database is locked").
+        // SQLite: one connection, so within a process transactions take turns; admin
+        // writes begin IMMEDIATE (`begin_write`), so another process sharing the file is
+        // waited for (busy timeout) rather than met with "database is locked".
         let connections = if url.starts_with("sqlite:") { 1 } else { 4 };
         let pool = AnyPoolOptions::new()
             .acquire_timeout(std::time::Duration::from_secs(1))
             .max_connections(connections)
             .connect_with(options)
             .await?;
-        if url.starts_with("postgres") {
-            POSTGRES_MIGRATIONS.run(&pool).await?;
+        let postgres_url = url.starts_with("postgres").then_some(url);
+        let store = Store { pool, postgres_url };
+        store.refuse_duplicate_label_values().await?;
+        if store.is_postgres() {
+            POSTGRES_MIGRATIONS.run(&store.pool).await?;
         } else {
-            SQLITE_MIGRATIONS.run(&pool).await?;
+            SQLITE_MIGRATIONS.run(&store.pool).await?;
         }
+        Ok(store)
+    }
+
+    /// Opens an existing registry to read it, without creating a SQLite file or applying
+    /// migrations (`check-config`); gives up after `timeout`.
+    pub async fn open_read_only(
+        database_url: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let url = if database_url.starts_with("sqlite:") {
+            let base = database_url
+                .split_once('?')
+                .map_or(database_url, |(base, _)| base);
+            let path = base
+                .strip_prefix("sqlite://")
+                .or_else(|| base.strip_prefix("sqlite:"))
+                .unwrap_or(base);
+            if !std::path::Path::new(path).is_file() {
+                return Err(StoreError::Missing(path.to_string()));
+            }
+            format!("{base}?mode=ro")
+        } else {
+            database_url.to_string()
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        // One plain connection first: a pool would retry until its timeout and report only
+        // that, where this reports why (refused, unknown host, authentication).
+        let probe = tokio::time::timeout(timeout, sqlx::AnyConnection::connect_with(&options))
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+        drop(probe);
+        let pool = AnyPoolOptions::new()
+            .acquire_timeout(timeout)
+            .max_connections(1)
+            .connect_with(options);
+        let pool = tokio::time::timeout(timeout, pool)
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
         let postgres_url = url.starts_with("postgres").then_some(url);
         Ok(Store { pool, postgres_url })
+    }
+
+    fn is_postgres(&self) -> bool {
+        self.postgres_url.is_some()
+    }
+
+    /// Refuses to go on when tenants share a `label_value` (possible before migration 4
+    /// made it unique): the operator decides which tenant keeps it.
+    async fn refuse_duplicate_label_values(&self) -> Result<(), StoreError> {
+        let exists = if self.is_postgres() {
+            "SELECT COUNT(*) AS found FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = 'tenants'"
+        } else {
+            "SELECT COUNT(*) AS found FROM sqlite_master WHERE type = 'table' AND name = 'tenants'"
+        };
+        let found: i64 = sqlx::query(exists)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("found")?;
+        if found == 0 {
+            return Ok(());
+        }
+        let rows = sqlx::query(
+            "SELECT label_value, id FROM tenants WHERE label_value IN \
+             (SELECT label_value FROM tenants GROUP BY label_value HAVING COUNT(*) > 1) \
+             ORDER BY label_value, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+        for row in &rows {
+            let label_value: String = row.try_get("label_value")?;
+            let id: String = row.try_get("id")?;
+            match groups.last_mut() {
+                Some((last, ids)) if *last == label_value => ids.push(id),
+                _ => groups.push((label_value, vec![id])),
+            }
+        }
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let described: Vec<String> = groups
+            .iter()
+            .map(|(label_value, ids)| {
+                let ids: Vec<String> = ids.iter().map(|id| format!("{id:?}")).collect();
+                format!(
+                    "label_value {label_value:?} is used by tenants {}",
+                    ids.join(", ")
+                )
+            })
+            .collect();
+        Err(StoreError::DuplicateLabelValues(described.join("; ")))
+    }
+
+    /// Starts an admin write. On SQLite the transaction takes the write lock at once
+    /// (`BEGIN IMMEDIATE`, waiting out another process's writer), so what it reads stays
+    /// current until it commits; on PostgreSQL a concurrent writer shows up as a version
+    /// that moved ([`TenantWrite::replace_tenant`] answers false).
+    pub async fn begin_write(&self) -> Result<TenantWrite, StoreError> {
+        let tx = if self.is_postgres() {
+            self.pool.begin().await?
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        };
+        Ok(TenantWrite { tx })
+    }
+
+    /// Every tenant's id and backend names, whatever the schema version (`check-config`).
+    pub async fn tenant_backends(&self) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let rows = sqlx::query("SELECT id, backends FROM tenants ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let backends = from_json("backends", &row.try_get::<String, _>("backends")?)?;
+                Ok((id, backends))
+            })
+            .collect()
     }
 
     /// Tells the other replicas that the registry changed (PostgreSQL NOTIFY; SQLite has
@@ -196,7 +334,7 @@ impl Store {
 
     pub async fn load_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at \
+            "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version \
              FROM tenants ORDER BY id",
         )
         .fetch_all(&self.pool)
@@ -226,79 +364,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(token_from_row).collect()
-    }
-
-    pub async fn insert_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT id FROM tenants WHERE id = $1")
-            .bind(&tenant.id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::Conflict(format!(
-                "tenant {:?} already exists",
-                tenant.id
-            )));
-        }
-        bind_tenant_columns(
-            sqlx::query(
-                "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            ),
-            tenant,
-        )
-        .bind(tenant.created_at)
-        .bind(tenant.updated_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|err| conflict_or(err, || format!("tenant {:?} already exists", tenant.id)))?;
-        insert_identities(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    pub async fn update_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let updated = bind_tenant_columns(
-            sqlx::query(
-                "UPDATE tenants SET label_value = $2, extra_labels = $3, limits = $4, backends = $5, status = $6, \
-                 updated_at = $7 WHERE id = $1",
-            ),
-            tenant,
-        )
-        .bind(tenant.updated_at)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        sqlx::query("DELETE FROM tenant_identities WHERE tenant_id = $1")
-            .bind(&tenant.id)
-            .execute(&mut *tx)
-            .await?;
-        insert_identities(&mut tx, tenant).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Deletes a tenant with its identities and tokens.
-    pub async fn delete_tenant(&self, id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for statement in [
-            "DELETE FROM tokens WHERE tenant_id = $1",
-            "DELETE FROM tenant_identities WHERE tenant_id = $1",
-        ] {
-            sqlx::query(statement).bind(id).execute(&mut *tx).await?;
-        }
-        let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
@@ -337,6 +402,171 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// One admin write to the tenants: a transaction that reads the current rows (never the
+/// cache) and writes back only onto the version it read. Dropped without
+/// [`TenantWrite::commit`], it rolls back.
+pub struct TenantWrite {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl TenantWrite {
+    /// The tenant as the database holds it now, with its identities.
+    pub async fn tenant(&mut self, id: &str) -> Result<Option<Tenant>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version \
+             FROM tenants WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let mut tenant = tenant_from_row(&row)?;
+        let identities = sqlx::query(
+            "SELECT identity FROM tenant_identities WHERE tenant_id = $1 ORDER BY identity",
+        )
+        .bind(id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        for row in identities {
+            tenant.identities.push(row.try_get("identity")?);
+        }
+        Ok(Some(tenant))
+    }
+
+    /// Inserts a new tenant at version 1 with its identities. Conflict when the id, the
+    /// `label_value` or an identity is taken.
+    pub async fn insert_tenant(&mut self, tenant: &Tenant) -> Result<(), StoreError> {
+        let exists = sqlx::query("SELECT id FROM tenants WHERE id = $1")
+            .bind(&tenant.id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "tenant {:?} already exists",
+                tenant.id
+            )));
+        }
+        self.refuse_taken_label_value(tenant).await?;
+        bind_tenant_columns(
+            sqlx::query(
+                "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            ),
+            tenant,
+        )
+        .bind(tenant.created_at)
+        .bind(tenant.updated_at)
+        .bind(tenant.version)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|err| tenant_conflict_or(err, tenant))?;
+        insert_identities(&mut self.tx, tenant).await
+    }
+
+    /// Writes `tenant` (already at its new version) over the row if that row is still at
+    /// `expected_version`, and replaces its identities. False when another writer changed
+    /// or deleted the row since it was read: nothing was written.
+    pub async fn replace_tenant(
+        &mut self,
+        tenant: &Tenant,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        self.refuse_taken_label_value(tenant).await?;
+        let updated = bind_tenant_columns(
+            sqlx::query(
+                "UPDATE tenants SET label_value = $2, extra_labels = $3, limits = $4, backends = $5, status = $6, \
+                 updated_at = $7, version = $8 WHERE id = $1 AND version = $9",
+            ),
+            tenant,
+        )
+        .bind(tenant.updated_at)
+        .bind(tenant.version)
+        .bind(expected_version)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(|err| tenant_conflict_or(err, tenant))?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM tenant_identities WHERE tenant_id = $1")
+            .bind(&tenant.id)
+            .execute(&mut *self.tx)
+            .await?;
+        insert_identities(&mut self.tx, tenant).await?;
+        Ok(true)
+    }
+
+    /// Deletes a tenant with its identities and tokens if it is still at
+    /// `expected_version`; false when another writer changed or deleted it since.
+    pub async fn delete_tenant(
+        &mut self,
+        id: &str,
+        expected_version: i64,
+    ) -> Result<bool, StoreError> {
+        for statement in [
+            "DELETE FROM tokens WHERE tenant_id = $1",
+            "DELETE FROM tenant_identities WHERE tenant_id = $1",
+        ] {
+            sqlx::query(statement)
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM tenants WHERE id = $1 AND version = $2")
+            .bind(id)
+            .bind(expected_version)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Conflict when another tenant already has `tenant`'s `label_value` (the unique index
+    /// catches the writer that checks at the same moment).
+    async fn refuse_taken_label_value(&mut self, tenant: &Tenant) -> Result<(), StoreError> {
+        let owner = sqlx::query("SELECT id FROM tenants WHERE label_value = $1 AND id <> $2")
+            .bind(&tenant.label_value)
+            .bind(&tenant.id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        if let Some(owner) = owner {
+            let owner: String = owner.try_get("id")?;
+            return Err(StoreError::Conflict(label_value_taken(
+                &tenant.label_value,
+                &owner,
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn label_value_taken(label_value: &str, owner: &str) -> String {
+    format!("label_value {label_value:?} is already used by tenant {owner:?}; each tenant needs its own")
+}
+
+/// A unique violation on `tenants`: the id or, for a writer that raced past the check,
+/// the `label_value`.
+fn tenant_conflict_or(err: sqlx::Error, tenant: &Tenant) -> StoreError {
+    let on_label_value =
+        matches!(&err, sqlx::Error::Database(db) if db.message().contains("label_value"));
+    conflict_or(err, || {
+        if on_label_value {
+            format!(
+                "label_value {:?} is already used by another tenant; each tenant needs its own",
+                tenant.label_value
+            )
+        } else {
+            format!("tenant {:?} already exists", tenant.id)
+        }
+    })
 }
 
 async fn insert_identities(
@@ -409,6 +639,7 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant, StoreError> {
             .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        version: row.try_get("version")?,
     })
 }
 

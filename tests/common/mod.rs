@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod concurrency;
 pub mod pki;
 pub mod postgres;
 pub mod process;
@@ -264,6 +265,18 @@ impl Relay {
         }
     }
 
+    /// On the registry at `database_url` (which other relays may share), with its
+    /// secrets in a fresh temp dir.
+    pub async fn start_on_database(database_url: &str, extra_toml: &str) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Relay::start_with_database(dir, "", 1000, database_url, extra_toml).await
+    }
+
+    /// This relay's admin API, for the helpers that drive several replicas.
+    pub fn admin_endpoint(&self) -> concurrency::AdminEndpoint {
+        concurrency::AdminEndpoint::new(&self.admin_url(""), &self.admin_token)
+    }
+
     async fn start_with(
         dir: tempfile::TempDir,
         server_toml: &str,
@@ -409,6 +422,36 @@ impl Relay {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         (status, value)
+    }
+
+    /// As `admin`, with extra request headers; also returns the response headers.
+    pub async fn admin_with_headers(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .http
+            .request(method, self.admin_url(path))
+            .bearer_auth(&self.admin_token);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        let response_headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value, response_headers)
     }
 
     pub async fn create_tenant(&self, spec: Value) {
