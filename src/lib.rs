@@ -2,8 +2,9 @@
 //!
 //! Module map (imports flow one way: `server` → domain modules → `codec` → `proto`):
 //! `config`, `error` and `telemetry` are leaves; `codec` is pure; `tenant` owns the
-//! registry; `auth` maps credentials to tenants; `backend` owns the HTTP client;
-//! `admin` and `server` are the only modules that know axum.
+//! registry; `auth` maps credentials to tenants; `admission` decides what a request may
+//! take once its tenant is known (budgets, throttles, the CPU pool); `backend` owns the
+//! HTTP client; `admin` and `server` are the only modules that know axum.
 
 pub mod admin;
 pub mod admission;
