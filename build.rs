@@ -2,7 +2,8 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["remote.proto", "types.proto"], ["proto"])?;
+    let descriptors =
+        protox::compile(["remote.proto", "types.proto", "write_v2.proto"], ["proto"])?;
     prost_build::Config::new()
         // Chunk data as `Bytes`: decoded from a `Bytes` frame without copying.
         .bytes(["."])

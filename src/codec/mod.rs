@@ -3,6 +3,7 @@
 //! PROTOCOL.md §2). Pure and synchronous: no I/O, no clocks (callers pass `now`).
 
 pub mod oracle;
+pub mod rw2;
 pub mod snappy;
 pub mod splice;
 mod wire;
