@@ -102,7 +102,10 @@ fn to_v2(request: &WriteRequest, seed: u64) -> v2::Request {
     }
 }
 
-fn bits(request: &WriteRequest) -> Vec<(Vec<Label>, Vec<(u64, i64)>)> {
+/// A series' labels and its samples as (value bits, timestamp).
+type SeriesBits = (Vec<Label>, Vec<(u64, i64)>);
+
+fn bits(request: &WriteRequest) -> Vec<SeriesBits> {
     request
         .timeseries
         .iter()
