@@ -145,6 +145,10 @@ async fn unsupported_encodings_and_types_are_415_before_decoding() {
         ("snappy", "application/json"),
         (
             "snappy",
+            "application/x-protobuf;proto=io.prometheus.write.v3.Request",
+        ),
+        (
+            "deflate",
             "application/x-protobuf;proto=io.prometheus.write.v2.Request",
         ),
     ] {

@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue};
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, WriteProtocol};
 use crate::error::AppError;
 use crate::telemetry::Metrics;
 
@@ -124,27 +124,139 @@ impl BackendClient {
 
     /// Sends one snappy-compressed remote-write 1.0 body for `tenant_id`.
     pub async fn write(&self, tenant_id: &str, body: Bytes, metrics: &Metrics) -> Outcome {
+        self.send(tenant_id, body, WriteProtocol::V1, metrics)
+            .await
+            .0
+    }
+
+    /// Sends one snappy-compressed remote-write 2.0 body for `tenant_id`, holding `sent`.
+    /// A 2.0 receiver must say what it wrote: a 2xx without the `…-Written` headers is
+    /// a 1.0-only receiver that stored nothing (Prometheus 2.42 and VictoriaMetrics
+    /// answer 204 to a 2.0 body), so promgate's configuration is wrong (502); a 2xx that
+    /// wrote fewer samples or histograms than sent is refused as a partial write.
+    pub async fn write_v2(
+        &self,
+        tenant_id: &str,
+        body: Bytes,
+        sent: Written,
+        metrics: &Metrics,
+    ) -> (Outcome, Written) {
+        let (outcome, headers) = self.send(tenant_id, body, WriteProtocol::V2, metrics).await;
+        if outcome != Outcome::Accepted {
+            return (outcome, Written::default());
+        }
+        let Some(written) = headers.as_ref().and_then(Written::from_headers) else {
+            return (
+                Outcome::Misconfigured {
+                    message: "answered 2xx to a remote write 2.0 request without the \
+                              X-Prometheus-Remote-Write-*-Written headers: it does not speak 2.0 \
+                              (set protocol = \"1.0\")"
+                        .into(),
+                },
+                Written::default(),
+            );
+        };
+        if written.samples < sent.samples || written.histograms < sent.histograms {
+            return (
+                Outcome::Rejected {
+                    message: format!(
+                        "wrote {} of {} samples and {} of {} histograms",
+                        written.samples, sent.samples, written.histograms, sent.histograms
+                    ),
+                },
+                written,
+            );
+        }
+        (outcome, written)
+    }
+
+    async fn send(
+        &self,
+        tenant_id: &str,
+        body: Bytes,
+        protocol: WriteProtocol,
+        metrics: &Metrics,
+    ) -> (Outcome, Option<HeaderMap>) {
         let started = Instant::now();
+        let (content_type, version) = match protocol {
+            WriteProtocol::V1 => ("application/x-protobuf", "0.1.0"),
+            // The exact form without a space: Prometheus' own parser reads
+            // `…; proto=…` (with a space) as 1.0.
+            WriteProtocol::V2 => (V2_CONTENT_TYPE, "2.0.0"),
+        };
         let mut request = self
             .http
             .post(self.config.write_url.clone())
             .headers(self.auth_headers.clone())
             .header(http::header::CONTENT_ENCODING, "snappy")
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf")
-            .header("X-Prometheus-Remote-Write-Version", "0.1.0")
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header("X-Prometheus-Remote-Write-Version", version)
             .body(body);
         if let Some(header) = &self.config.tenant_header {
             request = request.header(header.clone(), tenant_id);
         }
-        let outcome = match request.send().await {
-            Ok(response) => classify(response).await,
-            Err(err) => Outcome::Unavailable {
-                message: describe_transport_error(&err),
-                retry_after_seconds: None,
-            },
+        let (outcome, headers) = match request.send().await {
+            Ok(response) => {
+                let headers = response.headers().clone();
+                (classify(response).await, Some(headers))
+            }
+            Err(err) => (
+                Outcome::Unavailable {
+                    message: describe_transport_error(&err),
+                    retry_after_seconds: None,
+                },
+                None,
+            ),
         };
         metrics.observe_backend(&self.config.name, &outcome, started.elapsed());
-        outcome
+        (outcome, headers)
+    }
+}
+
+/// The Content-Type of a remote write 2.0 body, exactly as the specification writes it.
+pub const V2_CONTENT_TYPE: &str = "application/x-protobuf;proto=io.prometheus.write.v2.Request";
+
+/// What a remote write 2.0 receiver says it wrote (the `X-Prometheus-Remote-Write-*-Written`
+/// response headers), or what promgate says it wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub samples: u64,
+    pub histograms: u64,
+    pub exemplars: u64,
+}
+
+pub const SAMPLES_WRITTEN: &str = "x-prometheus-remote-write-samples-written";
+pub const HISTOGRAMS_WRITTEN: &str = "x-prometheus-remote-write-histograms-written";
+pub const EXEMPLARS_WRITTEN: &str = "x-prometheus-remote-write-exemplars-written";
+
+impl Written {
+    /// All three headers, or `None` when any is missing or not a number.
+    fn from_headers(headers: &HeaderMap) -> Option<Written> {
+        let count =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        Some(Written {
+            samples: count(SAMPLES_WRITTEN)?,
+            histograms: count(HISTOGRAMS_WRITTEN)?,
+            exemplars: count(EXEMPLARS_WRITTEN)?,
+        })
+    }
+
+    /// What every backend wrote: the least of each count.
+    pub fn least(self, other: Written) -> Written {
+        Written {
+            samples: self.samples.min(other.samples),
+            histograms: self.histograms.min(other.histograms),
+            exemplars: self.exemplars.min(other.exemplars),
+        }
+    }
+
+    /// The three response headers.
+    pub fn headers(self) -> [(&'static str, HeaderValue); 3] {
+        [
+            (SAMPLES_WRITTEN, HeaderValue::from(self.samples)),
+            (HISTOGRAMS_WRITTEN, HeaderValue::from(self.histograms)),
+            (EXEMPLARS_WRITTEN, HeaderValue::from(self.exemplars)),
+        ]
     }
 }
 

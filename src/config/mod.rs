@@ -282,6 +282,18 @@ pub struct BackendConfig {
     pub bearer_token_file: Option<PathBuf>,
     pub basic_auth: Option<BasicAuth>,
     pub ca_file: Option<PathBuf>,
+    /// The remote-write version the backend accepts: 2.0 requests are converted to 1.0
+    /// for a 1.0 backend; a 1.0 request stays 1.0 for a 2.0 backend.
+    pub protocol: WriteProtocol,
+}
+
+/// A remote-write protocol version (DESIGN §5, §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteProtocol {
+    /// `prometheus.WriteRequest`
+    V1,
+    /// `io.prometheus.write.v2.Request` (spec 2.0-rc.4)
+    V2,
 }
 
 #[derive(Clone, Debug)]
@@ -911,6 +923,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             bearer_token_file: None,
             basic_auth: None,
             ca_file: None,
+            protocol: WriteProtocol::V1,
         }];
     }
     let mut seen = HashSet::new();
@@ -963,13 +976,16 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 "{context}.timeout: must be between 1ms and 29s, below Prometheus' 30s remote_timeout"
             ));
         }
-        if let Some(protocol) = backend.protocol.as_deref() {
-            if protocol != "1.0" {
+        let protocol = match backend.protocol.as_deref() {
+            None | Some("1.0") => WriteProtocol::V1,
+            Some("2.0") => WriteProtocol::V2,
+            Some(other) => {
                 problems.push(format!(
-                    "{context}.protocol: only \"1.0\" is available in this version"
+                    "{context}.protocol: {other:?} must be \"1.0\" or \"2.0\""
                 ));
+                WriteProtocol::V1
             }
-        }
+        };
         if let Some(delivery) = backend.delivery.as_deref() {
             if delivery != "sync" {
                 problems.push(format!(
@@ -1025,6 +1041,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 bearer_token_file: backend.bearer_token_file,
                 basic_auth,
                 ca_file: backend.ca_file,
+                protocol,
             });
         }
     }

@@ -13,6 +13,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::FutureExt;
+use prost::Message;
 
 use super::common::{
     authenticate, budget_exhausted, count_request, cpu_unavailable, deadline_exceeded, global_slot,
@@ -20,22 +22,32 @@ use super::common::{
 };
 use super::SharedState;
 use crate::admission::{BudgetError, Verdict};
-use crate::backend::{self, Outcome};
+use crate::backend::{self, Outcome, Written};
 use crate::codec::splice::{self, Rewritten};
-use crate::codec::write::WriteStats;
-use crate::codec::{snappy, CodecError};
+use crate::codec::write::{self, WriteStats};
+use crate::codec::{rw2, snappy, CodecError};
+use crate::config::WriteProtocol;
 use crate::error::AppError;
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
 
 pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    // Header-only, before anything else: the version picks the message (and, for 2.0,
+    // the response headers every answer carries).
+    let protocol = match check_media_type(&parts.headers) {
+        Ok(protocol) => protocol,
+        Err(error) => {
+            return Failure::anonymous("unsupported_media_type", error)
+                .respond(&state, Endpoint::Write)
+        }
+    };
     let mut caller = None;
-    let handled = within_deadline(&state, handle(&state, &parts, body, &mut caller))
+    let handled = within_deadline(&state, handle(&state, &parts, body, protocol, &mut caller))
         .await
         .unwrap_or_else(|| Err(deadline_exceeded(&state, caller.take())));
-    match handled {
-        Ok((tenant, stats)) => {
+    let (mut response, written) = match handled {
+        Ok((tenant, stats, written)) => {
             state
                 .metrics
                 .samples_forwarded
@@ -49,10 +61,19 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
                 &tenant.tenant.id,
                 StatusCode::NO_CONTENT,
             );
-            StatusCode::NO_CONTENT.into_response()
+            (StatusCode::NO_CONTENT.into_response(), written)
         }
-        Err(failure) => failure.respond(&state, Endpoint::Write),
+        // Nothing is known to be written everywhere when promgate refuses.
+        Err(failure) => (failure.respond(&state, Endpoint::Write), Written::default()),
+    };
+    // Remote write 2.0: the written counts on every answer, success or failure; never on
+    // 1.0 answers.
+    if protocol == WriteProtocol::V2 {
+        for (name, value) in written.headers() {
+            response.headers_mut().insert(name, value);
+        }
     }
+    response
 }
 
 /// Bodies decoding to more than this are decompressed and rewritten on the CPU pool;
@@ -64,11 +85,10 @@ async fn handle(
     state: &SharedState,
     parts: &Parts,
     body: Body,
+    protocol: WriteProtocol,
     caller: &mut Option<Arc<TenantEntry>>,
-) -> Result<(Arc<TenantEntry>, WriteStats), Failure> {
+) -> Result<(Arc<TenantEntry>, WriteStats, Written), Failure> {
     let headers = &parts.headers;
-    check_media_type(headers)
-        .map_err(|error| Failure::anonymous("unsupported_media_type", error))?;
     let tenant = authenticate(state, parts).await?;
     *caller = Some(Arc::clone(&tenant));
     require_backends(&tenant)?;
@@ -138,29 +158,26 @@ async fn handle(
             },
         )
     })?;
-    // Backends that get the tenant only from the label must not get metadata.
-    let split_metadata = tenant
-        .backends
-        .iter()
-        .filter_map(|&index| state.backends.get(index))
-        .any(|backend| backend.config.tenant_header.is_none());
+    let targets = Targets::of(state, &tenant);
     let now = now_ms();
-    let rewritten = if claimed > OFFLOAD_DECODED_BYTES {
+    let prepare = move |compressed: &[u8], tenant: &TenantEntry| match protocol {
+        WriteProtocol::V1 => rewrite_body(compressed, tenant, targets.any_by_label, now),
+        WriteProtocol::V2 => prepare_v2(compressed, tenant, targets, now),
+    };
+    let prepared = if claimed > OFFLOAD_DECODED_BYTES {
         let job_tenant = Arc::clone(&tenant);
         state
             .cpu
-            .run(&tenant.tenant.id, move || {
-                rewrite_body(&compressed, &job_tenant, split_metadata, now)
-            })
+            .run(&tenant.tenant.id, move || prepare(&compressed, &job_tenant))
             .await
             .map_err(|err| cpu_unavailable(&tenant, err))?
     } else {
-        let rewritten = rewrite_body(&compressed, &tenant, split_metadata, now);
+        let prepared = prepare(&compressed, &tenant);
         // Not held while the backends answer.
         drop(compressed);
-        rewritten
+        prepared
     };
-    let (bodies, stats) = rewritten.map_err(codec_failure)?;
+    let (bodies, stats) = prepared.map_err(codec_failure)?;
     let samples = stats.total_samples() as u64;
     match state
         .rate_limits
@@ -202,10 +219,84 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    forward(state, &tenant, bodies)
+    let written = forward(state, &tenant, bodies, &stats)
         .await
         .map_err(|error| Failure::new(&tenant, "backend", error))?;
-    Ok((tenant, stats))
+    Ok((tenant, stats, written))
+}
+
+/// Which bodies the tenant's backends need.
+#[derive(Clone, Copy, Debug)]
+struct Targets {
+    /// A 1.0 backend that gets the tenant in a header (and so may get metadata).
+    v1_by_header: bool,
+    /// A 1.0 backend that gets the tenant only from the label (never metadata).
+    v1_by_label: bool,
+    /// A 2.0 backend.
+    v2: bool,
+    /// Any backend that gets the tenant only from the label: a 1.0 request's metadata
+    /// must be split off for it.
+    any_by_label: bool,
+}
+
+impl Targets {
+    fn of(state: &SharedState, tenant: &TenantEntry) -> Targets {
+        let mut targets = Targets {
+            v1_by_header: false,
+            v1_by_label: false,
+            v2: false,
+            any_by_label: false,
+        };
+        for backend in tenant
+            .backends
+            .iter()
+            .filter_map(|&index| state.backends.get(index))
+        {
+            targets.any_by_label |= backend.config.tenant_header.is_none();
+            match (
+                backend.config.protocol,
+                backend.config.tenant_header.is_some(),
+            ) {
+                (WriteProtocol::V2, _) => targets.v2 = true,
+                (WriteProtocol::V1, true) => targets.v1_by_header = true,
+                (WriteProtocol::V1, false) => targets.v1_by_label = true,
+            }
+        }
+        targets
+    }
+}
+
+/// A remote write 2.0 body: decompressed, decoded, validated and scoped to the tenant in
+/// its symbol table (the reference path, [`rw2`]), then encoded once per form the
+/// backends need: 2.0 for 2.0 backends, 1.0 (with or without metadata) for 1.0 ones.
+fn prepare_v2(
+    compressed: &[u8],
+    tenant: &TenantEntry,
+    targets: Targets,
+    now_ms: i64,
+) -> Result<(Bodies, WriteStats), CodecError> {
+    let limits = &tenant.limits;
+    let decoded = snappy::decompress_capped(compressed, limits.max_decoded_bytes)?;
+    let mut request = rw2::decode(&decoded)?;
+    drop(decoded);
+    let stats = rw2::validate_and_enforce(&mut request, &tenant.policy, limits, now_ms)?;
+    let has_metadata = stats.metadata > 0;
+    let encode_v1 = |with_metadata: bool| {
+        Bytes::from(write::encode_compressed(&rw2::to_v1(
+            &request,
+            with_metadata,
+        )))
+    };
+    let bodies = Bodies {
+        full: (targets.v1_by_header || (targets.v1_by_label && !has_metadata))
+            .then(|| encode_v1(true)),
+        series_only: (targets.v1_by_label && has_metadata).then(|| encode_v1(false)),
+        has_metadata,
+        v2: targets
+            .v2
+            .then(|| Bytes::from(snappy::compress(&request.encode_to_vec()))),
+    };
+    Ok((bodies, stats))
 }
 
 thread_local! {
@@ -274,9 +365,12 @@ impl Drop for DecodedBudget {
     }
 }
 
-/// Content-Encoding must be snappy (or absent); Content-Type must name remote write 1.0
-/// (or be absent). Parsed leniently: case, spaces and quotes do not matter.
-fn check_media_type(headers: &HeaderMap) -> Result<(), AppError> {
+/// Content-Encoding must be snappy (or absent: some 1.0 clients omit it); Content-Type
+/// picks the message (remote write 2.0 spec, "Content-Type"): absent, or
+/// `application/x-protobuf` without `proto=` or with `proto=prometheus.WriteRequest`, is
+/// 1.0; `proto=io.prometheus.write.v2.Request` is 2.0; anything else is 415, before the
+/// body is read. Parsed leniently: case, spaces and quotes do not matter.
+fn check_media_type(headers: &HeaderMap) -> Result<WriteProtocol, AppError> {
     if let Some(encoding) = headers.get(http::header::CONTENT_ENCODING) {
         let encoding = encoding.to_str().unwrap_or_default().trim();
         if !encoding.eq_ignore_ascii_case("snappy") {
@@ -286,7 +380,7 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), AppError> {
         }
     }
     let Some(content_type) = headers.get(http::header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(WriteProtocol::V1);
     };
     let content_type = content_type.to_str().unwrap_or_default();
     let mut parts = content_type.split(';');
@@ -296,28 +390,35 @@ fn check_media_type(headers: &HeaderMap) -> Result<(), AppError> {
             "Content-Type {media_type:?} is not supported; send application/x-protobuf"
         )));
     }
+    let mut protocol = WriteProtocol::V1;
     for parameter in parts {
         let Some((name, value)) = parameter.split_once('=') else {
             continue;
         };
         if name.trim().eq_ignore_ascii_case("proto") {
-            let proto = value.trim().trim_matches('"');
-            if proto != "prometheus.WriteRequest" {
-                return Err(AppError::UnsupportedMediaType(format!(
-                    "proto={proto} is not supported; send prometheus.WriteRequest (remote write 1.0)"
-                )));
-            }
+            protocol = match value.trim().trim_matches('"') {
+                "prometheus.WriteRequest" => WriteProtocol::V1,
+                "io.prometheus.write.v2.Request" => WriteProtocol::V2,
+                proto => {
+                    return Err(AppError::UnsupportedMediaType(format!(
+                        "proto={proto} is not supported; send prometheus.WriteRequest (remote write 1.0) \
+                         or io.prometheus.write.v2.Request (2.0)"
+                    )))
+                }
+            };
         }
     }
-    Ok(())
+    Ok(protocol)
 }
 
-/// The compressed request for the backends: all of it, and (when it carries metadata and
-/// series) the series alone.
+/// The compressed request for the backends, in each form they need: 1.0 whole and (when
+/// it carries metadata and series) 1.0 series alone; 2.0 for 2.0 backends when the
+/// request came as 2.0. A form no backend needs is not made.
 struct Bodies {
-    full: Bytes,
+    full: Option<Bytes>,
     series_only: Option<Bytes>,
     has_metadata: bool,
+    v2: Option<Bytes>,
 }
 
 impl Bodies {
@@ -328,39 +429,71 @@ impl Bodies {
         let series_only = (split_metadata && has_metadata && rewritten.stats.series > 0)
             .then(|| Bytes::from(snappy::compress(&encoded[..rewritten.series_end])));
         Bodies {
-            full: Bytes::from(snappy::compress(encoded)),
+            full: Some(Bytes::from(snappy::compress(encoded))),
             series_only,
             has_metadata,
+            v2: None,
         }
     }
 }
 
 /// Sends the request to the tenant's backends, one request each, all at once; every
-/// backend gets the same bytes, compressed once. Metadata carries no labels and cannot
-/// be scoped by the tenant label, so it only goes to backends that receive the tenant in
-/// a header (PROTOCOL.md §2.G).
+/// backend of a kind gets the same bytes, compressed once. Metadata carries no labels and
+/// cannot be scoped by the tenant label, so it only goes to backends that receive the
+/// tenant in a header (PROTOCOL.md §2.G). A 2.0 request goes as 2.0 to 2.0 backends and
+/// converted to 1.0 to the others; a 1.0 request goes as 1.0 everywhere. Returns what
+/// every backend wrote (for 2.0 answers): a 1.0 backend's 2xx means all of it.
 async fn forward(
     state: &SharedState,
     tenant: &TenantEntry,
     bodies: Bodies,
-) -> Result<(), AppError> {
+    stats: &WriteStats,
+) -> Result<Written, AppError> {
+    let sent = Written {
+        samples: stats.samples as u64,
+        histograms: stats.histograms as u64,
+        exemplars: stats.exemplars as u64,
+    };
     let sends = tenant
         .backends
         .iter()
         .filter_map(|&index| state.backends.get(index))
         .filter_map(|backend| {
+            let tenant_id = tenant.tenant.id.as_str();
+            if let (WriteProtocol::V2, Some(body)) = (backend.config.protocol, &bodies.v2) {
+                let body = body.clone();
+                return Some(
+                    async move {
+                        let (outcome, written) = backend
+                            .write_v2(tenant_id, body, sent, &state.metrics)
+                            .await;
+                        (backend.config.name.as_str(), outcome, written)
+                    }
+                    .boxed(),
+                );
+            }
             let body = if backend.config.tenant_header.is_some() || !bodies.has_metadata {
-                bodies.full.clone()
+                bodies.full.clone()?
             } else {
                 bodies.series_only.clone()?
             };
-            Some(async move {
-                let outcome = backend.write(&tenant.tenant.id, body, &state.metrics).await;
-                (backend.config.name.as_str(), outcome)
-            })
+            Some(
+                async move {
+                    let outcome = backend.write(tenant_id, body, &state.metrics).await;
+                    (backend.config.name.as_str(), outcome, sent)
+                }
+                .boxed(),
+            )
         });
-    let outcomes: Vec<(&str, Outcome)> = futures::future::join_all(sends).await;
-    backend::combine(&outcomes)
+    let results: Vec<(&str, Outcome, Written)> = futures::future::join_all(sends).await;
+    let written = results
+        .iter()
+        .fold(sent, |least, (_, _, written)| least.least(*written));
+    let outcomes: Vec<(&str, Outcome)> = results
+        .into_iter()
+        .map(|(name, outcome, _)| (name, outcome))
+        .collect();
+    backend::combine(&outcomes).map(|()| written)
 }
 
 fn now_ms() -> i64 {
@@ -403,7 +536,11 @@ mod tests {
                 Some("Application/X-Protobuf; proto=\"prometheus.WriteRequest\""),
             ),
         ] {
-            assert!(check_media_type(&ok).is_ok(), "{ok:?}");
+            assert_eq!(
+                check_media_type(&ok).ok(),
+                Some(WriteProtocol::V1),
+                "{ok:?}"
+            );
         }
         for bad in [
             with(Some("gzip"), Some("application/x-protobuf")),
@@ -412,11 +549,31 @@ mod tests {
             with(None, Some("application/json")),
             with(
                 None,
-                Some("application/x-protobuf;proto=io.prometheus.write.v2.Request"),
+                Some("application/x-protobuf;proto=io.prometheus.write.v3.Request"),
+            ),
+            with(
+                None,
+                Some("application/x-protobuf;proto=prometheus.ReadRequest"),
             ),
         ] {
             let err = check_media_type(&bad).expect_err("415");
             assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        }
+        for v2 in [
+            with(
+                Some("snappy"),
+                Some("application/x-protobuf;proto=io.prometheus.write.v2.Request"),
+            ),
+            with(
+                None,
+                Some("application/x-protobuf; proto=\"io.prometheus.write.v2.Request\""),
+            ),
+        ] {
+            assert_eq!(
+                check_media_type(&v2).ok(),
+                Some(WriteProtocol::V2),
+                "{v2:?}"
+            );
         }
     }
 }

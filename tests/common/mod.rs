@@ -12,7 +12,7 @@ pub mod stack;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -51,6 +51,7 @@ pub struct FakeBackend {
     pub received: Arc<Mutex<Vec<Recorded>>>,
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
+    v2_counts: Arc<AtomicBool>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -59,6 +60,25 @@ struct FakeState {
     received: Arc<Mutex<Vec<Recorded>>>,
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
+    v2_counts: Arc<AtomicBool>,
+}
+
+/// Samples, histograms and exemplars of a snappy remote write 2.0 body.
+fn written_v2(body: &[u8]) -> (u64, u64, u64) {
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .expect("v2 body is snappy");
+    let request = promgate::proto::write_v2::Request::decode(raw.as_slice()).expect("a v2 Request");
+    request
+        .timeseries
+        .iter()
+        .fold((0, 0, 0), |(s, h, e), series| {
+            (
+                s + series.samples.len() as u64,
+                h + series.histograms.len() as u64,
+                e + series.exemplars.len() as u64,
+            )
+        })
 }
 
 impl FakeBackend {
@@ -66,10 +86,12 @@ impl FakeBackend {
         let received = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(204));
         let delay_ms = Arc::new(AtomicU64::new(0));
+        let v2_counts = Arc::new(AtomicBool::new(true));
         let state = FakeState {
             received: Arc::clone(&received),
             status: Arc::clone(&status),
             delay_ms: Arc::clone(&delay_ms),
+            v2_counts: Arc::clone(&v2_counts),
         };
         let router = Router::new()
             .route("/api/v1/write", post(record))
@@ -90,6 +112,7 @@ impl FakeBackend {
             received,
             status,
             delay_ms,
+            v2_counts,
             _stop: stop,
         }
     }
@@ -107,6 +130,11 @@ impl FakeBackend {
     pub fn delay(&self, delay: std::time::Duration) {
         self.delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Whether 2.0 answers carry the written counts (a 1.0-only receiver's do not).
+    pub fn report_v2_counts(&self, report: bool) {
+        self.v2_counts.store(report, Ordering::SeqCst);
     }
 
     pub fn answer_with(&self, status: u16) {
@@ -127,6 +155,11 @@ async fn record(
     if delay > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
+    let is_v2 = headers
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("io.prometheus.write.v2.Request"));
+    let written = is_v2.then(|| written_v2(&body));
     state
         .received
         .lock()
@@ -134,6 +167,19 @@ async fn record(
         .push(Recorded { headers, body });
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).expect("status");
     let mut response_headers = HeaderMap::new();
+    // A 2.0 receiver says what it wrote (unless told to behave like a 1.0-only one).
+    if let (Some((samples, histograms, exemplars)), true) = (
+        written,
+        state.v2_counts.load(Ordering::SeqCst) && status.is_success(),
+    ) {
+        for (name, count) in [
+            ("x-prometheus-remote-write-samples-written", samples),
+            ("x-prometheus-remote-write-histograms-written", histograms),
+            ("x-prometheus-remote-write-exemplars-written", exemplars),
+        ] {
+            response_headers.insert(name, count.into());
+        }
+    }
     if status == StatusCode::TOO_MANY_REQUESTS {
         response_headers.insert("retry-after", "11".parse().expect("value"));
     }
