@@ -17,7 +17,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use promgate::codec::rw2;
 use promgate::codec::snappy::{compress, decompress_capped, decompress_capped_into};
 use promgate::codec::splice::rewrite;
-use promgate::codec::write::{decode, encode_compressed, LabelPolicy};
+use promgate::codec::write::{decode, LabelPolicy};
 use promgate::config::{ConflictPolicy, Limits};
 use promgate::proto::write_v2 as v2;
 use promgate::proto::WriteRequest;
@@ -131,7 +131,7 @@ fn write_v2(c: &mut Criterion) {
                 let raw = decompress_capped(body, LIMIT).expect("snappy");
                 let mut request = rw2::decode(&raw).expect("protobuf");
                 rw2::validate_and_enforce(&mut request, &policy, &limits, NOW).expect("valid");
-                black_box(encode_compressed(&rw2::to_v1(&request, false)));
+                black_box(compress(&rw2::encode_v1(&request, false)));
             }
         })
     });

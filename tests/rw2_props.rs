@@ -149,6 +149,10 @@ proptest! {
                 prop_assert_eq!(first.series, other.series);
                 prop_assert_eq!(&second.symbols[0], "");
                 prop_assert_eq!(bits(&reference), bits(&rw2::to_v1(&second, false)));
+                prop_assert_eq!(
+                    rw2::encode_v1(&second, true),
+                    prost::Message::encode_to_vec(&rw2::to_v1(&second, true))
+                );
             }
             (Err(first), Err(other)) => prop_assert_eq!(first, other),
             (first, other) => prop_assert!(false, "v1 {:?} but v2 {:?}", first, other),

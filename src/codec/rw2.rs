@@ -270,56 +270,143 @@ pub fn to_v1(request: &Request, with_metadata: bool) -> WriteRequest {
             })
             .collect()
     };
-    let mut metadata = Vec::new();
-    let mut named = std::collections::HashSet::new();
     let timeseries = request
         .timeseries
         .iter()
-        .map(|series| {
-            let series_labels = labels(&series.labels_refs);
-            if let (true, Some(meta)) = (with_metadata, &series.metadata) {
-                let family = series_labels
-                    .iter()
-                    .find(|label| label.name == "__name__")
-                    .map(|label| label.value.clone());
-                if let Some(family) = family {
-                    if meta.r#type != 0 && named.insert(family.clone()) {
-                        metadata.push(v1::MetricMetadata {
-                            r#type: meta.r#type,
-                            metric_family_name: family,
-                            help: text(meta.help_ref),
-                            unit: text(meta.unit_ref),
-                        });
-                    }
-                }
-            }
-            v1::TimeSeries {
-                labels: series_labels,
-                samples: series
-                    .samples
-                    .iter()
-                    .map(|sample| v1::Sample {
-                        value: sample.value,
-                        timestamp: sample.timestamp,
-                    })
-                    .collect(),
-                exemplars: series
-                    .exemplars
-                    .iter()
-                    .map(|exemplar| v1::Exemplar {
-                        labels: labels(&exemplar.labels_refs),
-                        value: exemplar.value,
-                        timestamp: exemplar.timestamp,
-                    })
-                    .collect(),
-                histograms: series.histograms.iter().map(histogram_to_v1).collect(),
-            }
+        .map(|series| v1::TimeSeries {
+            labels: labels(&series.labels_refs),
+            samples: series.samples.iter().map(sample_to_v1).collect(),
+            exemplars: series
+                .exemplars
+                .iter()
+                .map(|exemplar| exemplar_to_v1(exemplar, symbols))
+                .collect(),
+            histograms: series.histograms.iter().map(histogram_to_v1).collect(),
         })
         .collect();
     WriteRequest {
         timeseries,
-        metadata,
+        metadata: if with_metadata {
+            metadata_of(request)
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// The encoded 1.0 request [`to_v1`] would give, byte for byte, written straight from
+/// the symbol table: no owned label strings are built for the series (the relay's path
+/// for 1.0 backends; `to_v1` is its reference).
+pub fn encode_v1(request: &Request, with_metadata: bool) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, message, WireType};
+    let symbols = &request.symbols;
+    let mut out = Vec::with_capacity(request.encoded_len() + request.encoded_len() / 2);
+    let mut series_bytes = Vec::new();
+    for series in &request.timeseries {
+        series_bytes.clear();
+        for pair in series.labels_refs.chunks_exact(2) {
+            let name = symbol(symbols, pair[0]).unwrap_or_default();
+            let value = symbol(symbols, pair[1]).unwrap_or_default();
+            encode_label(name, value, &mut series_bytes);
+        }
+        for sample in &series.samples {
+            message::encode(2, &sample_to_v1(sample), &mut series_bytes);
+        }
+        for exemplar in &series.exemplars {
+            message::encode(3, &exemplar_to_v1(exemplar, symbols), &mut series_bytes);
+        }
+        for histogram in &series.histograms {
+            message::encode(4, &histogram_to_v1(histogram), &mut series_bytes);
+        }
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(series_bytes.len() as u64, &mut out);
+        out.extend_from_slice(&series_bytes);
+    }
+    if with_metadata {
+        for metadata in metadata_of(request) {
+            message::encode(3, &metadata, &mut out);
+        }
+    }
+    out
+}
+
+/// `TimeSeries.labels` (field 1) holding one `Label`, as prost writes it: empty strings
+/// are left out.
+fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let field_len = |text: &str| {
+        if text.is_empty() {
+            0
+        } else {
+            1 + encoded_len_varint(text.len() as u64) + text.len()
+        }
+    };
+    encode_key(1, WireType::LengthDelimited, out);
+    encode_varint((field_len(name) + field_len(value)) as u64, out);
+    for (tag, text) in [(1, name), (2, value)] {
+        if !text.is_empty() {
+            encode_key(tag, WireType::LengthDelimited, out);
+            encode_varint(text.len() as u64, out);
+            out.extend_from_slice(text.as_bytes());
+        }
+    }
+}
+
+fn sample_to_v1(sample: &v2::Sample) -> v1::Sample {
+    v1::Sample {
+        value: sample.value,
+        timestamp: sample.timestamp,
+    }
+}
+
+fn exemplar_to_v1(exemplar: &v2::Exemplar, symbols: &[String]) -> v1::Exemplar {
+    v1::Exemplar {
+        labels: exemplar
+            .labels_refs
+            .chunks_exact(2)
+            .map(|pair| v1::Label {
+                name: symbol(symbols, pair[0]).unwrap_or_default().to_string(),
+                value: symbol(symbols, pair[1]).unwrap_or_default().to_string(),
+            })
+            .collect(),
+        value: exemplar.value,
+        timestamp: exemplar.timestamp,
+    }
+}
+
+/// 1.0 metadata: one per metric family with a type, first seen wins.
+fn metadata_of(request: &Request) -> Vec<v1::MetricMetadata> {
+    let symbols = &request.symbols;
+    let mut named = HashSet::new();
+    let mut metadata = Vec::new();
+    for series in &request.timeseries {
+        let Some(meta) = &series.metadata else {
+            continue;
+        };
+        if meta.r#type == 0 {
+            continue;
+        }
+        let family = series
+            .labels_refs
+            .chunks_exact(2)
+            .find(|pair| symbol(symbols, pair[0]) == Some("__name__"))
+            .and_then(|pair| symbol(symbols, pair[1]));
+        if let Some(family) = family {
+            if named.insert(family) {
+                metadata.push(v1::MetricMetadata {
+                    r#type: meta.r#type,
+                    metric_family_name: family.to_string(),
+                    help: symbol(symbols, meta.help_ref)
+                        .unwrap_or_default()
+                        .to_string(),
+                    unit: symbol(symbols, meta.unit_ref)
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+            }
+        }
+    }
+    metadata
 }
 
 fn histogram_to_v1(histogram: &v2::Histogram) -> v1::Histogram {

@@ -24,7 +24,7 @@ use super::SharedState;
 use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
 use crate::codec::splice::{self, Rewritten};
-use crate::codec::write::{self, WriteStats};
+use crate::codec::write::WriteStats;
 use crate::codec::{rw2, snappy, CodecError};
 use crate::config::WriteProtocol;
 use crate::error::AppError;
@@ -282,10 +282,7 @@ fn prepare_v2(
     let stats = rw2::validate_and_enforce(&mut request, &tenant.policy, limits, now_ms)?;
     let has_metadata = stats.metadata > 0;
     let encode_v1 = |with_metadata: bool| {
-        Bytes::from(write::encode_compressed(&rw2::to_v1(
-            &request,
-            with_metadata,
-        )))
+        Bytes::from(snappy::compress(&rw2::encode_v1(&request, with_metadata)))
     };
     let bodies = Bodies {
         full: (targets.v1_by_header || (targets.v1_by_label && !has_metadata))
