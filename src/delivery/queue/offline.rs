@@ -1,7 +1,8 @@
 //! The offline view of a queue directory behind `promgate queue inspect|verify`
 //! (DESIGN §2): reads every segment and the cursor read-only, checks every record's
 //! checksum with the same scanner recovery uses, and changes nothing — no file is
-//! created, truncated or deleted, so it is safe beside a running relay and never repairs.
+//! created, truncated or deleted, and nothing is repaired. Beside a running relay it is
+//! safe but approximate: a batch being written may show as a torn tail.
 
 use std::fs::File;
 use std::io;

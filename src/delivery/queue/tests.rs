@@ -335,6 +335,50 @@ fn a_reader_crosses_segments_and_a_stop_before_deletion_is_finished_at_open() {
 }
 
 #[test]
+fn damage_in_an_older_segment_is_skipped_by_the_reader_and_never_truncated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (queue, _) = open(dir.path(), small_segments());
+        for index in 0..30 {
+            queue.append(&[payload(index)]).expect("append");
+        }
+    }
+    let segments = list_segments(dir.path()).expect("list");
+    let (first_seq, oldest) = &segments[0];
+    assert_eq!(*first_seq, 1);
+    let mut bytes = std::fs::read(oldest).expect("read");
+    let oldest_len = bytes.len();
+    // The payload of record 2 and the tail of the segment's last record.
+    bytes[HEADER_BYTES as usize + payload(0).len() + HEADER_BYTES as usize] ^= 0xFF;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xFF;
+    std::fs::write(oldest, &bytes).expect("damage");
+    let records_in_oldest = segments[1].0 - 1;
+
+    let (queue, report) = open(dir.path(), small_segments());
+    assert_eq!(report.corrupt_regions, 2);
+    assert_eq!(
+        report.truncated_bytes, 0,
+        "only the newest segment's tail is cut"
+    );
+    assert_eq!(
+        std::fs::metadata(oldest).expect("stat").len() as usize,
+        oldest_len
+    );
+    let mut reader = queue.reader();
+    let mut seqs = Vec::new();
+    while let Some(record) = reader.next_record().expect("read") {
+        seqs.push(record.seq);
+    }
+    let expected: Vec<u64> = (1..=30)
+        .filter(|seq| *seq != 2 && *seq != records_in_oldest)
+        .collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(reader.skipped_regions(), 2);
+    assert_eq!(queue.stats().pending_records, 28);
+}
+
+#[test]
 fn a_damaged_cursor_falls_back_to_the_oldest_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
