@@ -11,6 +11,7 @@
 //! ```text
 //! <directory>/<backend>/segment-<first-seq, 20 digits>.log   records, see `record`
 //! <directory>/<backend>/cursor                                acknowledged-through seq, see `cursor`
+//! <directory>/<backend>/lock                                  held (flock) by the process that has it open
 //! ```
 //!
 //! A record is `[payload len u32][crc32c u32][seq u64][append time ms u64][payload]`,
@@ -30,6 +31,10 @@
 //!   segment is truncated to the last valid record, a damaged stretch anywhere else is
 //!   skipped up to the next valid record and counted ([`RecoveryReport`]).
 //! - [`Queue::ack`] makes the cursor durable before it deletes a segment.
+//! - One process at a time: [`Queue::open`] takes an exclusive `flock` on the `lock`
+//!   file and fails with [`QueueError::Locked`] when another process holds it (two relays
+//!   pointed at one directory would interleave their appends). The kernel drops the lock
+//!   when the process dies, so a `kill -9` leaves nothing to clean up.
 //! - `max_bytes` counts the segment files on disk; a batch that would pass it fails with
 //!   [`QueueError::Full`] and nothing is ever dropped to make room.
 //! - Memory is bounded: a reader holds one record, recovery one record plus one append
@@ -63,6 +68,7 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const MIN_SEGMENT_BYTES: u64 = 4096;
 const SEGMENT_PREFIX: &str = "segment-";
 const SEGMENT_SUFFIX: &str = ".log";
+const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -80,6 +86,8 @@ pub enum QueueError {
     PayloadTooLarge { len: u64, max: u64 },
     #[error("acknowledging {seq} but the queue holds records only through {last}")]
     AckBeyondEnd { seq: u64, last: u64 },
+    #[error("{0} is open in another process")]
+    Locked(PathBuf),
     #[error("queue i/o: {0}")]
     Io(#[from] io::Error),
     /// A write or fsync failed earlier; nothing more is accepted until a restart.
@@ -193,6 +201,8 @@ pub struct Queue {
     /// Serialises acknowledgements so cursor writes never go backwards.
     ack_lock: Mutex<()>,
     segment_fsyncs: AtomicU64,
+    /// Holds the exclusive `flock` on the directory's lock file while the queue is open.
+    _process_lock: File,
 }
 
 impl Queue {
@@ -200,6 +210,7 @@ impl Queue {
     /// stop left. Only I/O errors fail; damaged data is repaired and reported.
     pub fn open(dir: &Path, options: QueueOptions) -> Result<(Queue, RecoveryReport), QueueError> {
         std::fs::create_dir_all(dir)?;
+        let process_lock = lock_directory(dir)?;
         remove_leftover_temp(dir)?;
         let listed = list_segments(dir)?;
         let mut report = RecoveryReport::default();
@@ -324,6 +335,7 @@ impl Queue {
             synced: Condvar::new(),
             ack_lock: Mutex::new(()),
             segment_fsyncs: AtomicU64::new(0),
+            _process_lock: process_lock,
         };
         Ok((queue, report))
     }
@@ -759,6 +771,23 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     }
     segments.sort_unstable_by_key(|(first_seq, _)| *first_seq);
     Ok(segments)
+}
+
+/// Takes the exclusive lock that keeps a second process out of the queue.
+fn lock_directory(dir: &Path) -> Result<File, QueueError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(LOCK_FILE))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(err) if err == rustix::io::Errno::WOULDBLOCK => {
+            Err(QueueError::Locked(dir.to_path_buf()))
+        }
+        Err(err) => Err(QueueError::Io(err.into())),
+    }
 }
 
 fn create_segment(dir: &Path, first_seq: u64) -> io::Result<(Segment, File)> {

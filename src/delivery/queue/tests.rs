@@ -379,6 +379,20 @@ fn damage_in_an_older_segment_is_skipped_by_the_reader_and_never_truncated() {
 }
 
 #[test]
+fn a_queue_is_open_in_one_place_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (queue, _) = open(dir.path(), QueueOptions::new(ROOMY));
+    // flock locks belong to the open file description, so a second open in the same
+    // process is refused just as another process would be.
+    assert!(matches!(
+        Queue::open(dir.path(), QueueOptions::new(ROOMY)),
+        Err(QueueError::Locked(_))
+    ));
+    drop(queue);
+    open(dir.path(), QueueOptions::new(ROOMY));
+}
+
+#[test]
 fn a_damaged_cursor_falls_back_to_the_oldest_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
