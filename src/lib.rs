@@ -4,7 +4,8 @@
 //! `config`, `error` and `telemetry` are leaves; `codec` is pure; `tenant` owns the
 //! registry; `auth` maps credentials to tenants; `admission` decides what a request may
 //! take once its tenant is known (budgets, throttles, the CPU pool); `backend` owns the
-//! HTTP client; `admin` and `server` are the only modules that know axum.
+//! HTTP client; `delivery` owns the durable per-backend queue; `admin` and `server` are
+//! the only modules that know axum.
 
 pub mod admin;
 pub mod admission;
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod backend;
 pub mod codec;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod proto;
 pub mod read;

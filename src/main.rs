@@ -1,13 +1,16 @@
-//! The `promgate` command: `serve` and `check-config` (DESIGN §2). The only place
-//! that exits the process. `check-config` also warns, without failing, about tenants in
-//! the registry that name backends the config does not have (DESIGN §9).
+//! The `promgate` command: `serve`, `check-config` and `queue inspect|verify` (DESIGN §2).
+//! The only place that exits the process. `check-config` also warns, without failing,
+//! about tenants in the registry that name backends the config does not have (DESIGN §9).
+//! `queue inspect|verify` read the durable queues offline and never change them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
+use promgate::config::units::HumanSize;
 use promgate::config::Config;
+use promgate::delivery::queue::offline::{inspect_queue, QueueInspection};
 use promgate::tenant::store::Store;
 
 #[derive(Parser)]
@@ -33,6 +36,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Read the durable delivery queues offline, without starting the relay.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Per backend: records, bytes, oldest age, reader position, segments.
+    Inspect {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check every record's checksum; one line per problem, exit 1 on any damage.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -52,6 +74,10 @@ fn main() -> ExitCode {
                 eprintln!("{} problem(s) found", errors.problems.len());
                 ExitCode::FAILURE
             }
+        },
+        Command::Queue { command } => match command {
+            QueueCommand::Inspect { config } => queue_command(&config, QueueAction::Inspect),
+            QueueCommand::Verify { config } => queue_command(&config, QueueAction::Verify),
         },
         Command::Serve { config } => {
             promgate::telemetry::init_logging();
@@ -129,6 +155,128 @@ fn check_registry(config: &Config) {
             eprintln!("warning: tenant {tenant:?} names backend {backend:?}, which is not configured; {consequence}");
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QueueAction {
+    Inspect,
+    Verify,
+}
+
+/// `promgate queue inspect|verify`: every sub-folder of `[queue] directory` is one
+/// backend's queue. Read-only: nothing is created, truncated or deleted, and damage is
+/// reported, never repaired (the relay repairs at start).
+fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(errors) => {
+            for problem in &errors.problems {
+                eprintln!("{}: {problem}", config_path.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let directory = &config.queue.directory;
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "{}: no queues (the directory does not exist)",
+                directory.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("{}: cannot read: {err}", directory.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut queue_dirs: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| {
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            )
+        })
+        .collect();
+    queue_dirs.sort();
+    if queue_dirs.is_empty() {
+        println!("{}: no queues", directory.display());
+        return ExitCode::SUCCESS;
+    }
+    let configured: Vec<&str> = config.backend_names().collect();
+    let mut damaged = false;
+    for (backend, queue_dir) in queue_dirs {
+        let inspection = match inspect_queue(&queue_dir) {
+            Ok(inspection) => inspection,
+            Err(err) => {
+                eprintln!("{backend}: cannot read {}: {err}", queue_dir.display());
+                damaged = true;
+                continue;
+            }
+        };
+        let note = if configured.contains(&backend.as_str()) {
+            ""
+        } else {
+            " (not a configured backend)"
+        };
+        let problems = inspection.problems();
+        damaged |= !problems.is_empty();
+        match action {
+            QueueAction::Inspect => {
+                println!("{backend}{note}: {}", describe_queue(&inspection));
+                if !problems.is_empty() {
+                    println!(
+                        "{backend}: {} problem(s); run `promgate queue verify` for each",
+                        problems.len()
+                    );
+                }
+            }
+            QueueAction::Verify => {
+                for problem in &problems {
+                    println!("{backend}: {problem}");
+                }
+                let checked: u64 = inspection
+                    .segments
+                    .iter()
+                    .map(|segment| segment.valid_records)
+                    .sum();
+                let verdict = if problems.is_empty() { "OK" } else { "DAMAGED" };
+                println!(
+                    "{backend}{note}: {checked} records in {} segment(s) checked: {verdict}",
+                    inspection.segments.len()
+                );
+            }
+        }
+    }
+    match action {
+        QueueAction::Verify if damaged => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// One line: records, bytes, oldest age, reader position, segments.
+fn describe_queue(inspection: &QueueInspection) -> String {
+    let oldest = match inspection.oldest_pending_appended_at {
+        Some(appended_at) => {
+            let age = SystemTime::now()
+                .duration_since(appended_at)
+                .unwrap_or_default();
+            let age = Duration::from_secs(age.as_secs());
+            format!("oldest {} ago", humantime::format_duration(age))
+        }
+        None => "nothing pending".to_string(),
+    };
+    format!(
+        "{} records, {}, {oldest}, reader at {} (last record {}), {} segment(s)",
+        inspection.pending_records,
+        HumanSize(inspection.bytes),
+        inspection.acked_through,
+        inspection.last_seq.unwrap_or(0),
+        inspection.segments.len()
+    )
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! The `promgate` command line: `check-config` reports every problem at once and exits 1;
 //! a valid file exits 0, with a warning for every tenant in the registry that names a
-//! backend the file does not configure.
+//! backend the file does not configure. `queue inspect|verify` read a queue written by
+//! the queue module, report damage one line each, and change nothing on disk.
 
 mod common;
 
@@ -218,4 +219,145 @@ fn check_config_with_an_unreachable_postgresql_gives_up_quickly() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Runs `promgate queue <action>` on a config whose `[queue] directory` is `queue_dir`.
+fn queue_command(action: &str, queue_dir: &std::path::Path) -> (bool, String) {
+    let config_dir = tempfile::tempdir().expect("tempdir");
+    let path = config_dir.path().join("promgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[queue]\ndirectory = {:?}\nmax_bytes = \"64MiB\"\n\n[[backends]]\nname = \"primary\"\nwrite_url = \"http://127.0.0.1:9/api/v1/write\"\n",
+            queue_dir.display().to_string()
+        ),
+    )
+    .expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_promgate"))
+        .args(["queue", action, "--config"])
+        .arg(&path)
+        .output()
+        .expect("run promgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// Every file under `dir` with its bytes, to prove a command changed nothing.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("list") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(snapshot(&path));
+        } else {
+            let bytes = std::fs::read(&path).expect("read");
+            files.push((path, bytes));
+        }
+    }
+    files.sort();
+    files
+}
+
+fn queue_with_records(queue_dir: &std::path::Path, backend: &str) -> std::path::PathBuf {
+    use promgate::delivery::queue::{Queue, QueueOptions};
+    let backend_dir = queue_dir.join(backend);
+    let (queue, _) = Queue::open(&backend_dir, QueueOptions::new(64 << 20)).expect("open queue");
+    for index in 0..5 {
+        queue
+            .append(&[format!("batch {index}").into_bytes()])
+            .expect("append");
+    }
+    queue.ack(2).expect("ack");
+    backend_dir
+}
+
+#[test]
+fn queue_inspect_shows_each_backend_and_changes_nothing() {
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    queue_with_records(queue_dir.path(), "primary");
+    queue_with_records(queue_dir.path(), "retired");
+    let before = snapshot(queue_dir.path());
+    let (ok, output) = queue_command("inspect", queue_dir.path());
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("primary: 3 records, ")
+            && output.contains("reader at 2 (last record 5), 1 segment(s)")
+            && output.contains(" ago"),
+        "{output}"
+    );
+    assert!(
+        output.contains("retired (not a configured backend): 3 records"),
+        "{output}"
+    );
+    assert_eq!(
+        snapshot(queue_dir.path()),
+        before,
+        "inspect changed the queue"
+    );
+
+    let (ok, output) = queue_command("verify", queue_dir.path());
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("primary: 5 records in 1 segment(s) checked: OK"),
+        "{output}"
+    );
+    assert_eq!(
+        snapshot(queue_dir.path()),
+        before,
+        "verify changed the queue"
+    );
+}
+
+#[test]
+fn queue_verify_reports_each_damage_exits_1_and_repairs_nothing() {
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    let backend_dir = queue_with_records(queue_dir.path(), "primary");
+    let segment = std::fs::read_dir(&backend_dir)
+        .expect("list")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.to_string_lossy().ends_with(".log"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes[24 + 7 + 30] ^= 0x10; // inside the second record
+    bytes.extend_from_slice(b"half a record");
+    std::fs::write(&segment, &bytes).expect("damage");
+    let before = snapshot(queue_dir.path());
+
+    let (ok, output) = queue_command("verify", queue_dir.path());
+    assert!(!ok, "damage must fail verify:\n{output}");
+    assert!(
+        output.contains("offset 31: 31 bytes: damaged records skipped"),
+        "{output}"
+    );
+    assert!(
+        output.contains("13 bytes: torn or damaged tail after the last valid record"),
+        "{output}"
+    );
+    assert!(output.contains("checked: DAMAGED"), "{output}");
+    assert_eq!(snapshot(queue_dir.path()), before, "verify must not repair");
+
+    let (ok, output) = queue_command("inspect", queue_dir.path());
+    assert!(ok, "{output}");
+    assert!(output.contains("primary: 2 problem(s)"), "{output}");
+    assert_eq!(
+        snapshot(queue_dir.path()),
+        before,
+        "inspect must not repair"
+    );
+}
+
+#[test]
+fn queue_commands_without_a_queue_directory_create_nothing() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let missing = parent.path().join("promgate-queue");
+    for action in ["inspect", "verify"] {
+        let (ok, output) = queue_command(action, &missing);
+        assert!(ok, "{output}");
+        assert!(output.contains("no queues"), "{output}");
+        assert!(!missing.exists(), "{action} created the directory");
+    }
 }

@@ -38,6 +38,7 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     pub limits: Limits,
     pub backends: Vec<BackendConfig>,
+    pub queue: QueueConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -296,6 +297,28 @@ pub enum WriteProtocol {
     V2,
 }
 
+/// The durable per-backend delivery queues (DESIGN §9), used once queued delivery lands;
+/// read today by `promgate queue inspect|verify`.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    /// Holds one sub-folder per queued backend, named after it.
+    pub directory: PathBuf,
+    /// Bytes of queue files each backend may hold; when full, writes that need that
+    /// queue get 503 + Retry-After and nothing queued is dropped.
+    pub max_bytes: u64,
+}
+
+/// The smallest `[queue] max_bytes`: room for a few segments of the smallest size.
+pub const MIN_QUEUE_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_QUEUE_BYTES: u64 = 1024 * 1024 * 1024;
+
+impl QueueConfig {
+    /// Where the queue of backend `name` lives.
+    pub fn backend_directory(&self, name: &str) -> PathBuf {
+        self.directory.join(name)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BasicAuth {
     pub username: String,
@@ -373,6 +396,12 @@ struct RawTokens {
     default_ttl: Option<HumanDuration>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct RawQueue {
+    directory: Option<PathBuf>,
+    max_bytes: Option<units::HumanSize>,
+}
+
 #[derive(Debug, Deserialize)]
 struct RawBackend {
     name: Option<String>,
@@ -388,8 +417,8 @@ struct RawBackend {
     delivery: Option<String>,
 }
 
-const SECTIONS: [&str; 7] = [
-    "server", "admin", "storage", "tenancy", "auth", "limits", "backends",
+const SECTIONS: [&str; 8] = [
+    "server", "admin", "storage", "tenancy", "auth", "limits", "backends", "queue",
 ];
 
 /// Every problem found in a config, one line each.
@@ -447,6 +476,7 @@ impl Config {
         let auth: RawAuth = section(&root, "auth", &mut problems);
         let limit_overrides: LimitOverrides = section(&root, "limits", &mut problems);
         let raw_backends: Vec<RawBackend> = section_list(&root, "backends", &mut problems);
+        let raw_queue: RawQueue = section(&root, "queue", &mut problems);
 
         let storage = StorageConfig {
             database_url: storage
@@ -488,6 +518,23 @@ impl Config {
         );
         if admin_cfg.auth_failures_per_minute == 0 {
             problems.push("admin.auth_failures_per_minute must be at least 1".into());
+        }
+        let queue = QueueConfig {
+            directory: raw_queue
+                .directory
+                .unwrap_or_else(|| secrets_dir.join("promgate-queue")),
+            max_bytes: raw_queue
+                .max_bytes
+                .map_or(DEFAULT_QUEUE_BYTES, |size| size.0),
+        };
+        if queue.directory.as_os_str().is_empty() {
+            problems.push("queue.directory must not be empty".into());
+        }
+        if queue.max_bytes < MIN_QUEUE_BYTES {
+            problems.push(format!(
+                "queue.max_bytes must be at least {}",
+                units::HumanSize(MIN_QUEUE_BYTES)
+            ));
         }
         let issuers = validate_issuers(auth.issuers, &mut problems);
         let tokens = TokenConfig {
@@ -537,6 +584,7 @@ impl Config {
                 issuers,
                 limits,
                 backends,
+                queue,
             })
         } else {
             Err(ConfigErrors { problems })
@@ -1240,5 +1288,36 @@ mod tests {
             config.tokens.signing_key_file,
             PathBuf::from("/var/lib/promgate/promgate-signing.key")
         );
+        assert_eq!(
+            config.queue.directory,
+            PathBuf::from("/var/lib/promgate/promgate-queue")
+        );
+        assert_eq!(config.queue.max_bytes, DEFAULT_QUEUE_BYTES);
+    }
+
+    #[test]
+    fn the_queue_section_is_checked_and_queued_delivery_still_refused() {
+        let config =
+            parse("[queue]\ndirectory = \"/srv/queue\"\nmax_bytes = \"10GiB\"\n").expect("valid");
+        assert_eq!(config.queue.directory, PathBuf::from("/srv/queue"));
+        assert_eq!(config.queue.max_bytes, 10 * 1024 * 1024 * 1024);
+        assert_eq!(
+            config.queue.backend_directory("mimir"),
+            PathBuf::from("/srv/queue/mimir")
+        );
+
+        let errors = parse(
+            "[queue]\nmax_bytes = \"10KiB\"\nmax_age = \"1h\"\n\
+             [[backends]]\nname = \"b\"\nwrite_url = \"http://b/w\"\ndelivery = \"queued\"\n",
+        )
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "queue.max_bytes must be at least",
+            "unknown key `queue.max_age`",
+            "delivery: only \"sync\"",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
     }
 }
