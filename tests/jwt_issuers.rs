@@ -475,3 +475,58 @@ async fn jwks_files_work_and_oct_keys_are_ignored() {
     .expect("token");
     assert_eq!(status(&relay, &hs).await, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_tokens_verified_at_once_are_capped_and_known_ones_pass() {
+    const COOLDOWN: std::time::Duration = std::time::Duration::from_secs(3);
+    let key = test_key(1);
+    let (jwks, url) = start_jwks(vec![jwk(&key, "k1")]).await;
+    let backend = FakeBackend::start().await;
+    let toml = format!(
+        "{}{}",
+        issuer_toml(&format!("jwks_url = \"{url}\""), "3s"),
+        backends_toml(&[&backend])
+    );
+    let relay = Relay::start_with_server("auth_failures_per_minute = 100000", &toml).await;
+    relay.create_tenant(json!({"id": "alpha"})).await;
+    let relay = Arc::new(relay);
+    // The tenant's token is verified (and cached) before the spray.
+    let real = sign(&key, Some("k1"), &claims("alpha"));
+    assert_eq!(status(&relay, &real).await, 204);
+    tokio::time::sleep(COOLDOWN + std::time::Duration::from_millis(100)).await;
+    // A slow identity provider: every unknown kid waits for the one fetch in flight.
+    jwks.delay_ms.store(2000, Ordering::SeqCst);
+    let stranger = Arc::new(test_key(7));
+    let spray: Vec<_> = (0..400)
+        .map(|_| {
+            let relay = Arc::clone(&relay);
+            let stranger = Arc::clone(&stranger);
+            tokio::spawn(async move {
+                let token = sign(&stranger, Some(&random_kid()), &claims("alpha"));
+                status(&relay, &token).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&relay, &real).await,
+        204,
+        "a known-good token needs no verification permit"
+    );
+    let mut answers = std::collections::BTreeMap::<u16, u32>::new();
+    for task in spray {
+        *answers.entry(task.await.expect("join")).or_default() += 1;
+    }
+    assert!(
+        answers.keys().all(|code| *code == 401 || *code == 503),
+        "{answers:?}"
+    );
+    assert!(
+        answers.get(&401).copied().unwrap_or(0) <= 256,
+        "at most 256 unknown tokens wait for verification at once: {answers:?}"
+    );
+    assert!(
+        answers.get(&503).copied().unwrap_or(0) >= 100,
+        "the rest are turned away at once, retryable: {answers:?}"
+    );
+}
