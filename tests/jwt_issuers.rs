@@ -364,9 +364,13 @@ async fn sprayed_key_ids_fetch_the_jwks_at_most_once_per_cooldown() {
     assert!(backend.requests().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_sprayed_key_ids_share_one_slow_fetch() {
-    const COOLDOWN: std::time::Duration = std::time::Duration::from_secs(3);
+/// The JWKS cooldown of [`spray_target`]'s issuer.
+const COOLDOWN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A relay with tenant alpha and an external issuer whose JWKS (served here, key "k1")
+/// has a 3 s cooldown, for spraying tokens at it; the per-address failure limiter is out
+/// of the way, or it would answer most of a spray itself.
+async fn spray_target() -> (Arc<Relay>, Jwks, FakeBackend, TestKey) {
     let key = test_key(1);
     let (jwks, url) = start_jwks(vec![jwk(&key, "k1")]).await;
     let backend = FakeBackend::start().await;
@@ -375,10 +379,14 @@ async fn concurrent_sprayed_key_ids_share_one_slow_fetch() {
         issuer_toml(&format!("jwks_url = \"{url}\""), "3s"),
         backends_toml(&[&backend])
     );
-    // The per-address failure limiter would otherwise answer most of the spray itself.
     let relay = Relay::start_with_server("auth_failures_per_minute = 100000", &toml).await;
     relay.create_tenant(json!({"id": "alpha"})).await;
-    let relay = Arc::new(relay);
+    (Arc::new(relay), jwks, backend, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sprayed_key_ids_share_one_slow_fetch() {
+    let (relay, jwks, backend, key) = spray_target().await;
     // Let the start-up fetch's cooldown run out, then make the identity provider slow.
     tokio::time::sleep(COOLDOWN + std::time::Duration::from_millis(100)).await;
     jwks.delay_ms.store(300, Ordering::SeqCst);
@@ -478,18 +486,7 @@ async fn jwks_files_work_and_oct_keys_are_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tokens_verified_at_once_are_capped_and_known_ones_pass() {
-    const COOLDOWN: std::time::Duration = std::time::Duration::from_secs(3);
-    let key = test_key(1);
-    let (jwks, url) = start_jwks(vec![jwk(&key, "k1")]).await;
-    let backend = FakeBackend::start().await;
-    let toml = format!(
-        "{}{}",
-        issuer_toml(&format!("jwks_url = \"{url}\""), "3s"),
-        backends_toml(&[&backend])
-    );
-    let relay = Relay::start_with_server("auth_failures_per_minute = 100000", &toml).await;
-    relay.create_tenant(json!({"id": "alpha"})).await;
-    let relay = Arc::new(relay);
+    let (relay, jwks, _backend, key) = spray_target().await;
     // The tenant's token is verified (and cached) before the spray.
     let real = sign(&key, Some("k1"), &claims("alpha"));
     assert_eq!(status(&relay, &real).await, 204);
