@@ -33,6 +33,7 @@ use crate::auth::tokens::TokenSigner;
 use crate::auth::Authenticator;
 use crate::backend::BackendClient;
 use crate::config::{Config, ConnectionLimits};
+use crate::delivery::queued::QueuedBackends;
 use crate::server::{AppState, SharedState};
 use crate::tenant::store::Store;
 use crate::tenant::Registry;
@@ -75,8 +76,10 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         .backends
         .iter()
         .cloned()
-        .map(BackendClient::new)
+        .map(|backend| BackendClient::new(backend).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
+    let metrics = Arc::new(telemetry::Metrics::new());
+    let queued = QueuedBackends::open(&config, &metrics).await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(
             signer,
@@ -85,7 +88,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         ),
         registry,
         backends,
-        metrics: telemetry::Metrics::new(),
+        queued,
+        metrics,
         admin_token_digest: admin::admin_token_digest(&admin_token),
         read_gate: admission::ReadGate::default(),
         rate_limits: admission::RateLimits::default(),
@@ -110,13 +114,15 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
 }
 
 /// Opens the registry, loads or generates secrets, and serves both listeners until
-/// `shutdown` completes; then stops accepting and lets in-flight requests finish.
+/// `shutdown` completes; then stops accepting, lets in-flight requests finish, and lets
+/// the delivery workers drain the queues for up to `queue.drain_timeout`.
 pub async fn run(
     listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = build_state(config).await?;
+    let workers = state.queued.start_workers(&state.backends, &state.metrics);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let data_addr = listeners.data.local_addr()?;
@@ -168,6 +174,10 @@ pub async fn run(
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.backends.len(), "promgate is serving");
     let (data_result, admin_result) = tokio::join!(data, admin);
+    // Every acknowledged write is on disk by now; deliver what the deadline allows.
+    workers
+        .drain_and_stop(state.config.queue.drain_timeout)
+        .await;
     state.registry.leave().await;
     data_result?;
     admin_result?;

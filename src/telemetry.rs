@@ -2,7 +2,8 @@
 //! one struct; labels are low-cardinality (tenant and backend names, fixed reasons),
 //! never series labels. Logs are structured and never carry tokens, keys or bodies.
 
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -13,6 +14,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::backend::Outcome;
+use crate::delivery::queue::QueueStats;
+use crate::delivery::worker::DeliveryCounters;
 
 /// Installs the JSON log subscriber. The filter comes from `PROMGATE_LOG` (default `info`).
 pub fn init_logging() {
@@ -80,8 +83,138 @@ pub struct BackendLabel {
     pub backend: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendReason {
+    pub backend: String,
+    pub reason: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// fsyncs take from tens of microseconds (a battery-backed cache) to seconds (a
+/// saturated disk).
+fn fsync_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+/// The durable delivery queues of queued backends (DESIGN §9), by backend. The gauges
+/// are read off the queues when `/metrics` is scraped.
+pub struct QueueMetrics {
+    pub records: Family<BackendLabel, Gauge>,
+    pub bytes: Family<BackendLabel, Gauge>,
+    pub oldest_record_age: Family<BackendLabel, Gauge<f64, AtomicU64>>,
+    pub appended: Family<BackendLabel, Counter>,
+    pub delivered: Family<BackendLabel, Counter>,
+    pub retries: Family<BackendLabel, Counter>,
+    pub dropped: Family<BackendReason, Counter>,
+    pub corrupt: Family<BackendLabel, Counter>,
+    pub fsync_duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
+}
+
+impl QueueMetrics {
+    fn new(registry: &mut Registry) -> QueueMetrics {
+        let metrics = QueueMetrics {
+            records: Family::default(),
+            bytes: Family::default(),
+            oldest_record_age: Family::default(),
+            appended: Family::default(),
+            delivered: Family::default(),
+            retries: Family::default(),
+            dropped: Family::default(),
+            corrupt: Family::default(),
+            fsync_duration: Family::new_with_constructor(fsync_histogram),
+        };
+        registry.register(
+            "promgate_queue_records",
+            "Records in a queued backend's durable queue, not yet delivered",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "promgate_queue_bytes",
+            "Bytes of a queued backend's queue files on disk (what queue.max_bytes limits)",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "promgate_queue_oldest_record_age_seconds",
+            "Age of the oldest record not yet delivered (0 when the queue is empty)",
+            metrics.oldest_record_age.clone(),
+        );
+        registry.register(
+            "promgate_queue_appended_records",
+            "Writes queued for a backend (each on disk before the sender's 2xx)",
+            metrics.appended.clone(),
+        );
+        registry.register(
+            "promgate_queue_delivered_records",
+            "Queued writes the backend accepted",
+            metrics.delivered.clone(),
+        );
+        registry.register(
+            "promgate_queue_retries",
+            "Delivery attempts of queued writes that failed transiently and will be retried",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "promgate_queue_dropped_records",
+            "Queued writes dropped, by reason: rejected (a permanent 4xx from the backend) or unreadable",
+            metrics.dropped.clone(),
+        );
+        registry.register(
+            "promgate_queue_corrupt_records",
+            "Damaged stretches of queue files skipped (at start-up or while reading)",
+            metrics.corrupt.clone(),
+        );
+        registry.register(
+            "promgate_queue_fsync_duration_seconds",
+            "Latency of fsyncs of queue data (one per group commit)",
+            metrics.fsync_duration.clone(),
+        );
+        metrics
+    }
+
+    fn backend(backend: &str) -> BackendLabel {
+        BackendLabel {
+            backend: backend.to_string(),
+        }
+    }
+
+    /// The backend's delivery counters, as the worker updates them.
+    pub fn delivery_counters(&self, backend: &str) -> DeliveryCounters {
+        let label = QueueMetrics::backend(backend);
+        let dropped = |reason: &str| {
+            self.dropped
+                .get_or_create(&BackendReason {
+                    backend: backend.to_string(),
+                    reason: reason.to_string(),
+                })
+                .clone()
+        };
+        DeliveryCounters {
+            delivered: self.delivered.get_or_create(&label).clone(),
+            retried: self.retries.get_or_create(&label).clone(),
+            dropped_rejected: dropped("rejected"),
+            dropped_unreadable: dropped("unreadable"),
+            corrupt: self.corrupt.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Sets the backend's gauges from a snapshot of its queue.
+    pub fn set_stats(&self, backend: &str, stats: &QueueStats) {
+        let label = QueueMetrics::backend(backend);
+        self.records
+            .get_or_create(&label)
+            .set(i64::try_from(stats.pending_records).unwrap_or(i64::MAX));
+        self.bytes
+            .get_or_create(&label)
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+        let age = stats
+            .oldest_appended_at
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .map_or(0.0, |age| age.as_secs_f64());
+        self.oldest_record_age.get_or_create(&label).set(age);
+    }
 }
 
 pub struct Metrics {
@@ -100,6 +233,7 @@ pub struct Metrics {
     pub connections: Family<ListenerLabel, Gauge>,
     pub in_flight_requests: Gauge,
     pub in_flight_decoded_bytes: Gauge,
+    pub queue: QueueMetrics,
 }
 
 impl Default for Metrics {
@@ -126,6 +260,7 @@ impl Metrics {
             connections: Family::default(),
             in_flight_requests: Gauge::default(),
             in_flight_decoded_bytes: Gauge::default(),
+            queue: QueueMetrics::new(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

@@ -187,6 +187,7 @@ async fn openapi() -> Response {
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {
+    state.queued.refresh_metrics(&state.metrics);
     (
         [(
             header::CONTENT_TYPE,

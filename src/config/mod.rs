@@ -286,6 +286,18 @@ pub struct BackendConfig {
     /// The remote-write version the backend accepts: 2.0 requests are converted to 1.0
     /// for a 1.0 backend; a 1.0 request stays 1.0 for a 2.0 backend.
     pub protocol: WriteProtocol,
+    /// When a write counts as delivered to this backend.
+    pub delivery: Delivery,
+}
+
+/// How a backend receives writes (DESIGN §9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The sender's request is acknowledged only after this backend accepted it.
+    Sync,
+    /// The request is acknowledged once its copy for this backend is on disk; a worker
+    /// delivers it in order, retrying until the backend takes it.
+    Queued,
 }
 
 /// A remote-write protocol version (DESIGN §5, §9).
@@ -297,8 +309,7 @@ pub enum WriteProtocol {
     V2,
 }
 
-/// The durable per-backend delivery queues (DESIGN §9), used once queued delivery lands;
-/// read today by `promgate queue inspect|verify`.
+/// The durable per-backend delivery queues of `delivery = "queued"` backends (DESIGN §9).
 #[derive(Clone, Debug)]
 pub struct QueueConfig {
     /// Holds one sub-folder per queued backend, named after it.
@@ -306,7 +317,12 @@ pub struct QueueConfig {
     /// Bytes of queue files each backend may hold; when full, writes that need that
     /// queue get 503 + Retry-After and nothing queued is dropped.
     pub max_bytes: u64,
+    /// On shutdown, how long the delivery workers go on draining the queues after the
+    /// listeners closed; what is left stays on disk for the next start.
+    pub drain_timeout: Duration,
 }
+
+pub const DEFAULT_QUEUE_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The smallest `[queue] max_bytes`: room for a few segments of the smallest size.
 pub const MIN_QUEUE_BYTES: u64 = 1024 * 1024;
@@ -400,6 +416,7 @@ struct RawTokens {
 struct RawQueue {
     directory: Option<PathBuf>,
     max_bytes: Option<units::HumanSize>,
+    drain_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -526,6 +543,9 @@ impl Config {
             max_bytes: raw_queue
                 .max_bytes
                 .map_or(DEFAULT_QUEUE_BYTES, |size| size.0),
+            drain_timeout: raw_queue
+                .drain_timeout
+                .map_or(DEFAULT_QUEUE_DRAIN_TIMEOUT, |d| d.0),
         };
         if queue.directory.as_os_str().is_empty() {
             problems.push("queue.directory must not be empty".into());
@@ -972,6 +992,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             basic_auth: None,
             ca_file: None,
             protocol: WriteProtocol::V1,
+            delivery: Delivery::Sync,
         }];
     }
     let mut seen = HashSet::new();
@@ -1034,13 +1055,16 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 WriteProtocol::V1
             }
         };
-        if let Some(delivery) = backend.delivery.as_deref() {
-            if delivery != "sync" {
+        let delivery = match backend.delivery.as_deref() {
+            None | Some("sync") => Delivery::Sync,
+            Some("queued") => Delivery::Queued,
+            Some(other) => {
                 problems.push(format!(
-                    "{context}.delivery: only \"sync\" is available in this version"
+                    "{context}.delivery: {other:?} must be \"sync\" or \"queued\""
                 ));
+                Delivery::Sync
             }
-        }
+        };
         let basic_auth = match (
             backend.basic_auth_username,
             backend.basic_auth_password_file,
@@ -1090,6 +1114,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 basic_auth,
                 ca_file: backend.ca_file,
                 protocol,
+                delivery,
             });
         }
     }
@@ -1296,26 +1321,33 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_section_is_checked_and_queued_delivery_still_refused() {
-        let config =
-            parse("[queue]\ndirectory = \"/srv/queue\"\nmax_bytes = \"10GiB\"\n").expect("valid");
+    fn the_queue_section_and_queued_delivery_are_checked() {
+        let config = parse(
+            "[queue]\ndirectory = \"/srv/queue\"\nmax_bytes = \"10GiB\"\ndrain_timeout = \"1m\"\n\
+             [[backends]]\nname = \"b\"\nwrite_url = \"http://b/w\"\ndelivery = \"queued\"\n\
+             [[backends]]\nname = \"c\"\nwrite_url = \"http://c/w\"\n",
+        )
+        .expect("valid");
         assert_eq!(config.queue.directory, PathBuf::from("/srv/queue"));
         assert_eq!(config.queue.max_bytes, 10 * 1024 * 1024 * 1024);
+        assert_eq!(config.queue.drain_timeout, Duration::from_secs(60));
         assert_eq!(
             config.queue.backend_directory("mimir"),
             PathBuf::from("/srv/queue/mimir")
         );
+        assert_eq!(config.backends[0].delivery, Delivery::Queued);
+        assert_eq!(config.backends[1].delivery, Delivery::Sync);
 
         let errors = parse(
             "[queue]\nmax_bytes = \"10KiB\"\nmax_age = \"1h\"\n\
-             [[backends]]\nname = \"b\"\nwrite_url = \"http://b/w\"\ndelivery = \"queued\"\n",
+             [[backends]]\nname = \"b\"\nwrite_url = \"http://b/w\"\ndelivery = \"async\"\n",
         )
         .expect_err("invalid");
         let text = errors.to_string();
         for needle in [
             "queue.max_bytes must be at least",
             "unknown key `queue.max_age`",
-            "delivery: only \"sync\"",
+            "delivery: \"async\" must be \"sync\" or \"queued\"",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }

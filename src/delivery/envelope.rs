@@ -1,23 +1,34 @@
 //! What one queued record holds (DESIGN §9): the write as it goes to the backend — the
 //! tenant it belongs to (for the backend's tenant header), the remote-write version of the
-//! body, and the snappy-compressed body itself, already scoped to the tenant. Encoded as
-//! `[format u8 = 1][protocol u8][tenant length u16 LE][tenant][body]`; the queue's own
-//! record checksum covers it all.
+//! body, what it holds (a 2.0 backend's written counts are checked against it), and the
+//! snappy-compressed body itself, already scoped to the tenant. Encoded as
+//! `[format u8 = 1][protocol u8][tenant length u16 LE][tenant][samples u64 LE]
+//! [histograms u64 LE][exemplars u64 LE][body]`; the queue's own record checksum covers
+//! it all.
 
 use bytes::Bytes;
 
+use crate::backend::Written;
+use crate::codec::{snappy, CodecError};
 use crate::config::WriteProtocol;
 
 /// The layout byte of this version of the envelope.
 const FORMAT: u8 = 1;
+/// The three counts of what the body holds.
+const COUNTS_BYTES: usize = 24;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueuedWrite {
     pub tenant_id: String,
     pub protocol: WriteProtocol,
+    /// What the body holds.
+    pub sent: Written,
     /// Snappy-compressed, as the backend receives it.
     pub body: Bytes,
 }
+
+/// A queued body decoding to more than this is not merged with others.
+const MAX_MERGED_DECODED_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvelopeError {
@@ -37,7 +48,7 @@ impl QueuedWrite {
         // Tenant ids are at most 150 bytes (DESIGN §4); the cast cannot truncate one.
         let tenant_len = u16::try_from(tenant.len()).unwrap_or(u16::MAX);
         let tenant = &tenant[..usize::from(tenant_len)];
-        let mut out = Vec::with_capacity(4 + tenant.len() + self.body.len());
+        let mut out = Vec::with_capacity(4 + tenant.len() + COUNTS_BYTES + self.body.len());
         out.push(FORMAT);
         out.push(match self.protocol {
             WriteProtocol::V1 => 1,
@@ -45,8 +56,39 @@ impl QueuedWrite {
         });
         out.extend_from_slice(&tenant_len.to_le_bytes());
         out.extend_from_slice(tenant);
+        for count in [self.sent.samples, self.sent.histograms, self.sent.exemplars] {
+            out.extend_from_slice(&count.to_le_bytes());
+        }
         out.extend_from_slice(&self.body);
         out
+    }
+
+    /// One remote-write 1.0 request holding everything `writes` hold, in order (a
+    /// protobuf message's repeated fields concatenate, so the decoded bodies are joined).
+    /// For consecutive 1.0 writes of one tenant.
+    pub fn merge_v1(writes: &[&QueuedWrite]) -> Result<QueuedWrite, CodecError> {
+        let mut decoded = Vec::new();
+        let mut sent = Written::default();
+        for write in writes {
+            decoded.extend_from_slice(&snappy::decompress_capped(
+                &write.body,
+                MAX_MERGED_DECODED_BYTES,
+            )?);
+            sent = Written {
+                samples: sent.samples + write.sent.samples,
+                histograms: sent.histograms + write.sent.histograms,
+                exemplars: sent.exemplars + write.sent.exemplars,
+            };
+        }
+        Ok(QueuedWrite {
+            tenant_id: writes
+                .first()
+                .map(|write| write.tenant_id.clone())
+                .unwrap_or_default(),
+            protocol: WriteProtocol::V1,
+            sent,
+            body: Bytes::from(snappy::compress(&decoded)),
+        })
     }
 
     pub fn decode(record: &[u8]) -> Result<QueuedWrite, EnvelopeError> {
@@ -65,12 +107,25 @@ impl QueuedWrite {
         if rest.len() < tenant_len {
             return Err(EnvelopeError::Truncated(record.len()));
         }
-        let (tenant, body) = rest.split_at(tenant_len);
+        let (tenant, rest) = rest.split_at(tenant_len);
+        let Some((counts, body)) = rest.split_first_chunk::<COUNTS_BYTES>() else {
+            return Err(EnvelopeError::Truncated(record.len()));
+        };
+        let count = |index: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&counts[index * 8..index * 8 + 8]);
+            u64::from_le_bytes(bytes)
+        };
         Ok(QueuedWrite {
             tenant_id: std::str::from_utf8(tenant)
                 .map_err(|_| EnvelopeError::BadTenant)?
                 .to_string(),
             protocol,
+            sent: Written {
+                samples: count(0),
+                histograms: count(1),
+                exemplars: count(2),
+            },
             body: Bytes::copy_from_slice(body),
         })
     }
@@ -99,18 +154,90 @@ mod tests {
             QueuedWrite::decode(&[1, 1, 5, 0, b'a']),
             Err(EnvelopeError::Truncated(5))
         );
+        let mut bad_tenant = vec![1, 1, 1, 0, 0xff];
+        bad_tenant.extend_from_slice(&[0; COUNTS_BYTES]);
         assert_eq!(
-            QueuedWrite::decode(&[1, 1, 1, 0, 0xff]),
+            QueuedWrite::decode(&bad_tenant),
             Err(EnvelopeError::BadTenant)
         );
+        assert_eq!(
+            QueuedWrite::decode(&[1, 1, 1, 0, b'a', 0, 0]),
+            Err(EnvelopeError::Truncated(7)),
+            "the counts are cut short"
+        );
+    }
+
+    #[test]
+    fn merged_writes_decode_to_every_series_and_metadata_in_order() {
+        use crate::proto::{Label, MetricMetadata, Sample, TimeSeries, WriteRequest};
+        use prost::Message;
+        let write = |name: &str, with_metadata: bool| {
+            let request = WriteRequest {
+                timeseries: vec![TimeSeries {
+                    labels: vec![Label {
+                        name: "__name__".into(),
+                        value: name.into(),
+                    }],
+                    samples: vec![Sample {
+                        value: 1.0,
+                        timestamp: 7,
+                    }],
+                    ..TimeSeries::default()
+                }],
+                metadata: with_metadata
+                    .then(|| MetricMetadata {
+                        metric_family_name: name.into(),
+                        ..MetricMetadata::default()
+                    })
+                    .into_iter()
+                    .collect(),
+            };
+            QueuedWrite {
+                tenant_id: "alpha".into(),
+                protocol: WriteProtocol::V1,
+                sent: Written {
+                    samples: 1,
+                    ..Written::default()
+                },
+                body: Bytes::from(snappy::compress(&request.encode_to_vec())),
+            }
+        };
+        let (a, b, c) = (write("a", true), write("b", false), write("c", true));
+        let merged = QueuedWrite::merge_v1(&[&a, &b, &c]).expect("merge");
+        let decoded = WriteRequest::decode(
+            snappy::decompress_capped(&merged.body, 1 << 20)
+                .expect("snappy")
+                .as_slice(),
+        )
+        .expect("one WriteRequest");
+        let names: Vec<&str> = decoded
+            .timeseries
+            .iter()
+            .map(|series| series.labels[0].value.as_str())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        let families: Vec<&str> = decoded
+            .metadata
+            .iter()
+            .map(|metadata| metadata.metric_family_name.as_str())
+            .collect();
+        assert_eq!(families, ["a", "c"]);
+        assert_eq!(merged.sent.samples, 3);
+        assert_eq!(merged.tenant_id, "alpha");
     }
 
     proptest! {
         #[test]
-        fn round_trips(tenant in "[a-zA-Z0-9_.-]{1,150}", v2 in any::<bool>(), body in prop::collection::vec(any::<u8>(), 0..512)) {
+        fn round_trips(
+            tenant in "[a-zA-Z0-9_.-]{1,150}",
+            v2 in any::<bool>(),
+            counts in any::<(u64, u64, u64)>(),
+            body in prop::collection::vec(any::<u8>(), 0..512),
+        ) {
             let write = QueuedWrite {
                 tenant_id: tenant,
                 protocol: if v2 { WriteProtocol::V2 } else { WriteProtocol::V1 },
+                sent: Written { samples: counts.0, histograms: counts.1, exemplars: counts.2 },
                 body: Bytes::from(body),
             };
             prop_assert_eq!(QueuedWrite::decode(&write.encode()), Ok(write));

@@ -1,8 +1,8 @@
 //! The delivery worker of one queued backend (DESIGN §9; SECURITY.md T20, T21): reads the
 //! backend's durable queue in order and sends each record until the backend takes it.
 //!
-//! - One record in flight at a time, so delivery order is the order of acknowledgement
-//!   (and of appending).
+//! - One request in flight at a time, so delivery order is the order of acknowledgement
+//!   (and of appending); a backlog goes as merged requests of consecutive records.
 //! - A transient failure (429, 5xx, timeout, connection failure) and promgate's own
 //!   misconfiguration (401/403/404) are retried with [`Backoff`], never sooner than the
 //!   backend's `Retry-After`; nothing is dropped for its age or the queue's size.
@@ -11,84 +11,111 @@
 //! - A record is acknowledged (its position made durable) only after the backend took it
 //!   or it was dropped; a stop in between delivers it again after restart, which the
 //!   backends absorb (same samples, same timestamps).
-//!
-//! Not yet wired into the relay: the write path does not append to queues yet.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 
 use super::backoff::{jitter, Backoff};
-use super::envelope::QueuedWrite;
+use super::envelope::{EnvelopeError, QueuedWrite};
 use super::queue::{Queue, QueueError, QueueReader, QueuedRecord};
 use crate::backend::Outcome;
+use crate::config::WriteProtocol;
 
 /// Sends one queued write to the backend.
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, write: &QueuedWrite) -> impl Future<Output = Outcome> + Send;
 }
 
-/// What a worker did, for `/metrics`.
-#[derive(Debug, Default)]
+/// What a worker did: the backend's series of the `promgate_queue_*` counters.
+#[derive(Clone, Debug, Default)]
 pub struct DeliveryCounters {
-    pub delivered: AtomicU64,
-    pub retried: AtomicU64,
+    pub delivered: Counter,
+    pub retried: Counter,
     /// Dropped on a permanent refusal by the backend.
-    pub dropped_rejected: AtomicU64,
+    pub dropped_rejected: Counter,
     /// Dropped because the record's envelope could not be read.
-    pub dropped_unreadable: AtomicU64,
+    pub dropped_unreadable: Counter,
+    /// Damaged stretches of the queue skipped by the reader.
+    pub corrupt: Counter,
 }
 
 /// How long an idle worker waits before looking for new records again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How long a worker waits after the queue itself failed.
 const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// A backlog is sent as merged requests of at most this many records…
+const MAX_BATCH_RECORDS: usize = 256;
+/// …and this many queued (compressed) bytes, well under backends' request caps once
+/// decoded (Mimir 100 MiB, VictoriaMetrics 32 MiB).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Consecutive records read together: merged into one request when they can be.
+struct Batch {
+    records: Vec<(u64, Result<QueuedWrite, EnvelopeError>)>,
+    /// The record read after the batch that could not join it.
+    carry: Option<QueuedRecord>,
+}
 
 /// Runs until `shutdown` turns true; what is not delivered by then stays on disk.
+///
+/// A backlog (after an outage) is delivered in merged requests: consecutive 1.0 records
+/// of one tenant become one request (protobuf messages concatenate), so the queue
+/// catches up at many records per round trip while order is kept. 2.0 records go one
+/// by one (each has its own symbol table).
 pub async fn run<D: Deliver>(
     queue: Arc<Queue>,
     backend: String,
     deliver: D,
     backoff: Backoff,
-    counters: Arc<DeliveryCounters>,
+    counters: DeliveryCounters,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut reader = Some(queue.reader());
+    let worker = Worker {
+        queue,
+        backend,
+        deliver,
+        backoff,
+        counters,
+    };
+    let mut reader = Some(worker.queue.reader());
+    let mut carry = None;
+    let mut skipped_regions = 0;
     while !*shutdown.borrow() {
         let Some(taken) = reader.take() else {
             return;
         };
-        let (returned, next) = match next_record(taken).await {
+        let (returned, next) = match next_batch(taken, carry.take()).await {
             Some(pair) => pair,
             None => {
-                tracing::error!(backend = %backend, "queue reader task failed; delivery stops");
+                tracing::error!(backend = %worker.backend, "queue reader task failed; delivery stops");
                 return;
             }
         };
+        let skipped_now = returned.skipped_regions();
+        if skipped_now > skipped_regions {
+            tracing::error!(backend = %worker.backend, regions = skipped_now - skipped_regions, "damaged queue records skipped");
+            worker
+                .counters
+                .corrupt
+                .inc_by(skipped_now - skipped_regions);
+            skipped_regions = skipped_now;
+        }
         reader = Some(returned);
         let wait = match next {
-            Ok(Some(record)) => {
-                if !deliver_record(
-                    &queue,
-                    &backend,
-                    &deliver,
-                    backoff,
-                    &counters,
-                    record,
-                    &mut shutdown,
-                )
-                .await
-                {
+            Ok(batch) if !batch.records.is_empty() => {
+                carry = batch.carry;
+                if !worker.deliver_batch(batch.records, &mut shutdown).await {
                     return;
                 }
                 continue;
             }
-            Ok(None) => IDLE_POLL,
+            Ok(_) => IDLE_POLL,
             Err(err) => {
-                tracing::error!(backend = %backend, error = %err, "reading the delivery queue failed");
+                tracing::error!(backend = %worker.backend, error = %err, "reading the delivery queue failed");
                 QUEUE_ERROR_PAUSE
             }
         };
@@ -98,74 +125,181 @@ pub async fn run<D: Deliver>(
     }
 }
 
-/// The reader's next record, read on the blocking pool.
-async fn next_record(
+/// The reader's next records (after `carry`), read on the blocking pool.
+async fn next_batch(
     mut reader: QueueReader,
-) -> Option<(QueueReader, Result<Option<QueuedRecord>, QueueError>)> {
+    carry: Option<QueuedRecord>,
+) -> Option<(QueueReader, Result<Batch, QueueError>)> {
     tokio::task::spawn_blocking(move || {
-        let next = reader.next_record();
+        let next = read_batch(&mut reader, carry);
         (reader, next)
     })
     .await
     .ok()
 }
 
-/// Delivers (or drops) one record and acknowledges it; false when shutdown came first
-/// (the record stays queued).
-async fn deliver_record<D: Deliver>(
-    queue: &Arc<Queue>,
-    backend: &str,
-    deliver: &D,
-    backoff: Backoff,
-    counters: &DeliveryCounters,
-    record: QueuedRecord,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    let write = match QueuedWrite::decode(&record.payload) {
-        Ok(write) => write,
-        Err(err) => {
-            tracing::error!(backend, seq = record.seq, error = %err, "queued record dropped: unreadable");
-            counters.dropped_unreadable.fetch_add(1, Ordering::Relaxed);
-            acknowledge(queue, backend, record.seq).await;
-            return true;
-        }
-    };
-    let mut attempt = 0u32;
+/// Reads records while they can join one merged request.
+fn read_batch(reader: &mut QueueReader, carry: Option<QueuedRecord>) -> Result<Batch, QueueError> {
+    let mut records: Vec<(u64, Result<QueuedWrite, EnvelopeError>)> = Vec::new();
+    let mut bytes = 0;
+    let mut next = carry;
     loop {
-        let retry_after = match deliver.deliver(&write).await {
-            Outcome::Accepted => {
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
-                acknowledge(queue, backend, record.seq).await;
+        let record = match next.take() {
+            Some(record) => record,
+            None => match reader.next_record()? {
+                Some(record) => record,
+                None => {
+                    return Ok(Batch {
+                        records,
+                        carry: None,
+                    })
+                }
+            },
+        };
+        let write = QueuedWrite::decode(&record.payload);
+        let joins = match (records.first(), &write) {
+            (None, _) => true,
+            (Some((_, Ok(first))), Ok(write)) => {
+                first.protocol == WriteProtocol::V1
+                    && write.protocol == WriteProtocol::V1
+                    && first.tenant_id == write.tenant_id
+                    && records.len() < MAX_BATCH_RECORDS
+                    && bytes + record.payload.len() <= MAX_BATCH_BYTES
+            }
+            _ => false,
+        };
+        if !joins {
+            return Ok(Batch {
+                records,
+                carry: Some(record),
+            });
+        }
+        bytes += record.payload.len();
+        records.push((record.seq, write));
+    }
+}
+
+/// One queue's delivery: the queue, the backend and what is counted.
+struct Worker<D> {
+    queue: Arc<Queue>,
+    backend: String,
+    deliver: D,
+    backoff: Backoff,
+    counters: DeliveryCounters,
+}
+
+impl<D: Deliver> Worker<D> {
+    /// Delivers (or drops) a batch and acknowledges it; false when shutdown came first
+    /// (what was not acknowledged stays queued). A merged request the backend refuses
+    /// permanently is delivered again record by record, so only the refused records are
+    /// dropped.
+    async fn deliver_batch(
+        &self,
+        records: Vec<(u64, Result<QueuedWrite, EnvelopeError>)>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if let [_, _, ..] = records.as_slice() {
+            let writes: Vec<&QueuedWrite> = records
+                .iter()
+                .filter_map(|(_, write)| write.as_ref().ok())
+                .collect();
+            if let Ok(merged) = QueuedWrite::merge_v1(&writes) {
+                let last_seq = records.last().map_or(0, |(seq, _)| *seq);
+                match self.deliver_until_final(&merged, last_seq, shutdown).await {
+                    None => return false,
+                    Some(Outcome::Accepted) => {
+                        self.counters.delivered.inc_by(records.len() as u64);
+                        acknowledge(&self.queue, &self.backend, last_seq).await;
+                        return true;
+                    }
+                    Some(_) => tracing::info!(
+                        backend = %self.backend,
+                        records = records.len(),
+                        "a merged delivery was refused; delivering its records one by one"
+                    ),
+                }
+            }
+        }
+        for (seq, write) in records {
+            if !self.deliver_record(seq, write, shutdown).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Delivers (or drops) one record and acknowledges it; false when shutdown came
+    /// first (the record stays queued).
+    async fn deliver_record(
+        &self,
+        seq: u64,
+        write: Result<QueuedWrite, EnvelopeError>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        let backend = self.backend.as_str();
+        let write = match write {
+            Ok(write) => write,
+            Err(err) => {
+                tracing::error!(backend, seq, error = %err, "queued record dropped: unreadable");
+                self.counters.dropped_unreadable.inc();
+                acknowledge(&self.queue, backend, seq).await;
                 return true;
             }
-            Outcome::Rejected { message } => {
+        };
+        match self.deliver_until_final(&write, seq, shutdown).await {
+            None => return false,
+            Some(Outcome::Accepted) => {
+                self.counters.delivered.inc();
+            }
+            Some(outcome) => {
+                let reason = match outcome {
+                    Outcome::Rejected { message } => message,
+                    other => format!("{other:?}"),
+                };
                 tracing::warn!(
                     backend,
                     tenant = %write.tenant_id,
-                    seq = record.seq,
-                    reason = %message,
+                    seq,
+                    reason = %reason,
                     "queued write dropped: the backend refused it permanently"
                 );
-                counters.dropped_rejected.fetch_add(1, Ordering::Relaxed);
-                acknowledge(queue, backend, record.seq).await;
-                return true;
+                self.counters.dropped_rejected.inc();
             }
-            Outcome::Unavailable {
-                message,
-                retry_after_seconds,
-            } => {
-                tracing::debug!(backend, seq = record.seq, reason = %message, "queued write will be retried");
-                retry_after_seconds.map(Duration::from_secs)
+        }
+        acknowledge(&self.queue, backend, seq).await;
+        true
+    }
+
+    /// Sends `write` until the backend accepts it or refuses it permanently; `None` when
+    /// shutdown came first.
+    async fn deliver_until_final(
+        &self,
+        write: &QueuedWrite,
+        seq: u64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Outcome> {
+        let backend = self.backend.as_str();
+        let mut attempt = 0u32;
+        loop {
+            let retry_after = match self.deliver.deliver(write).await {
+                outcome @ (Outcome::Accepted | Outcome::Rejected { .. }) => return Some(outcome),
+                Outcome::Unavailable {
+                    message,
+                    retry_after_seconds,
+                } => {
+                    tracing::debug!(backend, seq, reason = %message, "queued write will be retried");
+                    retry_after_seconds.map(Duration::from_secs)
+                }
+                Outcome::Misconfigured { message } => {
+                    tracing::error!(backend, seq, reason = %message, "backend refused promgate; retrying until its configuration is fixed");
+                    None
+                }
+            };
+            attempt = attempt.saturating_add(1);
+            self.counters.retried.inc();
+            if sleep_or_stop(self.backoff.wait(attempt, retry_after, jitter()), shutdown).await {
+                return None;
             }
-            Outcome::Misconfigured { message } => {
-                tracing::error!(backend, seq = record.seq, reason = %message, "backend refused promgate; retrying until its configuration is fixed");
-                None
-            }
-        };
-        attempt = attempt.saturating_add(1);
-        counters.retried.fetch_add(1, Ordering::Relaxed);
-        if sleep_or_stop(backoff.wait(attempt, retry_after, jitter()), shutdown).await {
-            return false;
         }
     }
 }
@@ -211,25 +345,43 @@ mod tests {
 
     impl Deliver for Scripted {
         fn deliver(&self, write: &QueuedWrite) -> impl Future<Output = Outcome> + Send {
-            let body = String::from_utf8_lossy(&write.body).into_owned();
+            let decoded = crate::codec::snappy::decompress_capped(&write.body, 1 << 20)
+                .expect("test bodies are snappy");
+            let body = String::from_utf8_lossy(&decoded).into_owned();
             self.sent.lock().push((body, tokio::time::Instant::now()));
             let answer = self.answers.lock().pop_front().unwrap_or(Outcome::Accepted);
             async move { answer }
         }
     }
 
-    fn write(body: &str) -> Vec<u8> {
+    /// A queued write whose body is `text`, snappy-compressed (merged bodies then decode
+    /// to the texts joined).
+    fn write_as(text: &str, protocol: WriteProtocol) -> Vec<u8> {
         QueuedWrite {
             tenant_id: "alpha".into(),
-            protocol: WriteProtocol::V1,
-            body: Bytes::from(body.to_string()),
+            protocol,
+            sent: crate::backend::Written::default(),
+            body: Bytes::from(crate::codec::snappy::compress(text.as_bytes())),
         }
         .encode()
     }
 
+    fn write(text: &str) -> Vec<u8> {
+        write_as(text, WriteProtocol::V1)
+    }
+
+    fn sent_bodies(deliver: &Scripted) -> Vec<String> {
+        deliver
+            .sent
+            .lock()
+            .iter()
+            .map(|(body, _)| body.clone())
+            .collect()
+    }
+
     struct Running {
         queue: Arc<Queue>,
-        counters: Arc<DeliveryCounters>,
+        counters: DeliveryCounters,
         stop: watch::Sender<bool>,
         task: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,
@@ -240,14 +392,14 @@ mod tests {
         let (queue, _) = Queue::open(dir.path(), QueueOptions::new(64 << 20)).expect("open");
         let queue = Arc::new(queue);
         queue.append(&records).expect("append");
-        let counters = Arc::new(DeliveryCounters::default());
+        let counters = DeliveryCounters::default();
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
             Arc::clone(&queue),
             "b0".into(),
             deliver,
             Backoff::default(),
-            Arc::clone(&counters),
+            counters.clone(),
             stopped,
         ));
         Running {
@@ -278,23 +430,45 @@ mod tests {
                 message: "400: out of order sample".into(),
             },
         ]);
-        let mut records = vec![write("one"), write("two")];
-        records.push(vec![7, 7, 7]);
-        records.push(write("three"));
+        let records = vec![
+            write("one,"),
+            write("two,"),
+            vec![7, 7, 7],
+            write("three"),
+            write_as("four", WriteProtocol::V2),
+            write_as("five", WriteProtocol::V2),
+        ];
         let running = start(records, deliver.clone());
         until_drained(&running.queue).await;
-        let sent: Vec<String> = deliver
-            .sent
-            .lock()
-            .iter()
-            .map(|(body, _)| body.clone())
-            .collect();
-        assert_eq!(sent, ["one", "two", "three"]);
+        assert_eq!(
+            sent_bodies(&deliver),
+            ["one,two,", "three", "four", "five"],
+            "consecutive 1.0 records merged; 2.0 records one by one"
+        );
         let counters = &running.counters;
-        assert_eq!(counters.delivered.load(Ordering::Relaxed), 2);
-        assert_eq!(counters.dropped_rejected.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.dropped_unreadable.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.retried.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.delivered.get(), 4);
+        assert_eq!(counters.dropped_rejected.get(), 1);
+        assert_eq!(counters.dropped_unreadable.get(), 1);
+        assert_eq!(counters.retried.get(), 0);
+        running.stop.send(true).expect("stop");
+        running.task.await.expect("join");
+    }
+
+    #[tokio::test]
+    async fn a_refused_merged_request_is_delivered_again_record_by_record() {
+        let deliver = Scripted::default();
+        let refused = || Outcome::Rejected {
+            message: "400: bad label".into(),
+        };
+        deliver
+            .answers
+            .lock()
+            .extend([refused(), Outcome::Accepted, refused(), Outcome::Accepted]);
+        let running = start(vec![write("a"), write("b"), write("c")], deliver.clone());
+        until_drained(&running.queue).await;
+        assert_eq!(sent_bodies(&deliver), ["abc", "a", "b", "c"]);
+        assert_eq!(running.counters.delivered.get(), 2);
+        assert_eq!(running.counters.dropped_rejected.get(), 1);
         running.stop.send(true).expect("stop");
         running.task.await.expect("join");
     }
@@ -311,21 +485,20 @@ mod tests {
                 message: "401".into(),
             },
         ]);
-        let running = start(vec![write("one"), write("two")], deliver.clone());
+        let running = start(vec![write("one,"), write("two")], deliver.clone());
         until_drained(&running.queue).await;
         let sent = deliver.sent.lock().clone();
-        let bodies: Vec<&str> = sent.iter().map(|(body, _)| body.as_str()).collect();
         assert_eq!(
-            bodies,
-            ["one", "one", "one", "two"],
-            "in order, the same record again"
+            sent_bodies(&deliver),
+            ["one,two", "one,two", "one,two"],
+            "the same records again"
         );
         assert!(
             sent[1].1 - sent[0].1 >= Duration::from_secs(1),
             "the backend's Retry-After was honoured"
         );
-        assert_eq!(running.counters.retried.load(Ordering::Relaxed), 2);
-        assert_eq!(running.counters.delivered.load(Ordering::Relaxed), 2);
+        assert_eq!(running.counters.retried.get(), 2);
+        assert_eq!(running.counters.delivered.get(), 2);
         running.stop.send(true).expect("stop");
         running.task.await.expect("join");
     }
@@ -346,6 +519,6 @@ mod tests {
         running.task.await.expect("join");
         assert_eq!(running.queue.stats().pending_records, 1, "still queued");
         assert!(deliver.sent.lock().len() >= 2, "it was retried meanwhile");
-        assert_eq!(running.counters.delivered.load(Ordering::Relaxed), 0);
+        assert_eq!(running.counters.delivered.get(), 0);
     }
 }

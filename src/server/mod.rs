@@ -27,8 +27,10 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub auth: Authenticator,
     /// In the order of `config.backends`; tenants refer to them by index.
-    pub backends: Vec<BackendClient>,
-    pub metrics: Metrics,
+    pub backends: Vec<Arc<BackendClient>>,
+    /// The durable queues of `delivery = "queued"` backends, by backend index.
+    pub queued: crate::delivery::queued::QueuedBackends,
+    pub metrics: Arc<Metrics>,
     /// SHA-256 of the admin token, compared in constant time.
     pub admin_token_digest: [u8; 32],
     /// Each tenant's concurrent remote reads.

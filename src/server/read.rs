@@ -204,7 +204,7 @@ fn read_backend<'a>(state: &'a SharedState, tenant: &TenantEntry) -> Option<&'a 
     tenant
         .backends
         .iter()
-        .filter_map(|&index| state.backends.get(index))
+        .filter_map(|&index| state.backends.get(index).map(|backend| &**backend))
         .find(|backend| backend.config.read_url.is_some())
 }
 

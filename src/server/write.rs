@@ -26,7 +26,9 @@ use crate::backend::{self, Outcome, Written};
 use crate::codec::splice::{self, Rewritten};
 use crate::codec::write::WriteStats;
 use crate::codec::{rw2, snappy, CodecError};
-use crate::config::WriteProtocol;
+use crate::config::{BackendConfig, WriteProtocol};
+use crate::delivery::envelope::QueuedWrite;
+use crate::delivery::queue::QueueError;
 use crate::error::AppError;
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
@@ -419,6 +421,20 @@ struct Bodies {
 }
 
 impl Bodies {
+    /// The form `backend` gets, and its protocol; `None` when it needs none (a
+    /// metadata-only request for a backend that cannot be given metadata).
+    fn for_backend(&self, backend: &BackendConfig) -> Option<(WriteProtocol, Bytes)> {
+        if let (WriteProtocol::V2, Some(body)) = (backend.protocol, &self.v2) {
+            return Some((WriteProtocol::V2, body.clone()));
+        }
+        let body = if backend.tenant_header.is_some() || !self.has_metadata {
+            self.full.clone()?
+        } else {
+            self.series_only.clone()?
+        };
+        Some((WriteProtocol::V1, body))
+    }
+
     /// Compresses the rewritten request; the series-only body, when asked for, is its
     /// prefix.
     fn compress(encoded: &[u8], rewritten: Rewritten, split_metadata: bool) -> Bodies {
@@ -440,6 +456,11 @@ impl Bodies {
 /// tenant in a header (PROTOCOL.md §2.G). A 2.0 request goes as 2.0 to 2.0 backends and
 /// converted to 1.0 to the others; a 1.0 request goes as 1.0 everywhere. Returns what
 /// every backend wrote (for 2.0 answers): a 1.0 backend's 2xx means all of it.
+///
+/// Queued backends (DESIGN §9) get their copy appended to their durable queue, and only
+/// once every sync backend accepted: a sync backend's outage answers 503 without
+/// queueing a copy the sender's retry would queue again. A queue without room answers
+/// 503 before any backend is asked.
 async fn forward(
     state: &SharedState,
     tenant: &TenantEntry,
@@ -451,37 +472,47 @@ async fn forward(
         histograms: stats.histograms as u64,
         exemplars: stats.exemplars as u64,
     };
-    let sends = tenant
-        .backends
+    let tenant_id = tenant.tenant.id.as_str();
+    let mut sync = Vec::new();
+    let mut queued = Vec::new();
+    for &index in &tenant.backends {
+        let Some(backend) = state.backends.get(index) else {
+            continue;
+        };
+        let Some((protocol, body)) = bodies.for_backend(&backend.config) else {
+            continue;
+        };
+        match state.queued.get(index) {
+            Some(queue) => queued.push((queue, protocol, body)),
+            None => sync.push((backend, protocol, body)),
+        }
+    }
+    if let Some((queue, _, _)) = queued
         .iter()
-        .filter_map(|&index| state.backends.get(index))
-        .filter_map(|backend| {
-            let tenant_id = tenant.tenant.id.as_str();
-            if let (WriteProtocol::V2, Some(body)) = (backend.config.protocol, &bodies.v2) {
-                let body = body.clone();
-                return Some(
-                    async move {
-                        let (outcome, written) = backend
-                            .write_v2(tenant_id, body, sent, &state.metrics)
-                            .await;
-                        (backend.config.name.as_str(), outcome, written)
-                    }
-                    .boxed(),
-                );
-            }
-            let body = if backend.config.tenant_header.is_some() || !bodies.has_metadata {
-                bodies.full.clone()?
-            } else {
-                bodies.series_only.clone()?
-            };
-            Some(
-                async move {
-                    let outcome = backend.write(tenant_id, body, &state.metrics).await;
-                    (backend.config.name.as_str(), outcome, sent)
-                }
-                .boxed(),
-            )
+        .find(|(queue, _, body)| !queue.has_room_for(body.len()))
+    {
+        return Err(AppError::Unavailable {
+            message: format!(
+                "backend {}'s delivery queue is full (queue.max_bytes); retry later",
+                queue.name
+            ),
+            retry_after_seconds: QUEUE_FULL_RETRY_AFTER_SECONDS,
         });
+    }
+    let sends = sync.into_iter().map(|(backend, protocol, body)| {
+        async move {
+            let (outcome, written) = match protocol {
+                WriteProtocol::V2 => {
+                    backend
+                        .write_v2(tenant_id, body, sent, &state.metrics)
+                        .await
+                }
+                WriteProtocol::V1 => (backend.write(tenant_id, body, &state.metrics).await, sent),
+            };
+            (backend.config.name.as_str(), outcome, written)
+        }
+        .boxed()
+    });
     let results: Vec<(&str, Outcome, Written)> = futures::future::join_all(sends).await;
     let written = results
         .iter()
@@ -490,8 +521,49 @@ async fn forward(
         .into_iter()
         .map(|(name, outcome, _)| (name, outcome))
         .collect();
-    backend::combine(&outcomes).map(|()| written)
+    backend::combine(&outcomes)?;
+    let appends = queued.into_iter().map(|(queue, protocol, body)| {
+        let write = QueuedWrite {
+            tenant_id: tenant_id.to_string(),
+            protocol,
+            sent,
+            body,
+        };
+        async move {
+            queue
+                .append(&write)
+                .await
+                .map_err(|err| queue_unavailable(&queue.name, &err))
+        }
+    });
+    futures::future::try_join_all(appends).await?;
+    Ok(written)
 }
+
+/// A queue that cannot take the write: 503 (the sender keeps it and retries), with the
+/// reason logged once by the caller; a payload no queue can hold is 413.
+fn queue_unavailable(backend: &str, err: &QueueError) -> AppError {
+    let retry_after_seconds = match err {
+        QueueError::PayloadTooLarge { .. } => {
+            return AppError::PayloadTooLarge(format!(
+                "the write is too large for backend {backend}'s queue: {err}"
+            ))
+        }
+        QueueError::Full { .. } | QueueError::NoSpace => QUEUE_FULL_RETRY_AFTER_SECONDS,
+        _ => QUEUE_BROKEN_RETRY_AFTER_SECONDS,
+    };
+    AppError::Unavailable {
+        message: format!(
+            "backend {backend}'s delivery queue cannot take the write ({err}); retry later"
+        ),
+        retry_after_seconds,
+    }
+}
+
+/// A full queue empties as fast as its backend takes records once it is back.
+const QUEUE_FULL_RETRY_AFTER_SECONDS: u64 = 10;
+/// A queue stopped by a failed write or fsync needs an operator (and a restart).
+const QUEUE_BROKEN_RETRY_AFTER_SECONDS: u64 = 30;
 
 fn now_ms() -> i64 {
     SystemTime::now()

@@ -15,6 +15,8 @@ pub struct PromgateBinary {
     pub admin_token: String,
     pub http: reqwest::Client,
     root: PathBuf,
+    config_path: PathBuf,
+    starts: usize,
 }
 
 impl PromgateBinary {
@@ -40,23 +42,8 @@ impl PromgateBinary {
         );
         let config_path = root.join("promgate.toml");
         std::fs::write(&config_path, config).expect("config");
-        let mut process = Process::spawn(
-            "promgate",
-            env!("CARGO_BIN_EXE_promgate"),
-            &[
-                "serve".into(),
-                "--config".into(),
-                config_path.display().to_string(),
-            ],
-            root,
-        );
         let admin_url = format!("http://127.0.0.1:{admin_port}");
-        wait_ready(
-            &mut process,
-            &format!("{admin_url}/-/ready"),
-            Duration::from_secs(30),
-        )
-        .await;
+        let process = spawn_ready(&config_path, root, "promgate", &admin_url).await;
         let token_file = admin_toml
             .lines()
             .find_map(|line| line.strip_prefix("token_file = "))
@@ -73,7 +60,22 @@ impl PromgateBinary {
             admin_token,
             http: reqwest::Client::new(),
             root: root.to_path_buf(),
+            config_path,
+            starts: 1,
         }
+    }
+
+    /// Kills promgate with SIGKILL: no drain, no flush, no clean-up.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts promgate again on the same config, ports, database and queues (its log in
+    /// `promgate-<n>.log`).
+    pub async fn restart(&mut self) {
+        self.starts += 1;
+        let name = format!("promgate-{}", self.starts);
+        self.process = spawn_ready(&self.config_path, &self.root, &name, &self.admin_url).await;
     }
 
     pub fn write_url(&self) -> String {
@@ -127,4 +129,25 @@ impl PromgateBinary {
             .expect("patch tenant");
         assert_eq!(response.status(), 200);
     }
+}
+
+/// `promgate serve --config <config_path>`, once its admin listener says it is ready.
+async fn spawn_ready(config_path: &Path, root: &Path, name: &str, admin_url: &str) -> Process {
+    let mut process = Process::spawn(
+        name,
+        env!("CARGO_BIN_EXE_promgate"),
+        &[
+            "serve".into(),
+            "--config".into(),
+            config_path.display().to_string(),
+        ],
+        root,
+    );
+    wait_ready(
+        &mut process,
+        &format!("{admin_url}/-/ready"),
+        Duration::from_secs(30),
+    )
+    .await;
+    process
 }

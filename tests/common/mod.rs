@@ -34,6 +34,8 @@ use tokio::sync::oneshot;
 pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// What the fake backend answered.
+    pub status: u16,
 }
 
 impl Recorded {
@@ -160,12 +162,12 @@ async fn record(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.contains("io.prometheus.write.v2.Request"));
     let written = is_v2.then(|| written_v2(&body));
-    state
-        .received
-        .lock()
-        .expect("lock")
-        .push(Recorded { headers, body });
     let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).expect("status");
+    state.received.lock().expect("lock").push(Recorded {
+        headers,
+        body,
+        status: status.as_u16(),
+    });
     let mut response_headers = HeaderMap::new();
     // A 2.0 receiver says what it wrote (unless told to behave like a 1.0-only one).
     if let (Some((samples, histograms, exemplars)), true) = (

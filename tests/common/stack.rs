@@ -30,16 +30,21 @@ impl Stack {
     /// With `server_toml` lines in promgate's `[server]` (a `[server.tls]` table makes the
     /// data URL https).
     pub async fn start_with(with_victoria: bool, server_toml: &str) -> Stack {
+        Stack::start_configured(with_victoria, server_toml, "", "").await
+    }
+
+    /// As `start_with`, with `backend_toml` lines added to the Prometheus backend's
+    /// `[[backends]]` entry (`delivery = "queued"`) and `extra_toml` after the backends.
+    pub async fn start_configured(
+        with_victoria: bool,
+        server_toml: &str,
+        backend_toml: &str,
+        extra_toml: &str,
+    ) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let backend_port = free_port();
-        let mut backend = start_prometheus(
-            &root,
-            "backend",
-            backend_port,
-            "global:\n  scrape_interval: 1s\n",
-            true,
-        );
+        let mut backend = start_backend_prometheus(&root, backend_port);
         let prometheus_url = format!("http://127.0.0.1:{backend_port}");
         wait_ready(
             &mut backend,
@@ -48,7 +53,7 @@ impl Stack {
         )
         .await;
         let mut backends_toml = format!(
-            "[[backends]]\nname = \"prometheus\"\nwrite_url = \"{prometheus_url}/api/v1/write\"\nread_url = \"{prometheus_url}/api/v1/read\"\ntimeout = \"10s\"\n"
+            "[[backends]]\nname = \"prometheus\"\nwrite_url = \"{prometheus_url}/api/v1/write\"\nread_url = \"{prometheus_url}/api/v1/read\"\ntimeout = \"10s\"\n{backend_toml}\n"
         );
         let victoria = if with_victoria {
             let port = free_port();
@@ -77,6 +82,7 @@ impl Stack {
         } else {
             None
         };
+        backends_toml.push_str(extra_toml);
         let mut promgate = PromgateBinary::start(&root, server_toml, &backends_toml).await;
         if server_toml.contains("[server.tls]") {
             promgate.data_url = promgate.data_url.replace("http://", "https://");
@@ -157,6 +163,18 @@ remote_write:\n  - url: {}/api/v1/write\n    authorization:\n      credentials_f
         .await;
         (reader, url)
     }
+}
+
+/// The backend Prometheus of a stack, as `Stack::start` runs it (again, on the same port
+/// and data directory after it was stopped).
+pub fn start_backend_prometheus(root: &Path, port: u16) -> Process {
+    start_prometheus(
+        root,
+        "backend",
+        port,
+        "global:\n  scrape_interval: 1s\n",
+        true,
+    )
 }
 
 pub fn start_prometheus(

@@ -51,8 +51,8 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -201,6 +201,8 @@ pub struct Queue {
     /// Serialises acknowledgements so cursor writes never go backwards.
     ack_lock: Mutex<()>,
     segment_fsyncs: AtomicU64,
+    /// Told how long each fsync of segment data took (for `/metrics`).
+    fsync_observer: OnceLock<Box<dyn Fn(Duration) + Send + Sync>>,
     /// Holds the exclusive `flock` on the directory's lock file while the queue is open.
     _process_lock: File,
 }
@@ -335,6 +337,7 @@ impl Queue {
             synced: Condvar::new(),
             ack_lock: Mutex::new(()),
             segment_fsyncs: AtomicU64::new(0),
+            fsync_observer: OnceLock::new(),
             _process_lock: process_lock,
         };
         Ok((queue, report))
@@ -442,8 +445,7 @@ impl Queue {
             let target_len = state.active().len;
             let target_segment = state.active().first_seq;
             let file = Arc::clone(&state.active_file);
-            let synced = MutexGuard::unlocked(state, || file.sync_data());
-            self.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
+            let synced = MutexGuard::unlocked(state, || self.timed_fsync(&file));
             state.sync_in_progress = false;
             match synced {
                 Ok(()) => {
@@ -464,6 +466,34 @@ impl Queue {
         }
     }
 
+    /// fsyncs segment data, counted and timed.
+    fn timed_fsync(&self, file: &File) -> io::Result<()> {
+        let started = Instant::now();
+        let synced = file.sync_data();
+        self.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(observe) = self.fsync_observer.get() {
+            observe(started.elapsed());
+        }
+        synced
+    }
+
+    /// Has `observe` told the duration of every later fsync of segment data; the first
+    /// observer set stays.
+    pub fn observe_fsyncs(&self, observe: impl Fn(Duration) + Send + Sync + 'static) {
+        let _ = self.fsync_observer.set(Box::new(observe));
+    }
+
+    /// Whether records of these payload sizes would fit in `max_bytes` now: a cheap check
+    /// before work that would be wasted on a full queue ([`Queue::append`] decides).
+    pub fn has_room_for(&self, payload_bytes: &[usize]) -> bool {
+        let needed: u64 = payload_bytes
+            .iter()
+            .map(|len| HEADER_BYTES + *len as u64)
+            .sum();
+        let state = self.state.lock();
+        state.stopped.is_none() && state.bytes_on_disk + needed <= self.options.max_bytes
+    }
+
     /// Closes the active segment (fsynced) and starts a new one (its directory entry
     /// fsynced), under the lock.
     fn roll_segment(&self, state: &mut State) -> Result<(), QueueError> {
@@ -472,10 +502,9 @@ impl Queue {
             state.stopped = Some(reason.clone());
             QueueError::Stopped(reason)
         };
-        if let Err(err) = state.active_file.sync_data() {
+        if let Err(err) = self.timed_fsync(&state.active_file) {
             return Err(stop(state, err));
         }
-        self.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Some(active) = state.segments.back_mut() {
             active.durable_len = active.len;
         }
