@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: promgate against vmagent on the same remote-write load.
 #
-#   scripts/load-bench.sh [--duration 30] [--runs 3] [--skip-check]
+#   scripts/load-bench.sh [--duration 30] [--runs 3] [--skip-check] [--queued]
 #
 # What it measures, for promgate (one tenant "alpha", label tenant_id) and for vmagent (a
 # relabel rule adding tenant_id="alpha" to every series), each pinned to core 0 with
@@ -25,8 +25,15 @@
 # Prints a table per relay and run, the ratio promgate CPU-s/M ÷ vmagent CPU-s/M (paced),
 # one "RESULT run=N ..." line per run and, with --runs > 1, median/min/max.
 #
+# --queued adds a third relay, "promgate-queued": the same promgate with the sink as a
+# `delivery = "queued"` backend (every write fsynced to its durable queue before the 2xx,
+# then delivered by the queue's worker). Its window ends when the queue is empty, so its
+# CPU-s include the delivery; the report gives its CPU-s/M ÷ the sync promgate's and the
+# queue's fsyncs per second and records per fsync (group commit).
+#
 # Options: --duration S (30), --runs N (1), --warmup S (5), --skip-check,
 #          --paced-samples-per-s N (400000), --saturated-connections N (32),
+#          --queued (measure promgate with a queued backend too),
 #          --fixtures DIR (tests/data/prom-2.42; needs counts.tsv), --keep-tmp (keep the
 #          temp dir with logs, exports and raw wrk output; kept anyway on failure).
 #          PROMGATE_LOG (default warn) sets promgate's log filter.
@@ -44,6 +51,7 @@ RUNS=1
 WARMUP=5
 SKIP_CHECK=0
 KEEP_TMP=0
+QUEUED=0
 PACED_SAMPLES_PER_S=400000
 PACED_CONNECTIONS=8       # the schedule sets the rate; connections only bound what is in flight
 SATURATED_CONNECTIONS=32
@@ -75,6 +83,7 @@ parse_args() {
             --saturated-connections) SATURATED_CONNECTIONS=${2:?}; shift 2 ;;
             --fixtures) FIXTURES=$(cd "${2:?}" && pwd); shift 2 ;;
             --keep-tmp) KEEP_TMP=1; shift ;;
+            --queued) QUEUED=1; shift ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument: $1" ;;
         esac
@@ -291,15 +300,21 @@ post_bodies() {
     done <"$WORK/bodies.list"
 }
 
-# start_promgate BACKEND_URL: sets RELAY_PID, RELAY_URL, RELAY_METRICS (admin /metrics).
-# The first start creates tenant alpha and a token (TOKEN); the registry and keys persist
-# in $WORK/promgate across restarts.
+# start_promgate BACKEND_URL [queued]: sets RELAY_PID, RELAY_URL, RELAY_METRICS (admin
+# /metrics). The first start creates tenant alpha and a token (TOKEN); the registry and
+# keys persist in $WORK/promgate across restarts. With "queued" the backend is a queued
+# one, its queue fresh in $WORK/promgate/queue.
 start_promgate() {
-    local backend=$1 dir=$WORK/promgate data_port admin_port
+    local backend=$1 mode=${2:-sync} dir=$WORK/promgate data_port admin_port
     mkdir -p "$dir"
     read -r data_port admin_port < <(pick_ports 2)
     sed -e "s#@DATA_PORT@#$data_port#g" -e "s#@ADMIN_PORT@#$admin_port#g" -e "s#@DIR@#$dir#g" \
         -e "s#@BACKEND_URL@#$backend#g" "$LOAD_DIR/promgate.toml.in" >"$dir/promgate.toml"
+    if [[ $mode == queued ]]; then
+        rm -rf "$dir/queue"
+        printf 'delivery = "queued"\n\n[queue]\ndirectory = "%s/queue"\nmax_bytes = "16GiB"\n' "$dir" \
+            >>"$dir/promgate.toml"
+    fi
     "$PROMGATE_BIN" check-config --config "$dir/promgate.toml" >&2 || die "promgate config refused"
     start_process "promgate → $backend (core $RELAY_CORE)" "$dir/log" \
         env PROMGATE_LOG="${PROMGATE_LOG:-warn}" taskset -c "$RELAY_CORE" "$PROMGATE_BIN" serve --config "$dir/promgate.toml"
@@ -342,11 +357,12 @@ start_vmagent() {
 start_relay() { # RELAY BACKEND_URL
     case $1 in
         promgate) start_promgate "$2" ;;
+        promgate-queued) start_promgate "$2" queued ;;
         vmagent) start_vmagent "$2" ;;
     esac
 }
 
-relay_token() { if [[ $1 == promgate ]]; then echo "$TOKEN"; fi; }
+relay_token() { if [[ $1 == promgate* ]]; then echo "$TOKEN"; fi; }
 
 # ---------------------------------------------------------------------------------------
 # Measurements
@@ -378,6 +394,14 @@ relay_state() { # RELAY FILE → "forwarded received progress pending dropped"
                 "$(metric "$f" promgate_backend_requests_total)" \
                 0 \
                 "$(metric "$f" promgate_rejected_requests_total)"
+            ;;
+        promgate-queued)
+            # Acknowledged = queued on disk; drained once the queue is empty.
+            echo "$(metric "$f" promgate_write_forwarded_samples_total "tenant=\"$TENANT\"")" \
+                "$(metric "$f" promgate_write_received_samples_total "tenant=\"$TENANT\"")" \
+                "$(metric "$f" promgate_queue_delivered_records_total)" \
+                "$(metric "$f" promgate_queue_records)" \
+                "$(($(metric "$f" promgate_rejected_requests_total) + $(metric "$f" promgate_queue_dropped_records_total)))"
             ;;
         vmagent)
             echo "$(metric "$f" vmagent_remotewrite_rows_pushed_after_relabel_total)" \
@@ -486,6 +510,7 @@ measure_phase() {
     # The window starts now (not when the relay went quiet), with the state just confirmed.
     local snap0 state0=$END_STATE
     snap0=$(snapshot)
+    cp "$WORK/metrics.txt" "$WORK/metrics-start-$relay-$phase-$run.txt"
     log "$relay $phase: ${DURATION}s, $connections connections, $([[ $rate == 0 ]] && echo unpaced || echo "$rate requests/s")"
     local out=$WORK/wrk-$relay-$phase-$run.txt
     start_wrk "$DURATION" "$connections" "$rate" "$token" "$out"
@@ -616,7 +641,7 @@ print_run() {
     echo "=== run $run/$RUNS: ${DURATION}s per phase, relay on core $RELAY_CORE, wrk + nginx sink on core $LOAD_CORE"
     printf '%-9s %-9s %7s %6s %9s %7s %6s %7s %11s %8s %8s %7s %6s %6s\n' relay phase "req/s" non2xx \
         "fwd/s" "CPU-s" "util" "CPU-s/M" "samples/CPUs" "p50 ms" "p99 ms" "RSS MiB" "core0+" "core1"
-    for relay in promgate vmagent; do
+    for relay in $(relays); do
         for phase in paced saturated; do
             line=$(grep "^relay=$relay phase=$phase run=$run " "$WORK/results") || continue
             printf '%-9s %-9s %7s %6s %9s %7s %6s %7s %11s %8s %8s %7s %6s %6s\n' "$relay" "$phase" \
@@ -640,6 +665,8 @@ print_run() {
     echo " drain included; util: CPU-s ÷ window; samples/CPUs: forwarded per CPU-second of the relay;"
     echo " core0+: share of core 0 used by other processes; core1: share of core 1 busy (wrk, nginx, others);"
     echo " latency: promgate's includes the sink's answer, vmagent's is its acknowledgement before it forwards)"
+    local queued_figures=""
+    ((QUEUED)) && queued_figures=$(print_queued "$run" "$pg")
     if [[ -s $WORK/warnings ]]; then
         sed 's/^/warning: /' "$WORK/warnings"
         : >"$WORK/warnings"
@@ -648,10 +675,40 @@ print_run() {
     ((RUN_INVALID == 0)) || valid=no
     echo "RESULT run=$run valid=$valid ratio=$ratio promgate_cpu_per_M=$pg" \
         "vmagent_cpu_per_M=$vm saturated_samples_per_s=$sat saturated_samples_per_cpu_s=$satcpu" \
-        "vmagent_saturated_samples_per_s=$vsat"
+        "vmagent_saturated_samples_per_s=$vsat$queued_figures"
     if [[ $valid == yes ]]; then
         echo "$run $ratio $sat" >>"$WORK/summary"
     fi
+}
+
+relays() { if ((QUEUED)); then echo promgate promgate-queued vmagent; else echo promgate vmagent; fi; }
+
+# print_queued RUN SYNC_CPU_PER_M: the queued promgate against the sync one, and its
+# fsyncs (from /metrics at the window's start and end); prints the report lines to
+# stderr-free stdout and returns " key=value…" for the RESULT line in the last line.
+print_queued() {
+    local run=$1 sync_cpu=$2 phase line cpu ratio window start end fsyncs appended out=""
+    for phase in paced saturated; do
+        line=$(grep "^relay=promgate-queued phase=$phase run=$run " "$WORK/results") || continue
+        cpu=$(field "$line" cpu_per_M)
+        window=$(field "$line" window_s)
+        start=$WORK/metrics-start-promgate-queued-$phase-$run.txt
+        end=$WORK/metrics-promgate-queued-$phase-$run.txt
+        fsyncs=$(($(metric "$end" promgate_queue_fsync_duration_seconds_count) - $(metric "$start" promgate_queue_fsync_duration_seconds_count)))
+        appended=$(($(metric "$end" promgate_queue_appended_records_total) - $(metric "$start" promgate_queue_appended_records_total)))
+        if [[ $phase == paced ]]; then
+            ratio=$(awk -v a="$cpu" -v b="$sync_cpu" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else print "n/a" }')
+        else
+            local sync_sat
+            sync_sat=$(field "$(grep "^relay=promgate phase=saturated run=$run " "$WORK/results")" cpu_per_M)
+            ratio=$(awk -v a="$cpu" -v b="$sync_sat" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else print "n/a" }')
+        fi
+        echo "queued $phase: CPU-s per million samples $cpu, ${ratio}× the sync path (target ≤ 1.3);" \
+            "$fsyncs fsyncs for $appended records in ${window}s:" \
+            "$(awk -v f="$fsyncs" -v w="$window" -v a="$appended" 'BEGIN { printf "%.0f fsyncs/s, %.1f records per fsync", f / w, (f > 0 ? a / f : 0) }')" >&2
+        out+=" queued_${phase}_cpu_per_M=$cpu queued_${phase}_ratio=$ratio queued_${phase}_fsyncs=$fsyncs queued_${phase}_records=$appended"
+    done
+    echo "$out"
 }
 
 print_summary() {
@@ -691,6 +748,7 @@ main() {
     else
         reference_export
         check_relay promgate
+        ((QUEUED)) && check_relay promgate-queued
         check_relay vmagent
     fi
 
@@ -699,8 +757,10 @@ main() {
     for ((run = 1; run <= RUNS; run++)); do
         RUN_INVALID=0
         measure_phase promgate paced "$run"
+        ((QUEUED)) && measure_phase promgate-queued paced "$run"
         measure_phase vmagent paced "$run"
         measure_phase promgate saturated "$run"
+        ((QUEUED)) && measure_phase promgate-queued saturated "$run"
         measure_phase vmagent saturated "$run"
         print_run "$run"
     done

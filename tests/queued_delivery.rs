@@ -196,6 +196,87 @@ async fn a_full_queue_answers_503_and_loses_nothing_already_queued() {
     );
 }
 
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped (needs root, as
+/// CI runs; fails loudly otherwise).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs for the full-disk test failed (it needs root, as CI runs)"
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_and_the_queue_recovers_once_delivered() {
+    let backend = FakeBackend::start().await;
+    backend.answer_with(503);
+    // The quota (64 MiB) is far above the disk (1 MiB): the disk fills first.
+    let disk = SmallDisk::mount("1m");
+    let relay = Relay::start(&queued_backend_toml(&backend, disk.dir.path(), "64MiB")).await;
+    let token = relay.tenant_with_token("alpha").await;
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for seq in 0..200 {
+        let response = relay.write(&token, probe_body(seq, 24 * 1024)).await;
+        match response.status().as_u16() {
+            204 => acknowledged.push(seq),
+            503 => {
+                refused = Some(response);
+                break;
+            }
+            other => panic!("write {seq}: unexpected {other}"),
+        }
+    }
+    let refused = refused.expect("the disk never filled");
+    assert!(refused.headers().contains_key("retry-after"));
+    let message = refused.text().await.expect("body");
+    assert!(message.contains("no space left"), "{message}");
+    assert!(acknowledged.len() >= 10, "{acknowledged:?}");
+
+    backend.answer_with(204);
+    until("the queue drains", Duration::from_secs(30), || {
+        let seen = accepted_seqs(&backend);
+        acknowledged.iter().all(|seq| seen.contains_key(seq))
+    })
+    .await;
+    // Delivered everything: the full segment is rolled and deleted, and writes pass again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = relay
+            .write(&token, probe_body(1000, 24 * 1024))
+            .await
+            .status();
+        if status == 204 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status} after the queue was delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_queued_backend_leaves_the_sync_backend_and_the_sender_unaffected() {
     let sync = FakeBackend::start().await;
@@ -328,6 +409,50 @@ async fn a_sync_outage_answers_503_without_queueing_a_copy_and_permanent_refusal
     )
     .await;
     assert!(!accepted_seqs(&queued).contains_key(&10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_within_its_deadline_and_the_next_start_delivers_the_rest() {
+    let backend = FakeBackend::start().await;
+    backend.answer_with(503);
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    let toml = queued_backend_toml(&backend, queue_dir.path(), "64MiB")
+        .replace("drain_timeout = \"2s\"", "drain_timeout = \"1s\"");
+    let mut relay = Relay::start(&toml).await;
+    let token = relay.tenant_with_token("alpha").await;
+    for seq in 0..5 {
+        assert_eq!(relay.write(&token, probe_body(seq, 0)).await.status(), 204);
+    }
+    let stopping = Instant::now();
+    let dir = relay.stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(8),
+        "the drain lasted its deadline, then stopped: {took:?}"
+    );
+    assert!(accepted_seqs(&backend).is_empty());
+
+    // The next start delivers what was left once the backend is back.
+    backend.answer_with(204);
+    let mut relay = Relay::start_in(dir, &toml).await;
+    until(
+        "the next start delivers the rest",
+        Duration::from_secs(10),
+        || (0..5).all(|seq| accepted_seqs(&backend).contains_key(&seq)),
+    )
+    .await;
+
+    // With the backend up but slow, a shutdown delivers everything before it returns.
+    backend.delay(Duration::from_millis(300));
+    for seq in 10..15 {
+        assert_eq!(relay.write(&token, probe_body(seq, 0)).await.status(), 204);
+    }
+    relay.stop().await;
+    let seen = accepted_seqs(&backend);
+    assert!(
+        (10..15).all(|seq| seen.contains_key(&seq)),
+        "delivered before the relay stopped: {seen:?}"
+    );
 }
 
 /// The acknowledged sequence numbers of a load that keeps writing until stopped.

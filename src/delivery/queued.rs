@@ -244,6 +244,7 @@ impl Workers {
             let _ = task.await;
         }
         for (backend, queue) in &self.queues {
+            worker::flush_cursor(queue, backend).await;
             let left = queue.stats().pending_records;
             if left > 0 {
                 tracing::warn!(backend, records = left, "delivery stopped with records still queued; they are delivered after the next start");

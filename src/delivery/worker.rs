@@ -113,7 +113,11 @@ pub async fn run<D: Deliver>(
                 }
                 continue;
             }
-            Ok(_) => IDLE_POLL,
+            Ok(_) => {
+                // Caught up: keep the cursor file current while there is time.
+                flush_cursor(&worker.queue, &worker.backend).await;
+                IDLE_POLL
+            }
             Err(err) => {
                 tracing::error!(backend = %worker.backend, error = %err, "reading the delivery queue failed");
                 QUEUE_ERROR_PAUSE
@@ -315,6 +319,16 @@ async fn acknowledge(queue: &Arc<Queue>, backend: &str, seq: u64) {
             tracing::error!(backend, seq, error = %err, "could not record delivery in the queue")
         }
         Err(err) => tracing::error!(backend, seq, error = %err, "queue ack task failed"),
+    }
+}
+
+/// Writes the queue's cursor file when it lags behind the acknowledged position.
+pub async fn flush_cursor(queue: &Arc<Queue>, backend: &str) {
+    let queue = Arc::clone(queue);
+    match tokio::task::spawn_blocking(move || queue.flush_cursor()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(backend, error = %err, "could not write the queue cursor"),
+        Err(err) => tracing::warn!(backend, error = %err, "queue cursor task failed"),
     }
 }
 

@@ -285,11 +285,13 @@ fn segments_are_deleted_only_after_the_cursor_is_durable() {
     assert!(segments_before.len() >= 4, "{segments_before:?}");
 
     // The cursor cannot be written: the ack fails and every segment stays.
-    std::fs::create_dir(dir.path().join("cursor.tmp")).expect("block the cursor");
+    let cursor_path = dir.path().join("cursor");
+    std::fs::remove_file(&cursor_path).expect("the cursor file exists from the open");
+    std::fs::create_dir(&cursor_path).expect("block the cursor");
     assert!(matches!(queue.ack(25), Err(QueueError::Io(_))));
     assert_eq!(list_segments(dir.path()).expect("list"), segments_before);
     assert_eq!(queue.stats().acked_through, 0);
-    std::fs::remove_dir(dir.path().join("cursor.tmp")).expect("unblock");
+    std::fs::remove_dir(&cursor_path).expect("unblock");
 
     queue.ack(25).expect("ack");
     assert_eq!(
@@ -724,4 +726,41 @@ fn kill_9_loses_no_acknowledged_record() {
     );
     let missing: Vec<&u64> = acknowledged.iter().filter(|seq| **seq > last).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
+
+#[test]
+fn acknowledgements_write_the_cursor_at_most_every_interval_and_at_a_clean_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stored = || cursor::read_cursor(dir.path()).expect("cursor");
+    let (queue, _) = open(dir.path(), QueueOptions::new(ROOMY));
+    for index in 0..10 {
+        queue.append(&[payload(index)]).expect("append");
+    }
+    // The open wrote the starting position; acks within the interval write nothing.
+    assert_eq!(stored(), cursor::StoredCursor::AckedThrough(0));
+    queue.ack(1).expect("ack");
+    queue.ack(2).expect("ack");
+    assert_eq!(stored(), cursor::StoredCursor::AckedThrough(0));
+    assert_eq!(queue.stats().acked_through, 2);
+    std::thread::sleep(CURSOR_WRITE_INTERVAL);
+    queue.ack(3).expect("ack");
+    assert_eq!(stored(), cursor::StoredCursor::AckedThrough(3));
+    queue.ack(4).expect("ack");
+    assert_eq!(
+        stored(),
+        cursor::StoredCursor::AckedThrough(3),
+        "within the interval"
+    );
+    queue.flush_cursor().expect("flush");
+    assert_eq!(stored(), cursor::StoredCursor::AckedThrough(4));
+    queue.ack(7).expect("ack");
+    drop(queue);
+    assert_eq!(
+        stored(),
+        cursor::StoredCursor::AckedThrough(7),
+        "written at close"
+    );
+    let (queue, report) = open(dir.path(), QueueOptions::new(ROOMY));
+    assert_eq!(report.pending_records, 3);
+    assert_eq!(queue.stats().acked_through, 7);
 }
