@@ -91,9 +91,82 @@ pub fn compress(raw: &[u8]) -> Vec<u8> {
     })
 }
 
+/// The decoded length a block starts with (a little-endian base-128 varint of at most
+/// five bytes) and the length of that preamble.
+fn preamble(block: &[u8]) -> Result<(u64, usize), CodecError> {
+    let mut value = 0u64;
+    for (index, byte) in block.iter().take(5).enumerate() {
+        value |= u64::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return Ok((value, index + 1));
+        }
+    }
+    Err(CodecError::Snappy("snappy preamble is not a varint".into()))
+}
+
+/// One snappy block that decodes to what `blocks` decode to, one after the other, made
+/// without decompressing anything: a block is its decoded length followed by literal and
+/// copy elements whose copies reach back only into the block's own output, so the
+/// element streams still decode the same after a new preamble with the summed length.
+pub fn concat_blocks(blocks: &[&[u8]]) -> Result<Vec<u8>, CodecError> {
+    let mut total = 0u64;
+    let mut elements = Vec::with_capacity(blocks.len());
+    for block in blocks {
+        let (decoded, header) = preamble(block)?;
+        total += decoded;
+        elements.push(&block[header..]);
+    }
+    if total > u64::from(u32::MAX) {
+        return Err(CodecError::DecodedTooLarge {
+            claimed: total,
+            limit: u64::from(u32::MAX),
+        });
+    }
+    let mut out = Vec::with_capacity(5 + elements.iter().map(|e| e.len()).sum::<usize>());
+    let mut rest = total;
+    loop {
+        let byte = (rest & 0x7f) as u8;
+        rest >>= 7;
+        if rest == 0 {
+            out.push(byte);
+            break;
+        }
+        out.push(byte | 0x80);
+    }
+    for element in elements {
+        out.extend_from_slice(element);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joined_blocks_decode_to_the_joined_inputs() {
+        let parts: [&[u8]; 4] = [b"", b"abcabcabcabcabcabc", &[7u8; 300], b"xyzxyz"];
+        let blocks: Vec<Vec<u8>> = parts.iter().map(|part| compress(part)).collect();
+        let refs: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
+        let joined = concat_blocks(&refs).expect("join");
+        assert_eq!(
+            decompress_capped(&joined, 1 << 20).expect("decodes"),
+            parts.concat()
+        );
+        assert!(concat_blocks(&[&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_blocks_join(parts in proptest::collection::vec(
+            proptest::collection::vec(0u8..4, 0..3000), 1..6)
+        ) {
+            let blocks: Vec<Vec<u8>> = parts.iter().map(|part| compress(part)).collect();
+            let refs: Vec<&[u8]> = blocks.iter().map(Vec::as_slice).collect();
+            let joined = concat_blocks(&refs).expect("join");
+            proptest::prop_assert_eq!(decompress_capped(&joined, 1 << 24).expect("decodes"), parts.concat());
+        }
+    }
 
     #[test]
     fn bomb_is_refused_from_the_preamble() {

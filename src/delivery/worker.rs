@@ -23,6 +23,7 @@ use super::backoff::{jitter, Backoff};
 use super::envelope::{EnvelopeError, QueuedWrite};
 use super::queue::{Queue, QueueError, QueueReader, QueuedRecord};
 use crate::backend::Outcome;
+use crate::codec::snappy;
 use crate::config::WriteProtocol;
 
 /// Sends one queued write to the backend.
@@ -49,9 +50,11 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// A backlog is sent as merged requests of at most this many records…
 const MAX_BATCH_RECORDS: usize = 256;
-/// …and this many queued (compressed) bytes, well under backends' request caps once
-/// decoded (Mimir 100 MiB, VictoriaMetrics 32 MiB).
+/// …and this many queued (compressed) bytes…
 const MAX_BATCH_BYTES: usize = 4 << 20;
+/// …and this many bytes once decoded, well under backends' request caps (Mimir 100 MiB,
+/// VictoriaMetrics 32 MiB).
+const MAX_BATCH_DECODED_BYTES: u64 = 16 << 20;
 
 /// Consecutive records read together: merged into one request when they can be.
 struct Batch {
@@ -64,8 +67,9 @@ struct Batch {
 ///
 /// A backlog (after an outage) is delivered in merged requests: consecutive 1.0 records
 /// of one tenant become one request (protobuf messages concatenate), so the queue
-/// catches up at many records per round trip while order is kept. 2.0 records go one
-/// by one (each has its own symbol table).
+/// catches up at many records per round trip while order is kept; the snappy bodies are
+/// joined without decompressing. 2.0 records go one by one (each has its own symbol
+/// table).
 pub async fn run<D: Deliver>(
     queue: Arc<Queue>,
     backend: String,
@@ -146,6 +150,7 @@ async fn next_batch(
 fn read_batch(reader: &mut QueueReader, carry: Option<QueuedRecord>) -> Result<Batch, QueueError> {
     let mut records: Vec<(u64, Result<QueuedWrite, EnvelopeError>)> = Vec::new();
     let mut bytes = 0;
+    let mut decoded_bytes = 0;
     let mut next = carry;
     loop {
         let record = match next.take() {
@@ -161,6 +166,9 @@ fn read_batch(reader: &mut QueueReader, carry: Option<QueuedRecord>) -> Result<B
             },
         };
         let write = QueuedWrite::decode(&record.payload);
+        let decoded = write.as_ref().map_or(0, |write| {
+            snappy::checked_decoded_len(&write.body, u64::MAX).unwrap_or(u64::MAX)
+        });
         let joins = match (records.first(), &write) {
             (None, _) => true,
             (Some((_, Ok(first))), Ok(write)) => {
@@ -169,6 +177,7 @@ fn read_batch(reader: &mut QueueReader, carry: Option<QueuedRecord>) -> Result<B
                     && first.tenant_id == write.tenant_id
                     && records.len() < MAX_BATCH_RECORDS
                     && bytes + record.payload.len() <= MAX_BATCH_BYTES
+                    && decoded_bytes + decoded <= MAX_BATCH_DECODED_BYTES
             }
             _ => false,
         };
@@ -179,6 +188,7 @@ fn read_batch(reader: &mut QueueReader, carry: Option<QueuedRecord>) -> Result<B
             });
         }
         bytes += record.payload.len();
+        decoded_bytes = decoded_bytes.saturating_add(decoded);
         records.push((record.seq, write));
     }
 }
