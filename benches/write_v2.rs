@@ -4,8 +4,11 @@
 //! run as its baselines.
 //!
 //! - `v1_splice`: the 1.0 zero-copy path the relay runs (snappy in, rewrite, snappy out).
-//! - `v2_reference_to_v2`: the 2.0 path as the relay runs it today for a 2.0 backend:
-//!   snappy in, prost decode, validate, enforce in the symbol table, encode, snappy out.
+//! - `v2_splice_to_v2`: the 2.0 zero-copy path the relay runs for a 2.0 backend: snappy
+//!   in, validate and enforce in place, the 2.0 form written, snappy out.
+//! - `v2_splice_to_v1`: the same, converted to 1.0 for a 1.0 backend.
+//! - `v2_reference_to_v2`: the prost reference of the 2.0 path: snappy in, prost decode,
+//!   validate, enforce in the symbol table, encode, snappy out.
 //! - `v2_reference_to_v1`: the same, but converted to 1.0 for a 1.0 backend.
 //! - `baseline_snappy_roundtrip_v2`: a bare snappy decompress + compress of the 2.0 bodies.
 //!
@@ -17,6 +20,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use promgate::codec::rw2;
 use promgate::codec::snappy::{compress, decompress_capped, decompress_capped_into};
 use promgate::codec::splice::rewrite;
+use promgate::codec::splice_v2::{rewrite_v2, Forms};
 use promgate::codec::write::{decode, LabelPolicy};
 use promgate::config::{ConflictPolicy, Limits};
 use promgate::proto::write_v2 as v2;
@@ -115,6 +119,33 @@ fn write_v2(c: &mut Criterion) {
             }
         })
     });
+    for (name, forms) in [
+        (
+            "v2_splice_to_v2",
+            Forms {
+                v2: true,
+                v1: false,
+            },
+        ),
+        (
+            "v2_splice_to_v1",
+            Forms {
+                v2: false,
+                v1: true,
+            },
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for body in &v2_bodies {
+                    let raw = decompress_capped(body, LIMIT).expect("snappy");
+                    let rewritten = rewrite_v2(&raw, &policy, &limits, NOW, forms).expect("valid");
+                    let out = rewritten.v2.or(rewritten.v1).expect("a form");
+                    black_box(compress(&out));
+                }
+            })
+        });
+    }
     group.bench_function("v2_reference_to_v2", |b| {
         b.iter(|| {
             for body in &v2_bodies {

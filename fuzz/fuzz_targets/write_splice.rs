@@ -1,11 +1,12 @@
-//! The zero-copy write path against the prost reference on arbitrary decoded bytes
-//! (no snappy, so the fuzzer works on protobuf structure directly): both must accept or
-//! refuse alike, and what the fast path writes must decode to exactly the reference's
-//! request. The first byte picks the policy and the limits.
+//! The zero-copy write paths against their prost references on arbitrary decoded bytes
+//! (no snappy, so the fuzzer works on protobuf structure directly), the bytes read both
+//! as a remote write 1.0 and as a 2.0 request: each pair must accept or refuse alike, and
+//! what a fast path writes must decode to exactly its reference's request (and, for 2.0,
+//! convert to 1.0 byte for byte alike). The first byte picks the policy and the limits.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use promgate::codec::oracle::{same_answer, tight_limits};
+use promgate::codec::oracle::{same_answer, same_answer_v2, tight_limits};
 use promgate::codec::write::LabelPolicy;
 use promgate::config::{ConflictPolicy, Limits};
 
@@ -20,6 +21,9 @@ fuzz_target!(|data: &[u8]| {
     let policy = LabelPolicy::new("tenant_id", "alpha", extra, on_conflict);
     let limits = if choice & 8 == 0 { Limits::default() } else { tight_limits() };
     if let Err(difference) = same_answer(decoded, &policy, &limits, 1_800_000_000_000) {
-        panic!("{difference}");
+        panic!("1.0: {difference}");
+    }
+    if let Err(difference) = same_answer_v2(decoded, &policy, &limits, 1_800_000_000_000) {
+        panic!("2.0: {difference}");
     }
 });

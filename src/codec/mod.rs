@@ -6,6 +6,7 @@ pub mod oracle;
 pub mod rw2;
 pub mod snappy;
 pub mod splice;
+pub mod splice_v2;
 mod wire;
 pub mod write;
 

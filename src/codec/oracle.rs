@@ -1,6 +1,7 @@
-//! Holds the zero-copy write path ([`super::splice`]) to the prost reference
-//! ([`super::write`]); shared by the property tests and the `write_splice` fuzz target.
-//! Not used by the relay.
+//! Holds the zero-copy write paths to their prost references: 1.0 ([`super::splice`]
+//! to [`super::write`]) and 2.0 ([`super::splice_v2`] to [`super::rw2`]); shared by the
+//! property tests and the `write_splice` and `write_v2` fuzz targets. Not used by the
+//! relay.
 
 use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
@@ -83,8 +84,114 @@ pub fn same_answer(
     }
 }
 
+/// [`same_answer`] for remote write 2.0: both paths accept or refuse alike (for the same
+/// reason; an invalid series in the same words), with the same counts; the fast 2.0
+/// form decodes to exactly the reference's request and carries no unknown field; the
+/// fast 1.0 form is byte for byte what the reference converts to, with metadata and
+/// (its prefix) without.
+pub fn same_answer_v2(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<(), String> {
+    use super::{rw2, splice_v2};
+    use crate::proto::write_v2::Request;
+    let reference = rw2::decode(decoded).and_then(|mut request| {
+        rw2::validate_and_enforce(&mut request, policy, limits, now_ms)
+            .map(|stats| (request, stats))
+    });
+    let forms = splice_v2::Forms { v2: true, v1: true };
+    let fast = splice_v2::rewrite_v2(decoded, policy, limits, now_ms, forms);
+    match (reference, fast) {
+        (Ok((request, stats)), Ok(rewritten)) => {
+            if rewritten.stats != stats {
+                return Err(format!("stats {:?} != {stats:?}", rewritten.stats));
+            }
+            let v2_bytes = rewritten.v2.unwrap_or_default();
+            let written = Request::decode(v2_bytes.as_slice())
+                .map_err(|err| format!("fast 2.0 output does not decode: {err}"))?;
+            if written.encode_to_vec() != request.encode_to_vec() {
+                return Err(format!("fast {written:?}\nreference {request:?}"));
+            }
+            only_known_v2_fields(&v2_bytes, "request")?;
+            let v1_bytes = rewritten.v1.unwrap_or_default();
+            if v1_bytes != rw2::encode_v1(&request, true) {
+                return Err("the 1.0 forms differ".into());
+            }
+            if v1_bytes[..rewritten.v1_series_end] != rw2::encode_v1(&request, false) {
+                return Err("the 1.0 series-only forms differ".into());
+            }
+            Ok(())
+        }
+        (Err(reference), Err(fast)) => {
+            let same = match reference {
+                CodecError::Invalid(_) => fast == reference,
+                _ => fast.reason() == reference.reason(),
+            };
+            if same {
+                Ok(())
+            } else {
+                Err(format!(
+                    "fast refused with {fast:?}, reference with {reference:?}"
+                ))
+            }
+        }
+        (reference, fast) => Err(format!(
+            "paths disagree: reference {:?}, fast {:?}",
+            reference.map(|(_, stats)| stats),
+            fast.map(|rewritten| rewritten.stats)
+        )),
+    }
+}
+
+/// Each message's fields, and which hold a message (by the message's name).
+type Fields = &'static [(u32, Option<&'static str>)];
+type SchemaOf = fn(&str) -> Fields;
+
+/// The fields each message of remote write 2.0 has, and which hold a message.
+fn schema_v2(message: &str) -> Fields {
+    match message {
+        "request" => &[(4, None), (5, Some("series"))],
+        "series" => &[
+            (1, None),
+            (2, Some("sample")),
+            (3, Some("histogram")),
+            (4, Some("exemplar")),
+            (5, Some("metadata")),
+        ],
+        "sample" => &[(1, None), (2, None), (3, None)],
+        "exemplar" => &[(1, None), (2, None), (3, None)],
+        "metadata" => &[(1, None), (3, None), (4, None)],
+        "span" => &[(1, None), (2, None)],
+        _ => &[
+            (1, None),
+            (2, None),
+            (3, None),
+            (4, None),
+            (5, None),
+            (6, None),
+            (7, None),
+            (8, Some("span")),
+            (9, None),
+            (10, None),
+            (11, Some("span")),
+            (12, None),
+            (13, None),
+            (14, None),
+            (15, None),
+            (16, None),
+            (17, None),
+        ],
+    }
+}
+
+fn only_known_v2_fields(bytes: &[u8], message: &str) -> Result<(), String> {
+    only_known_fields_in(bytes, message, schema_v2)
+}
+
 /// The fields each message of remote write 1.0 has, and which hold a message.
-fn schema(message: &str) -> &'static [(u32, Option<&'static str>)] {
+fn schema(message: &str) -> Fields {
     match message {
         "request" => &[(1, Some("series")), (3, Some("metadata"))],
         "series" => &[
@@ -121,7 +228,11 @@ fn schema(message: &str) -> &'static [(u32, Option<&'static str>)] {
 
 /// Fails when any message at any depth holds a field its schema does not know: what
 /// the relay forwards must carry nothing a client smuggled in.
-fn only_known_fields(mut bytes: &[u8], message: &str) -> Result<(), String> {
+fn only_known_fields(bytes: &[u8], message: &str) -> Result<(), String> {
+    only_known_fields_in(bytes, message, schema)
+}
+
+fn only_known_fields_in(mut bytes: &[u8], message: &str, schema: SchemaOf) -> Result<(), String> {
     while !bytes.is_empty() {
         let (field, wire_type) = decode_key(&mut bytes).map_err(|err| err.to_string())?;
         let Some((_, inner)) = schema(message).iter().find(|(number, _)| *number == field) else {
@@ -140,7 +251,7 @@ fn only_known_fields(mut bytes: &[u8], message: &str) -> Result<(), String> {
         };
         let (value, rest) = bytes.split_at(skip);
         if let Some(inner) = inner {
-            only_known_fields(value, inner)?;
+            only_known_fields_in(value, inner, schema)?;
         }
         bytes = rest;
     }

@@ -43,10 +43,10 @@ pub fn decode(decoded: &[u8]) -> Result<Request, CodecError> {
 
 /// A series label as the shared checks see it: the resolved strings and their symbols.
 #[derive(Clone, Debug)]
-struct SymbolLabel<'a> {
-    name: &'a str,
-    value: &'a str,
-    refs: (u32, u32),
+pub(crate) struct SymbolLabel<'a> {
+    pub name: &'a str,
+    pub value: &'a str,
+    pub refs: (u32, u32),
 }
 
 impl LabelRef for SymbolLabel<'_> {
@@ -83,53 +83,22 @@ pub fn validate_and_enforce(
         }
         Some(_) => {}
     }
-    let enforced_refs = intern_enforced(&mut request.symbols, policy);
+    let (enforced_refs, appended) = intern_enforced(&request.symbols, policy);
+    request
+        .symbols
+        .extend(appended.into_iter().map(str::to_string));
     let Request {
         symbols,
         timeseries,
     } = request;
     let symbols: &[String] = symbols;
-    let enforced: Vec<SymbolLabel<'_>> = policy
-        .enforced
-        .iter()
-        .zip(&enforced_refs)
-        .map(|(label, &refs)| SymbolLabel {
-            name: &label.name,
-            value: &label.value,
-            refs,
-        })
-        .collect();
+    let enforced = enforced_labels(policy, &enforced_refs);
     let newest_allowed = newest_allowed_ms(now_ms, limits);
     let mut stats = WriteStats {
         series: timeseries.len(),
         ..WriteStats::default()
     };
     for series in timeseries.iter_mut() {
-        let mut labels = resolve_pairs(&series.labels_refs, symbols, "label")?;
-        enforce_labels(&mut labels, &enforced, policy.on_conflict, limits)?;
-        if !series.samples.is_empty() && !series.histograms.is_empty() {
-            return Err(CodecError::Invalid(format!(
-                "series {} has both samples and histograms; send them as two series",
-                describe(&labels)
-            )));
-        }
-        for exemplar in &series.exemplars {
-            resolve_pairs(&exemplar.labels_refs, symbols, "exemplar label")?;
-        }
-        if let Some(metadata) = &series.metadata {
-            for (what, reference) in [("help", metadata.help_ref), ("unit", metadata.unit_ref)] {
-                if symbol(symbols, reference).is_none() {
-                    return Err(CodecError::Invalid(format!(
-                        "series {} has a metadata {what} reference {reference} outside the symbol table of {} entries",
-                        describe(&labels),
-                        symbols.len()
-                    )));
-                }
-            }
-            if metadata.r#type != 0 || metadata.help_ref != 0 || metadata.unit_ref != 0 {
-                stats.metadata += 1;
-            }
-        }
         let newest = series
             .samples
             .iter()
@@ -141,11 +110,29 @@ pub fn validate_and_enforce(
                     .map(|histogram| histogram.timestamp),
             )
             .max();
-        check_newest(&labels, newest, newest_allowed, limits)?;
-        series.labels_refs = labels
-            .iter()
-            .flat_map(|label| [label.refs.0, label.refs.1])
-            .collect();
+        let checked = check_series(
+            &SeriesFacts {
+                labels_refs: &series.labels_refs,
+                has_samples: !series.samples.is_empty(),
+                has_histograms: !series.histograms.is_empty(),
+                metadata: series
+                    .metadata
+                    .as_ref()
+                    .map(|metadata| (metadata.r#type, metadata.help_ref, metadata.unit_ref)),
+                newest,
+            },
+            series
+                .exemplars
+                .iter()
+                .map(|exemplar| exemplar.labels_refs.as_slice()),
+            symbols,
+            &enforced,
+            policy,
+            limits,
+            newest_allowed,
+        )?;
+        series.labels_refs = checked.labels_refs;
+        stats.metadata += usize::from(checked.counts_metadata);
         carry_created_timestamp(series);
         stats.samples += series.samples.len();
         stats.histograms += series.histograms.len();
@@ -154,50 +141,139 @@ pub fn validate_and_enforce(
     Ok(stats)
 }
 
-/// The symbols of each enforced label's name and value: an equal existing symbol, or
-/// one appended (once) to the table.
-fn intern_enforced(symbols: &mut Vec<String>, policy: &LabelPolicy) -> Vec<(u32, u32)> {
+/// The enforced labels with their symbol references.
+pub(crate) fn enforced_labels<'p>(
+    policy: &'p LabelPolicy,
+    refs: &[(u32, u32)],
+) -> Vec<SymbolLabel<'p>> {
+    policy
+        .enforced
+        .iter()
+        .zip(refs)
+        .map(|(label, &refs)| SymbolLabel {
+            name: &label.name,
+            value: &label.value,
+            refs,
+        })
+        .collect()
+}
+
+/// What the checks of one series look at (both paths read it their own way).
+pub(crate) struct SeriesFacts<'x> {
+    pub labels_refs: &'x [u32],
+    pub has_samples: bool,
+    pub has_histograms: bool,
+    /// (type, help_ref, unit_ref)
+    pub metadata: Option<(i32, u32, u32)>,
+    /// The newest sample or histogram timestamp.
+    pub newest: Option<i64>,
+}
+
+/// A series that passed its checks: its label references, enforced and sorted, and
+/// whether its metadata counts.
+pub(crate) struct CheckedSeries {
+    pub labels_refs: Vec<u32>,
+    pub counts_metadata: bool,
+}
+
+/// Every check of one series, in the order the reference has always made them, and the
+/// tenant's labels enforced: the one place both 2.0 paths refuse a series.
+pub(crate) fn check_series<'e, S: AsRef<str>>(
+    facts: &SeriesFacts<'_>,
+    exemplar_refs: impl Iterator<Item = &'e [u32]>,
+    symbols: &[S],
+    enforced: &[SymbolLabel<'_>],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    newest_allowed: i64,
+) -> Result<CheckedSeries, CodecError> {
+    let mut labels = resolve_pairs(facts.labels_refs, symbols, "label")?;
+    enforce_labels(&mut labels, enforced, policy.on_conflict, limits)?;
+    if facts.has_samples && facts.has_histograms {
+        return Err(CodecError::Invalid(format!(
+            "series {} has both samples and histograms; send them as two series",
+            describe(&labels)
+        )));
+    }
+    for refs in exemplar_refs {
+        resolve_pairs(refs, symbols, "exemplar label")?;
+    }
+    let mut counts_metadata = false;
+    if let Some((kind, help_ref, unit_ref)) = facts.metadata {
+        for (what, reference) in [("help", help_ref), ("unit", unit_ref)] {
+            if symbol(symbols, reference).is_none() {
+                return Err(CodecError::Invalid(format!(
+                    "series {} has a metadata {what} reference {reference} outside the symbol table of {} entries",
+                    describe(&labels),
+                    symbols.len()
+                )));
+            }
+        }
+        counts_metadata = kind != 0 || help_ref != 0 || unit_ref != 0;
+    }
+    check_newest(&labels, facts.newest, newest_allowed, limits)?;
+    Ok(CheckedSeries {
+        labels_refs: labels
+            .iter()
+            .flat_map(|label| [label.refs.0, label.refs.1])
+            .collect(),
+        counts_metadata,
+    })
+}
+
+/// The symbols of each enforced label's name and value: an equal existing symbol (the
+/// first), or one appended (once) to the table. Returns the references and the texts to
+/// append, in order.
+pub(crate) fn intern_enforced<'p, S: AsRef<str>>(
+    symbols: &[S],
+    policy: &'p LabelPolicy,
+) -> (Vec<(u32, u32)>, Vec<&'p str>) {
     let wanted: HashSet<&str> = policy
         .enforced
         .iter()
         .flat_map(|label| [label.name.as_str(), label.value.as_str()])
         .collect();
-    let mut known: HashMap<String, u32> = HashMap::new();
+    let mut known: HashMap<&str, u32> = HashMap::new();
     for (index, symbol) in symbols.iter().enumerate() {
-        if wanted.contains(symbol.as_str()) && !known.contains_key(symbol) {
-            known.insert(symbol.clone(), u32::try_from(index).unwrap_or(u32::MAX));
+        let symbol = symbol.as_ref();
+        if wanted.contains(symbol) && !known.contains_key(symbol) {
+            if let Some(&text) = wanted.get(symbol) {
+                known.insert(text, u32::try_from(index).unwrap_or(u32::MAX));
+            }
         }
     }
-    let mut reference = |text: &str, symbols: &mut Vec<String>| -> u32 {
+    let mut appended: Vec<&'p str> = Vec::new();
+    let mut reference = |text: &'p str| -> u32 {
         if let Some(&found) = known.get(text) {
             return found;
         }
-        let appended = u32::try_from(symbols.len()).unwrap_or(u32::MAX);
-        symbols.push(text.to_string());
-        known.insert(text.to_string(), appended);
-        appended
+        let index = u32::try_from(symbols.len() + appended.len()).unwrap_or(u32::MAX);
+        appended.push(text);
+        known.insert(text, index);
+        index
     };
-    policy
+    let refs = policy
         .enforced
         .iter()
         .map(|label| {
-            let name = reference(&label.name, symbols);
-            let value = reference(&label.value, symbols);
+            let name = reference(&label.name);
+            let value = reference(&label.value);
             (name, value)
         })
-        .collect()
+        .collect();
+    (refs, appended)
 }
 
-fn symbol(symbols: &[String], reference: u32) -> Option<&str> {
+pub(crate) fn symbol<S: AsRef<str>>(symbols: &[S], reference: u32) -> Option<&str> {
     symbols
         .get(usize::try_from(reference).ok()?)
-        .map(String::as_str)
+        .map(AsRef::as_ref)
 }
 
 /// Resolves (name, value) reference pairs against the symbol table.
-fn resolve_pairs<'a>(
+fn resolve_pairs<'a, S: AsRef<str>>(
     refs: &[u32],
-    symbols: &'a [String],
+    symbols: &'a [S],
     what: &str,
 ) -> Result<Vec<SymbolLabel<'a>>, CodecError> {
     if refs.len() % 2 != 0 {
@@ -236,7 +312,7 @@ fn describe(labels: &[SymbolLabel<'_>]) -> String {
 
 /// rc.3's series-wide created timestamp becomes rc.4's per-sample start timestamp where
 /// that is unset; field 6 is then cleared (rc.4 reserves it).
-fn carry_created_timestamp(series: &mut v2::TimeSeries) {
+pub(crate) fn carry_created_timestamp(series: &mut v2::TimeSeries) {
     let created = std::mem::take(&mut series.created_timestamp);
     if created == 0 {
         return;
@@ -332,7 +408,7 @@ pub fn encode_v1(request: &Request, with_metadata: bool) -> Vec<u8> {
 
 /// `TimeSeries.labels` (field 1) holding one `Label`, as prost writes it: empty strings
 /// are left out.
-fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
+pub(crate) fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
     let field_len = |text: &str| {
         if text.is_empty() {
@@ -352,14 +428,17 @@ fn encode_label(name: &str, value: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn sample_to_v1(sample: &v2::Sample) -> v1::Sample {
+pub(crate) fn sample_to_v1(sample: &v2::Sample) -> v1::Sample {
     v1::Sample {
         value: sample.value,
         timestamp: sample.timestamp,
     }
 }
 
-fn exemplar_to_v1(exemplar: &v2::Exemplar, symbols: &[String]) -> v1::Exemplar {
+pub(crate) fn exemplar_to_v1<S: AsRef<str>>(
+    exemplar: &v2::Exemplar,
+    symbols: &[S],
+) -> v1::Exemplar {
     v1::Exemplar {
         labels: exemplar
             .labels_refs
@@ -376,32 +455,45 @@ fn exemplar_to_v1(exemplar: &v2::Exemplar, symbols: &[String]) -> v1::Exemplar {
 
 /// 1.0 metadata: one per metric family with a type, first seen wins.
 fn metadata_of(request: &Request) -> Vec<v1::MetricMetadata> {
-    let symbols = &request.symbols;
+    metadata_from(
+        &request.symbols,
+        request.timeseries.iter().map(|series| {
+            (
+                series.labels_refs.as_slice(),
+                series
+                    .metadata
+                    .as_ref()
+                    .map(|meta| (meta.r#type, meta.help_ref, meta.unit_ref)),
+            )
+        }),
+    )
+}
+
+/// 1.0 metadata from each series' label references and (type, help_ref, unit_ref).
+pub(crate) fn metadata_from<'x, S: AsRef<str>>(
+    symbols: &[S],
+    series: impl Iterator<Item = (&'x [u32], Option<(i32, u32, u32)>)>,
+) -> Vec<v1::MetricMetadata> {
     let mut named = HashSet::new();
     let mut metadata = Vec::new();
-    for series in &request.timeseries {
-        let Some(meta) = &series.metadata else {
+    for (labels_refs, meta) in series {
+        let Some((kind, help_ref, unit_ref)) = meta else {
             continue;
         };
-        if meta.r#type == 0 {
+        if kind == 0 {
             continue;
         }
-        let family = series
-            .labels_refs
+        let family = labels_refs
             .chunks_exact(2)
             .find(|pair| symbol(symbols, pair[0]) == Some("__name__"))
             .and_then(|pair| symbol(symbols, pair[1]));
         if let Some(family) = family {
             if named.insert(family) {
                 metadata.push(v1::MetricMetadata {
-                    r#type: meta.r#type,
+                    r#type: kind,
                     metric_family_name: family.to_string(),
-                    help: symbol(symbols, meta.help_ref)
-                        .unwrap_or_default()
-                        .to_string(),
-                    unit: symbol(symbols, meta.unit_ref)
-                        .unwrap_or_default()
-                        .to_string(),
+                    help: symbol(symbols, help_ref).unwrap_or_default().to_string(),
+                    unit: symbol(symbols, unit_ref).unwrap_or_default().to_string(),
                 });
             }
         }
@@ -409,7 +501,7 @@ fn metadata_of(request: &Request) -> Vec<v1::MetricMetadata> {
     metadata
 }
 
-fn histogram_to_v1(histogram: &v2::Histogram) -> v1::Histogram {
+pub(crate) fn histogram_to_v1(histogram: &v2::Histogram) -> v1::Histogram {
     let spans = |spans: &[v2::BucketSpan]| -> Vec<v1::BucketSpan> {
         spans
             .iter()

@@ -231,7 +231,7 @@ pub(crate) static EXEMPLAR: Schema = Schema {
     timestamp_field: 0,
 };
 
-static BUCKET_SPAN: Schema = Schema {
+pub(crate) static BUCKET_SPAN: Schema = Schema {
     fields: &[(1, Kind::Varint), (2, Kind::Varint)],
     timestamp_field: 0,
 };
@@ -256,6 +256,52 @@ pub(crate) static HISTOGRAM: Schema = Schema {
         (16, Kind::PackedFixed64),
     ],
     timestamp_field: 15,
+};
+
+/// Remote write 2.0 `Sample`: value, timestamp, start timestamp.
+pub(crate) static SAMPLE_V2: Schema = Schema {
+    fields: &[(1, Kind::Fixed64), (2, Kind::Varint), (3, Kind::Varint)],
+    timestamp_field: 2,
+};
+
+/// Remote write 2.0 `Exemplar`: label references, value, timestamp.
+pub(crate) static EXEMPLAR_V2: Schema = Schema {
+    fields: &[
+        (1, Kind::PackedVarint),
+        (2, Kind::Fixed64),
+        (3, Kind::Varint),
+    ],
+    timestamp_field: 0,
+};
+
+/// Remote write 2.0 `Histogram`: 1.0's fields and a start timestamp.
+pub(crate) static HISTOGRAM_V2: Schema = Schema {
+    fields: &[
+        (1, Kind::Varint),
+        (2, Kind::Fixed64),
+        (3, Kind::Fixed64),
+        (4, Kind::Varint),
+        (5, Kind::Fixed64),
+        (6, Kind::Varint),
+        (7, Kind::Fixed64),
+        (8, Kind::Message(&BUCKET_SPAN)),
+        (9, Kind::PackedVarint),
+        (10, Kind::PackedFixed64),
+        (11, Kind::Message(&BUCKET_SPAN)),
+        (12, Kind::PackedVarint),
+        (13, Kind::PackedFixed64),
+        (14, Kind::Varint),
+        (15, Kind::Varint),
+        (16, Kind::PackedFixed64),
+        (17, Kind::Varint),
+    ],
+    timestamp_field: 15,
+};
+
+/// Remote write 2.0 `Metadata`: type, help and unit references.
+pub(crate) static METADATA_V2: Schema = Schema {
+    fields: &[(1, Kind::Varint), (3, Kind::Varint), (4, Kind::Varint)],
+    timestamp_field: 0,
 };
 
 pub(crate) static METADATA: Schema = Schema {

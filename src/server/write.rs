@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::FutureExt;
-use prost::Message;
 
 use super::common::{
     authenticate, budget_exhausted, count_request, cpu_unavailable, deadline_exceeded, global_slot,
@@ -25,7 +24,7 @@ use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
 use crate::codec::splice::{self, Rewritten};
 use crate::codec::write::WriteStats;
-use crate::codec::{rw2, snappy, CodecError};
+use crate::codec::{snappy, splice_v2, CodecError};
 use crate::config::{BackendConfig, WriteProtocol};
 use crate::delivery::envelope::QueuedWrite;
 use crate::delivery::queue::QueueError;
@@ -268,9 +267,10 @@ impl Targets {
     }
 }
 
-/// A remote write 2.0 body: decompressed, decoded, validated and scoped to the tenant in
-/// its symbol table (the reference path, [`rw2`]), then encoded once per form the
-/// backends need: 2.0 for 2.0 backends, 1.0 (with or without metadata) for 1.0 ones.
+/// A remote write 2.0 body: decompressed, validated and scoped to the tenant in its
+/// symbol table on the zero-copy path ([`splice_v2`]; `codec::rw2` is its reference), and
+/// written once per form the backends need: 2.0 for 2.0 backends, 1.0 (with or without
+/// metadata) for 1.0 ones.
 fn prepare_v2(
     compressed: &[u8],
     tenant: &TenantEntry,
@@ -279,21 +279,22 @@ fn prepare_v2(
 ) -> Result<(Bodies, WriteStats), CodecError> {
     let limits = &tenant.limits;
     let decoded = snappy::decompress_capped(compressed, limits.max_decoded_bytes)?;
-    let mut request = rw2::decode(&decoded)?;
-    drop(decoded);
-    let stats = rw2::validate_and_enforce(&mut request, &tenant.policy, limits, now_ms)?;
-    let has_metadata = stats.metadata > 0;
-    let encode_v1 = |with_metadata: bool| {
-        Bytes::from(snappy::compress(&rw2::encode_v1(&request, with_metadata)))
+    let forms = splice_v2::Forms {
+        v2: targets.v2,
+        v1: targets.v1_by_header || targets.v1_by_label,
     };
+    let rewritten = splice_v2::rewrite_v2(&decoded, &tenant.policy, limits, now_ms, forms)?;
+    drop(decoded);
+    let stats = rewritten.stats;
+    let has_metadata = stats.metadata > 0;
+    let v1 = rewritten.v1.unwrap_or_default();
     let bodies = Bodies {
         full: (targets.v1_by_header || (targets.v1_by_label && !has_metadata))
-            .then(|| encode_v1(true)),
-        series_only: (targets.v1_by_label && has_metadata).then(|| encode_v1(false)),
+            .then(|| Bytes::from(snappy::compress(&v1))),
+        series_only: (targets.v1_by_label && has_metadata)
+            .then(|| Bytes::from(snappy::compress(&v1[..rewritten.v1_series_end]))),
         has_metadata,
-        v2: targets
-            .v2
-            .then(|| Bytes::from(snappy::compress(&request.encode_to_vec()))),
+        v2: rewritten.v2.map(|v2| Bytes::from(snappy::compress(&v2))),
     };
     Ok((bodies, stats))
 }
