@@ -235,13 +235,16 @@ impl Table {
     }
 }
 
+/// An exemplar's labels, value and timestamp before its references are made.
+type DrawnExemplar = (Vec<(String, String)>, f64, i64);
+
 /// What a generated series holds before its references are made.
 #[derive(Debug, Clone)]
 struct Drawn {
     labels: Vec<(String, String)>,
     samples: Vec<v2::Sample>,
     histograms: Vec<v2::Histogram>,
-    exemplars: Vec<(Vec<(String, String)>, f64, i64)>,
+    exemplars: Vec<DrawnExemplar>,
     metadata: Vec<(i32, String, String)>,
     created: i64,
 }
