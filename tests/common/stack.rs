@@ -41,10 +41,23 @@ impl Stack {
         backend_toml: &str,
         extra_toml: &str,
     ) -> Stack {
+        Stack::start_with_backend_flags(with_victoria, server_toml, backend_toml, extra_toml, &[])
+            .await
+    }
+
+    /// As `start_configured`, with `backend_flags` added to the backend Prometheus'
+    /// command line (e.g. `--enable-feature=native-histograms,exemplar-storage`).
+    pub async fn start_with_backend_flags(
+        with_victoria: bool,
+        server_toml: &str,
+        backend_toml: &str,
+        extra_toml: &str,
+        backend_flags: &[&str],
+    ) -> Stack {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
         let backend_port = free_port();
-        let mut backend = start_backend_prometheus(&root, backend_port);
+        let mut backend = start_backend_prometheus_with(&root, backend_port, backend_flags);
         let prometheus_url = format!("http://127.0.0.1:{backend_port}");
         wait_ready(
             &mut backend,
@@ -168,12 +181,18 @@ remote_write:\n  - url: {}/api/v1/write\n    authorization:\n      credentials_f
 /// The backend Prometheus of a stack, as `Stack::start` runs it (again, on the same port
 /// and data directory after it was stopped).
 pub fn start_backend_prometheus(root: &Path, port: u16) -> Process {
-    start_prometheus(
+    start_backend_prometheus_with(root, port, &[])
+}
+
+/// As `start_backend_prometheus`, with `flags` added to its command line.
+pub fn start_backend_prometheus_with(root: &Path, port: u16, flags: &[&str]) -> Process {
+    start_prometheus_with(
         root,
         "backend",
         port,
         "global:\n  scrape_interval: 1s\n",
         true,
+        flags,
     )
 }
 
@@ -183,6 +202,18 @@ pub fn start_prometheus(
     port: u16,
     config: &str,
     receiver: bool,
+) -> Process {
+    start_prometheus_with(root, name, port, config, receiver, &[])
+}
+
+/// As `start_prometheus`, with `flags` added to its command line.
+pub fn start_prometheus_with(
+    root: &Path,
+    name: &str,
+    port: u16,
+    config: &str,
+    receiver: bool,
+    flags: &[&str],
 ) -> Process {
     let config_path = root.join(format!("{name}.yml"));
     std::fs::write(&config_path, config).expect("prometheus config");
@@ -197,6 +228,7 @@ pub fn start_prometheus(
     if receiver {
         args.push("--web.enable-remote-write-receiver".into());
     }
+    args.extend(flags.iter().map(|flag| flag.to_string()));
     Process::spawn(name, "prometheus", &args, root)
 }
 
