@@ -112,6 +112,7 @@ pub fn validate_and_enforce(
             .max();
         let checked = check_series(
             &SeriesFacts {
+                histogram_problem: series.histograms.iter().find_map(histogram_problem),
                 labels_refs: &series.labels_refs,
                 has_samples: !series.samples.is_empty(),
                 has_histograms: !series.histograms.is_empty(),
@@ -167,6 +168,8 @@ pub(crate) struct SeriesFacts<'x> {
     pub metadata: Option<(i32, u32, u32)>,
     /// The newest sample or histogram timestamp.
     pub newest: Option<i64>,
+    /// The first inconsistent histogram's problem ([`histogram_problem`]).
+    pub histogram_problem: Option<String>,
 }
 
 /// A series that passed its checks: its label references, enforced and sorted, and
@@ -212,6 +215,12 @@ pub(crate) fn check_series<'e, S: AsRef<str>>(
         counts_metadata = kind != 0 || help_ref != 0 || unit_ref != 0;
     }
     check_newest(&labels, facts.newest, newest_allowed, limits)?;
+    if let Some(problem) = &facts.histogram_problem {
+        return Err(CodecError::Invalid(format!(
+            "series {} has a histogram {problem}",
+            describe(&labels)
+        )));
+    }
     Ok(CheckedSeries {
         labels_refs: labels
             .iter()
@@ -349,15 +358,25 @@ pub fn to_v1(request: &Request, with_metadata: bool) -> WriteRequest {
     let timeseries = request
         .timeseries
         .iter()
-        .map(|series| v1::TimeSeries {
-            labels: labels(&series.labels_refs),
-            samples: series.samples.iter().map(sample_to_v1).collect(),
-            exemplars: series
+        .flat_map(|series| {
+            let exemplars: Vec<v1::Exemplar> = series
                 .exemplars
                 .iter()
                 .map(|exemplar| exemplar_to_v1(exemplar, symbols))
-                .collect(),
-            histograms: series.histograms.iter().map(histogram_to_v1).collect(),
+                .collect();
+            let apart = exemplars_apart(series);
+            let first = v1::TimeSeries {
+                labels: labels(&series.labels_refs),
+                samples: series.samples.iter().map(sample_to_v1).collect(),
+                exemplars: if apart { Vec::new() } else { exemplars.clone() },
+                histograms: series.histograms.iter().map(histogram_to_v1).collect(),
+            };
+            let second = apart.then(|| v1::TimeSeries {
+                labels: labels(&series.labels_refs),
+                exemplars,
+                ..v1::TimeSeries::default()
+            });
+            std::iter::once(first).chain(second)
         })
         .collect();
     WriteRequest {
@@ -388,8 +407,12 @@ pub fn encode_v1(request: &Request, with_metadata: bool) -> Vec<u8> {
         for sample in &series.samples {
             message::encode(2, &sample_to_v1(sample), &mut series_bytes);
         }
-        for exemplar in &series.exemplars {
-            message::encode(3, &exemplar_to_v1(exemplar, symbols), &mut series_bytes);
+        let labels_end = series_bytes.len();
+        let apart = exemplars_apart(series);
+        if !apart {
+            for exemplar in &series.exemplars {
+                message::encode(3, &exemplar_to_v1(exemplar, symbols), &mut series_bytes);
+            }
         }
         for histogram in &series.histograms {
             message::encode(4, &histogram_to_v1(histogram), &mut series_bytes);
@@ -397,6 +420,15 @@ pub fn encode_v1(request: &Request, with_metadata: bool) -> Vec<u8> {
         encode_key(1, WireType::LengthDelimited, &mut out);
         encode_varint(series_bytes.len() as u64, &mut out);
         out.extend_from_slice(&series_bytes);
+        if apart {
+            series_bytes.truncate(labels_end);
+            for exemplar in &series.exemplars {
+                message::encode(3, &exemplar_to_v1(exemplar, symbols), &mut series_bytes);
+            }
+            encode_key(1, WireType::LengthDelimited, &mut out);
+            encode_varint(series_bytes.len() as u64, &mut out);
+            out.extend_from_slice(&series_bytes);
+        }
     }
     if with_metadata {
         for metadata in metadata_of(request) {
@@ -404,6 +436,81 @@ pub fn encode_v1(request: &Request, with_metadata: bool) -> Vec<u8> {
         }
     }
     out
+}
+
+/// What makes a native histogram inconsistent, as Prometheus' own validation judges it
+/// (`ValidateHistogram`, the remote write compliance suite's `bad_count_histogram`): its
+/// spans must cover exactly its buckets, and an integer histogram's bucket counts
+/// (decoded from their deltas) must not be negative and, with the zero bucket, add up to
+/// its count (or at most to it when its sum is NaN). A float histogram's count is not
+/// compared: float rounding would refuse honest ones.
+pub(crate) fn histogram_problem(histogram: &v2::Histogram) -> Option<String> {
+    let covered =
+        |spans: &[v2::BucketSpan]| -> u64 { spans.iter().map(|span| u64::from(span.length)).sum() };
+    let is_float = matches!(histogram.count, Some(v2::histogram::Count::CountFloat(_)));
+    let sides = [
+        (
+            "negative",
+            &histogram.negative_spans,
+            histogram.negative_deltas.len(),
+            histogram.negative_counts.len(),
+        ),
+        (
+            "positive",
+            &histogram.positive_spans,
+            histogram.positive_deltas.len(),
+            histogram.positive_counts.len(),
+        ),
+    ];
+    for (side, spans, deltas, counts) in sides {
+        let buckets = if is_float { counts } else { deltas };
+        if covered(spans) != buckets as u64 {
+            return Some(format!(
+                "whose {side} spans cover {} buckets but which holds {buckets}",
+                covered(spans)
+            ));
+        }
+    }
+    if is_float {
+        return None;
+    }
+    let count = match histogram.count {
+        Some(v2::histogram::Count::CountInt(count)) => count,
+        _ => 0,
+    };
+    let mut total: u128 = match histogram.zero_count {
+        Some(v2::histogram::ZeroCount::ZeroCountInt(zero)) => u128::from(zero),
+        _ => 0,
+    };
+    for deltas in [&histogram.negative_deltas, &histogram.positive_deltas] {
+        let mut bucket: i128 = 0;
+        for delta in deltas {
+            bucket += i128::from(*delta);
+            if bucket < 0 {
+                return Some("with a negative bucket count".into());
+            }
+            total += bucket as u128;
+        }
+    }
+    let count = u128::from(count);
+    if histogram.sum.is_nan() {
+        (total > count).then(|| {
+            format!("whose buckets hold {total} observations, more than its count {count}")
+        })
+    } else {
+        (total != count).then(|| {
+            format!("whose count {count} is not the {total} observations its buckets hold")
+        })
+    }
+}
+
+/// Whether a series' exemplars go to a 1.0 backend as a series entry of their own, right
+/// after its histograms: a 1.0 receiver appends an entry's exemplars before its
+/// histograms (Prometheus 2.x does), so an exemplar of a histogram series it does not
+/// hold yet would find no series and be dropped. Prometheus' own 1.0 sender sends them
+/// apart too.
+pub(crate) fn exemplars_apart(series: &v2::TimeSeries) -> bool {
+    !series.histograms.is_empty() && !series.exemplars.is_empty()
 }
 
 /// `TimeSeries.labels` (field 1) holding one `Label`, as prost writes it: empty strings
@@ -864,7 +971,12 @@ mod tests {
         assert_eq!(histogram.positive_spans[0].offset, -2);
         assert_eq!(histogram.positive_counts, vec![1.0, 2.0]);
         assert_eq!((histogram.schema, histogram.reset_hint), (3, 3));
-        let exemplar = &series.exemplars[0];
+        // The histogram's exemplar follows in an entry of its own, same labels.
+        assert!(series.exemplars.is_empty());
+        let apart = &converted.timeseries[1];
+        assert_eq!(apart.labels, series.labels);
+        assert!(apart.samples.is_empty() && apart.histograms.is_empty());
+        let exemplar = &apart.exemplars[0];
         assert_eq!(exemplar.value.to_bits(), stale.to_bits(), "bits untouched");
         assert_eq!(
             exemplar.labels,
@@ -911,5 +1023,45 @@ mod tests {
         );
         let sent = request(&[&[("__name__", "up")]]);
         assert_eq!(decode(&sent.encode_to_vec()).expect("decodes"), sent);
+    }
+
+    #[test]
+    fn inconsistent_histograms_are_named() {
+        let histogram = |count: u64, sum: f64, deltas: Vec<i64>, length: u32| v2::Histogram {
+            count: Some(v2::histogram::Count::CountInt(count)),
+            sum,
+            zero_count: Some(v2::histogram::ZeroCount::ZeroCountInt(1)),
+            positive_spans: vec![v2::BucketSpan { offset: 0, length }],
+            positive_deltas: deltas,
+            ..v2::Histogram::default()
+        };
+        // Buckets 2, 3, 1 and the zero bucket's 1: 7 observations.
+        assert_eq!(
+            histogram_problem(&histogram(7, 1.0, vec![2, 1, -2], 3)),
+            None
+        );
+        assert!(histogram_problem(&histogram(99, 1.0, vec![2, 1, -2], 3))
+            .is_some_and(|problem| problem.contains("count 99")));
+        assert!(histogram_problem(&histogram(7, 1.0, vec![2, 1, -2], 2))
+            .is_some_and(|problem| problem.contains("spans cover 2 buckets")));
+        assert!(histogram_problem(&histogram(7, 1.0, vec![2, -3], 2))
+            .is_some_and(|problem| problem.contains("negative bucket")));
+        // A NaN sum allows more observations than the buckets hold, never fewer.
+        assert_eq!(
+            histogram_problem(&histogram(9, f64::NAN, vec![2, 1, -2], 3)),
+            None
+        );
+        assert!(histogram_problem(&histogram(5, f64::NAN, vec![2, 1, -2], 3)).is_some());
+        // Float counts are not compared (rounding), spans still are.
+        let float = v2::Histogram {
+            count: Some(v2::histogram::Count::CountFloat(100.0)),
+            positive_spans: vec![v2::BucketSpan {
+                offset: 0,
+                length: 1,
+            }],
+            positive_counts: vec![1.5],
+            ..v2::Histogram::default()
+        };
+        assert_eq!(histogram_problem(&float), None);
     }
 }

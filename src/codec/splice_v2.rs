@@ -22,8 +22,8 @@ use prost::encoding::{encode_key, encode_varint, message, WireType};
 use prost::Message;
 
 use super::rw2::{
-    check_series, encode_label, enforced_labels, exemplar_to_v1, histogram_to_v1, intern_enforced,
-    metadata_from, sample_to_v1, symbol, SeriesFacts,
+    check_series, encode_label, enforced_labels, exemplar_to_v1, histogram_problem,
+    histogram_to_v1, intern_enforced, metadata_from, sample_to_v1, symbol, SeriesFacts,
 };
 use super::wire::{self, Reader, WireError, LEN, TOP_DEPTH};
 use super::write::{check_series_count, newest_allowed_ms, LabelPolicy, WriteStats};
@@ -174,6 +174,7 @@ pub fn rewrite_v2(
             None => {
                 let checked = check_series(
                     &SeriesFacts {
+                        histogram_problem: first_histogram_problem(parts, &store),
                         labels_refs: &store.refs[parts.labels.clone()],
                         has_samples: !parts.samples.is_empty(),
                         has_histograms: !parts.histograms.is_empty(),
@@ -252,11 +253,22 @@ fn plain_series(
     let metadata_fine = parts
         .metadata
         .is_none_or(|(_, help, unit)| in_range(help) && in_range(unit));
-    (has_metric_name && exemplars_fine && metadata_fine).then(|| {
+    let histograms_fine = first_histogram_problem(parts, store).is_none();
+    (has_metric_name && exemplars_fine && metadata_fine && histograms_fine).then(|| {
         parts
             .metadata
             .is_some_and(|(kind, help, unit)| kind != 0 || help != 0 || unit != 0)
     })
+}
+
+/// The first inconsistent histogram of a series ([`super::rw2::histogram_problem`]).
+fn first_histogram_problem(parts: &Parts, store: &Store<'_>) -> Option<String> {
+    store.histograms[parts.histograms.clone()]
+        .iter()
+        .find_map(|payload| {
+            // Checked: it decodes.
+            histogram_problem(&v2::Histogram::decode(payload.as_ref()).unwrap_or_default())
+        })
 }
 
 /// Appends a plain series' label references with the enforced labels merged in at their
@@ -531,15 +543,29 @@ fn write_v1(symbols: &[&str], series: &[Parts], store: &Store<'_>) -> (Vec<u8>, 
             let sample = v2::Sample::decode(payload.as_ref()).unwrap_or_default();
             message::encode(2, &sample_to_v1(&sample), &mut body);
         }
-        for payload in &store.exemplars[parts.exemplars.clone()] {
-            let exemplar = v2::Exemplar::decode(payload.as_ref()).unwrap_or_default();
-            message::encode(3, &exemplar_to_v1(&exemplar, symbols), &mut body);
+        let labels_end = body.len();
+        // As `rw2::exemplars_apart`: a histogram series' exemplars in an entry of their own.
+        let apart = !parts.histograms.is_empty() && !parts.exemplars.is_empty();
+        let exemplars = &store.exemplars[parts.exemplars.clone()];
+        let write_exemplars = |body: &mut Vec<u8>| {
+            for payload in exemplars {
+                let exemplar = v2::Exemplar::decode(payload.as_ref()).unwrap_or_default();
+                message::encode(3, &exemplar_to_v1(&exemplar, symbols), body);
+            }
+        };
+        if !apart {
+            write_exemplars(&mut body);
         }
         for payload in &store.histograms[parts.histograms.clone()] {
             let histogram = v2::Histogram::decode(payload.as_ref()).unwrap_or_default();
             message::encode(4, &histogram_to_v1(&histogram), &mut body);
         }
         put_len_field(1, &body, &mut out);
+        if apart {
+            body.truncate(labels_end);
+            write_exemplars(&mut body);
+            put_len_field(1, &body, &mut out);
+        }
     }
     let series_end = out.len();
     let metadata = metadata_from(
