@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark: promgate against vmagent on the same remote-write load.
 #
-#   scripts/load-bench.sh [--duration 30] [--runs 3] [--skip-check] [--queued]
+#   scripts/load-bench.sh [--duration 30] [--runs 3] [--skip-check] [--queued] [--v2]
 #
 # What it measures, for promgate (one tenant "alpha", label tenant_id) and for vmagent (a
 # relabel rule adding tenant_id="alpha" to every series), each pinned to core 0 with
@@ -31,9 +31,15 @@
 # CPU-s include the delivery; the report gives its CPU-s/M ÷ the sync promgate's and the
 # queue's fsyncs per second and records per fsync (group commit).
 #
+# --v2 adds "promgate-v2": the same promgate and sink, sent the fixtures converted to
+# remote write 2.0 (examples/rw_v1_to_v2.rs: symbols interned as a Prometheus 3 sender
+# does; the sink is a 1.0 backend, so promgate converts). The correctness check runs it
+# into VictoriaMetrics like the others; the report gives its CPU-s/M ÷ the 1.0 path's.
+#
 # Options: --duration S (30), --runs N (1), --warmup S (5), --skip-check,
 #          --paced-samples-per-s N (400000), --saturated-connections N (32),
 #          --queued (measure promgate with a queued backend too),
+#          --v2 (measure promgate with the bodies as remote write 2.0 too),
 #          --fixtures DIR (tests/data/prom-2.42; needs counts.tsv), --keep-tmp (keep the
 #          temp dir with logs, exports and raw wrk output; kept anyway on failure).
 #          PROMGATE_LOG (default warn) sets promgate's log filter.
@@ -52,6 +58,7 @@ WARMUP=5
 SKIP_CHECK=0
 KEEP_TMP=0
 QUEUED=0
+V2=0
 PACED_SAMPLES_PER_S=400000
 PACED_CONNECTIONS=8       # the schedule sets the rate; connections only bound what is in flight
 SATURATED_CONNECTIONS=32
@@ -84,6 +91,7 @@ parse_args() {
             --fixtures) FIXTURES=$(cd "${2:?}" && pwd); shift 2 ;;
             --keep-tmp) KEEP_TMP=1; shift ;;
             --queued) QUEUED=1; shift ;;
+            --v2) V2=1; shift ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument: $1" ;;
         esac
@@ -288,16 +296,37 @@ export_vm() {
 }
 
 # post_bodies URL [TOKEN]: every fixture body once, as Prometheus 2.42 sends it; each must get 2xx.
+# post_bodies URL [TOKEN [RELAY]]: every fixture body once, as RELAY is sent them.
 post_bodies() {
-    local url=$1 token=${2:-} body code auth=()
+    local url=$1 token=${2:-} relay=${3:-} body code auth=()
     [[ -n $token ]] && auth=(-H "Authorization: Bearer $token")
     while read -r body; do
         code=$(curl -s -o "$WORK/last-answer" -w '%{http_code}' -X POST --data-binary "@$body" \
-            -H 'Content-Encoding: snappy' -H 'Content-Type: application/x-protobuf' \
-            -H 'X-Prometheus-Remote-Write-Version: 0.1.0' -H 'User-Agent: Prometheus/2.42.0' \
+            -H 'Content-Encoding: snappy' -H "Content-Type: $(content_type "$relay")" \
+            -H "X-Prometheus-Remote-Write-Version: $(rw_version "$relay")" -H 'User-Agent: Prometheus/2.42.0' \
             "${auth[@]+"${auth[@]}"}" "$url")
         [[ $code == 2?? ]] || die "POST $(basename "$body") to $url: HTTP $code $(head -c 300 "$WORK/last-answer")"
-    done <"$WORK/bodies.list"
+    done <"$(bodies_list "$relay")"
+}
+
+# What a relay is sent: remote write 2.0 bodies for promgate-v2, 1.0 for the others.
+bodies_list() { if [[ ${1:-} == promgate-v2 ]]; then echo "$WORK/bodies-v2.list"; else echo "$WORK/bodies.list"; fi; }
+content_type() {
+    if [[ ${1:-} == promgate-v2 ]]; then echo 'application/x-protobuf;proto=io.prometheus.write.v2.Request'
+    else echo 'application/x-protobuf'; fi
+}
+rw_version() { if [[ ${1:-} == promgate-v2 ]]; then echo 2.0.0; else echo 0.1.0; fi; }
+
+# convert_fixtures: the fixture bodies as remote write 2.0, listed in bodies-v2.list.
+convert_fixtures() {
+    local target=${CARGO_TARGET_DIR:-$ROOT/target}
+    log "converting the fixtures to remote write 2.0 (examples/rw_v1_to_v2.rs)"
+    (cd "$ROOT" && cargo build --release --locked --example rw_v1_to_v2) >&2 \
+        || die "building examples/rw_v1_to_v2 failed"
+    # shellcheck disable=SC2046  # one argument per body path
+    "$target/release/examples/rw_v1_to_v2" "$WORK/v2" $(<"$WORK/bodies.list") \
+        || die "converting the fixtures failed"
+    sed "s#^.*/#$WORK/v2/#" "$WORK/bodies.list" >"$WORK/bodies-v2.list"
 }
 
 # start_promgate BACKEND_URL [queued]: sets RELAY_PID, RELAY_URL, RELAY_METRICS (admin
@@ -358,6 +387,7 @@ start_relay() { # RELAY BACKEND_URL
     case $1 in
         promgate) start_promgate "$2" ;;
         promgate-queued) start_promgate "$2" queued ;;
+        promgate-v2) start_promgate "$2" ;;
         vmagent) start_vmagent "$2" ;;
     esac
 }
@@ -388,7 +418,7 @@ metric() {
 relay_state() { # RELAY FILE → "forwarded received progress pending dropped"
     local f=$2
     case $1 in
-        promgate)
+        promgate | promgate-v2)
             echo "$(metric "$f" promgate_write_forwarded_samples_total "tenant=\"$TENANT\"")" \
                 "$(metric "$f" promgate_write_received_samples_total "tenant=\"$TENANT\"")" \
                 "$(metric "$f" promgate_backend_requests_total)" \
@@ -464,14 +494,15 @@ wait_drained() {
     done
 }
 
-# start_wrk SECONDS CONNECTIONS RATE_REQ_PER_S TOKEN OUTFILE: wrk on core 1 against RELAY_URL
+# start_wrk SECONDS CONNECTIONS RATE_REQ_PER_S TOKEN OUTFILE [RELAY]: wrk on core 1 against RELAY_URL
 # in the background (sets WRK_PID); it sends for SECONDS, then waits GRACE_SECONDS for the
 # last answers, so no request is cut off.
 start_wrk() {
-    local seconds=$1 connections=$2 rate=$3 token=$4 out=$5
+    local seconds=$1 connections=$2 rate=$3 token=$4 out=$5 relay=${6:-}
     WRK_OUT=$out
     start_process "wrk ($connections connections, core $LOAD_CORE)" "$out" \
-        env LOADBENCH_BODIES="$WORK/bodies.list" LOADBENCH_TOKEN="$token" LOADBENCH_RATE="$rate" \
+        env LOADBENCH_BODIES="$(bodies_list "$relay")" LOADBENCH_TOKEN="$token" LOADBENCH_RATE="$rate" \
+        LOADBENCH_CONTENT_TYPE="$(content_type "$relay")" LOADBENCH_VERSION="$(rw_version "$relay")" \
         LOADBENCH_THREADS="$WRK_THREADS" LOADBENCH_SEND_SECONDS="$seconds" \
         taskset -c "$LOAD_CORE" wrk -t "$WRK_THREADS" -c "$connections" \
         -d "$((seconds + GRACE_SECONDS))s" --timeout 30s -s "$LOAD_DIR/post.lua" "$RELAY_URL"
@@ -503,7 +534,7 @@ measure_phase() {
     token=$(relay_token "$relay")    # after the start: the first promgate start issues it
     if ((WARMUP > 0)); then
         log "$relay $phase: warm-up ${WARMUP}s"
-        start_wrk "$WARMUP" "$connections" "$rate" "$token" "$WORK/wrk-warmup.txt"
+        start_wrk "$WARMUP" "$connections" "$rate" "$token" "$WORK/wrk-warmup.txt" "$relay"
         finish_wrk
     fi
     wait_drained "$relay"
@@ -513,7 +544,7 @@ measure_phase() {
     cp "$WORK/metrics.txt" "$WORK/metrics-start-$relay-$phase-$run.txt"
     log "$relay $phase: ${DURATION}s, $connections connections, $([[ $rate == 0 ]] && echo unpaced || echo "$rate requests/s")"
     local out=$WORK/wrk-$relay-$phase-$run.txt
-    start_wrk "$DURATION" "$connections" "$rate" "$token" "$out"
+    start_wrk "$DURATION" "$connections" "$rate" "$token" "$out" "$relay"
     pause "$DURATION"
     wait_drained "$relay"    # polls while wrk waits for its last answers
     finish_wrk
@@ -620,7 +651,7 @@ check_relay() {
     log "correctness check: $relay"
     start_vm "check-$relay"
     start_relay "$relay" "$VM_URL/api/v1/write"
-    post_bodies "$RELAY_URL" "$(relay_token "$relay")"
+    post_bodies "$RELAY_URL" "$(relay_token "$relay")" "$relay"
     wait_drained "$relay"
     export_vm "$VM_URL" "$WORK/export-$relay.jsonl"
     stop_process "$RELAY_PID"
@@ -667,6 +698,7 @@ print_run() {
     echo " latency: promgate's includes the sink's answer, vmagent's is its acknowledgement before it forwards)"
     local queued_figures=""
     ((QUEUED)) && queued_figures=$(print_queued "$run" "$pg")
+    ((V2)) && queued_figures+=$(print_v2 "$run")
     if [[ -s $WORK/warnings ]]; then
         sed 's/^/warning: /' "$WORK/warnings"
         : >"$WORK/warnings"
@@ -681,7 +713,26 @@ print_run() {
     fi
 }
 
-relays() { if ((QUEUED)); then echo promgate promgate-queued vmagent; else echo promgate vmagent; fi; }
+relays() {
+    echo promgate
+    ((QUEUED)) && echo promgate-queued
+    ((V2)) && echo promgate-v2
+    echo vmagent
+}
+
+# print_v2 RUN: the 2.0 path's CPU-s per million samples against the 1.0 path's.
+print_v2() {
+    local run=$1 phase line sync cpu ratio out=""
+    for phase in paced saturated; do
+        line=$(grep "^relay=promgate-v2 phase=$phase run=$run " "$WORK/results") || continue
+        cpu=$(field "$line" cpu_per_M)
+        sync=$(field "$(grep "^relay=promgate phase=$phase run=$run " "$WORK/results")" cpu_per_M)
+        ratio=$(awk -v a="$cpu" -v b="$sync" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", a / b; else print "n/a" }')
+        echo "v2 $phase: CPU-s per million samples $cpu, ${ratio}× the 1.0 path" >&2
+        out+=" v2_${phase}_cpu_per_M=$cpu v2_${phase}_ratio=$ratio"
+    done
+    echo "$out"
+}
 
 # print_queued RUN SYNC_CPU_PER_M: the queued promgate against the sync one, and its
 # fsyncs (from /metrics at the window's start and end); prints the report lines to
@@ -738,6 +789,7 @@ main() {
     trap cleanup EXIT
     trap 'exit 130' INT TERM
     load_fixtures
+    ((V2)) && convert_fixtures
     INVALID=0
     TOKEN=""
     : >"$WORK/results"
@@ -749,6 +801,7 @@ main() {
         reference_export
         check_relay promgate
         ((QUEUED)) && check_relay promgate-queued
+        ((V2)) && check_relay promgate-v2
         check_relay vmagent
     fi
 
@@ -758,9 +811,11 @@ main() {
         RUN_INVALID=0
         measure_phase promgate paced "$run"
         ((QUEUED)) && measure_phase promgate-queued paced "$run"
+        ((V2)) && measure_phase promgate-v2 paced "$run"
         measure_phase vmagent paced "$run"
         measure_phase promgate saturated "$run"
         ((QUEUED)) && measure_phase promgate-queued saturated "$run"
+        ((V2)) && measure_phase promgate-v2 saturated "$run"
         measure_phase vmagent saturated "$run"
         print_run "$run"
     done

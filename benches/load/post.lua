@@ -6,6 +6,8 @@
 --
 -- LOADBENCH_BODIES:  a text file with one body path per line (read once per wrk thread).
 -- LOADBENCH_TOKEN:   bearer token for promgate; empty or unset for none (vmagent).
+-- LOADBENCH_CONTENT_TYPE, LOADBENCH_VERSION: the Content-Type and remote-write version
+--                    headers (default remote write 1.0's).
 -- LOADBENCH_RATE:    total requests per second over all threads; 0 or unset = unpaced.
 -- LOADBENCH_THREADS: the -t given to wrk (the script cannot see it), to split the rate.
 -- LOADBENCH_SEND_SECONDS: start no request after this many seconds (0 or unset = until wrk
@@ -67,8 +69,8 @@ function init(args)
   local token = os.getenv("LOADBENCH_TOKEN")
   local headers = {
     ["Content-Encoding"] = "snappy",
-    ["Content-Type"] = "application/x-protobuf",
-    ["X-Prometheus-Remote-Write-Version"] = "0.1.0",
+    ["Content-Type"] = os.getenv("LOADBENCH_CONTENT_TYPE") or "application/x-protobuf",
+    ["X-Prometheus-Remote-Write-Version"] = os.getenv("LOADBENCH_VERSION") or "0.1.0",
     ["User-Agent"] = "Prometheus/2.42.0",
   }
   if token and token ~= "" then
