@@ -76,8 +76,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let compressed = std::fs::read(&body)?;
         let decoded = snap::raw::Decoder::new().decompress_vec(&compressed)?;
         let request = WriteRequest::decode(decoded.as_slice())?;
-        let converted = snap::raw::Encoder::new().compress_vec(&convert(&request).encode_to_vec())?;
-        let name = Path::new(&body).file_name().ok_or("a body path has no file name")?;
+        let converted =
+            snap::raw::Encoder::new().compress_vec(&convert(&request).encode_to_vec())?;
+        let name = Path::new(&body)
+            .file_name()
+            .ok_or("a body path has no file name")?;
         std::fs::write(Path::new(&out_dir).join(name), converted)?;
     }
     Ok(())
