@@ -6,6 +6,9 @@
 //! strings, repeated fields, unknown fields and groups at every depth, interleaved series
 //! fields), then sometimes damaged byte by byte; and pure random bytes besides.
 
+mod common;
+
+use common::protobuf_gen::{apply, damage, maybe_unknown, put_bytes, put_key, put_varint, Choices};
 use promgate::codec::oracle::{same_answer, tight_limits};
 use promgate::codec::snappy::decompress_capped;
 use promgate::codec::splice::rewrite;
@@ -16,64 +19,6 @@ use proptest::prelude::*;
 use prost::Message;
 
 const NOW: i64 = 1_800_000_000_000;
-
-/// A small deterministic generator the encoder draws its choices from.
-struct Choices(u64);
-
-impl Choices {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// True about `in_16` times out of 16.
-    fn chance(&mut self, in_16: u64) -> bool {
-        self.next() % 16 < in_16
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn put_key(out: &mut Vec<u8>, field: u64, wire_type: u64) {
-    put_varint(out, field << 3 | wire_type);
-}
-
-fn put_bytes(out: &mut Vec<u8>, field: u64, bytes: &[u8]) {
-    put_key(out, field, 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-/// Sometimes appends an unknown field: a varint, a string, a fixed32 or a group.
-fn maybe_unknown(out: &mut Vec<u8>, choices: &mut Choices) {
-    if !choices.chance(2) {
-        return;
-    }
-    match choices.next() % 4 {
-        0 => {
-            put_key(out, 9, 0);
-            put_varint(out, choices.next() % 1000);
-        }
-        1 => put_bytes(out, 1000, b"smuggled"),
-        2 => {
-            put_key(out, 17, 5);
-            out.extend_from_slice(&[1, 2, 3, 4]);
-        }
-        _ => {
-            put_key(out, 12, 3);
-            put_key(out, 1, 0);
-            put_varint(out, 7);
-            put_key(out, 12, 4);
-        }
-    }
-}
 
 fn encode_label(label: &Label, choices: &mut Choices) -> Vec<u8> {
     let mut out = Vec::new();
@@ -329,32 +274,6 @@ fn policy() -> impl Strategy<Value = LabelPolicy> {
         ],
     )
         .prop_map(|(on_conflict, extra)| LabelPolicy::new("tenant_id", "alpha", extra, on_conflict))
-}
-
-/// Damage to apply to encoded bytes: (kind, position, byte).
-fn damage() -> impl Strategy<Value = Vec<(u8, usize, u8)>> {
-    prop_oneof![
-        3 => Just(vec![]),
-        1 => prop::collection::vec((0u8..4, any::<usize>(), any::<u8>()), 1..4),
-    ]
-}
-
-fn apply(mut bytes: Vec<u8>, damage: &[(u8, usize, u8)]) -> Vec<u8> {
-    for &(kind, position, byte) in damage {
-        if bytes.is_empty() {
-            break;
-        }
-        let at = position % bytes.len();
-        match kind {
-            0 => bytes[at] = byte,
-            1 => bytes.truncate(at),
-            2 => bytes.insert(at, byte),
-            _ => {
-                bytes.remove(at);
-            }
-        }
-    }
-    bytes
 }
 
 proptest! {

@@ -63,24 +63,27 @@ pub fn same_answer(
             }
             Ok(())
         }
-        (Err(reference), Err(fast)) => {
-            let same = match reference {
-                CodecError::Invalid(_) => fast == reference,
-                _ => fast.reason() == reference.reason(),
-            };
-            if same {
-                Ok(())
-            } else {
-                Err(format!(
-                    "fast refused with {fast:?}, reference with {reference:?}"
-                ))
-            }
-        }
+        (Err(reference), Err(fast)) => same_refusal(&reference, &fast),
         (reference, fast) => Err(format!(
             "paths disagree: reference {:?}, fast {:?}",
             reference.map(|(_, stats)| stats),
             fast.map(|rewritten| rewritten.stats)
         )),
+    }
+}
+
+/// Both refused: for the same reason, and an invalid series in the same words.
+fn same_refusal(reference: &CodecError, fast: &CodecError) -> Result<(), String> {
+    let same = match reference {
+        CodecError::Invalid(_) => fast == reference,
+        _ => fast.reason() == reference.reason(),
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "fast refused with {fast:?}, reference with {reference:?}"
+        ))
     }
 }
 
@@ -124,19 +127,7 @@ pub fn same_answer_v2(
             }
             Ok(())
         }
-        (Err(reference), Err(fast)) => {
-            let same = match reference {
-                CodecError::Invalid(_) => fast == reference,
-                _ => fast.reason() == reference.reason(),
-            };
-            if same {
-                Ok(())
-            } else {
-                Err(format!(
-                    "fast refused with {fast:?}, reference with {reference:?}"
-                ))
-            }
-        }
+        (Err(reference), Err(fast)) => same_refusal(&reference, &fast),
         (reference, fast) => Err(format!(
             "paths disagree: reference {:?}, fast {:?}",
             reference.map(|(_, stats)| stats),

@@ -8,6 +8,7 @@ pub mod concurrency;
 pub mod pki;
 pub mod postgres;
 pub mod process;
+pub mod protobuf_gen;
 pub mod stack;
 
 use std::collections::BTreeMap;
