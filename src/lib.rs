@@ -78,7 +78,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         .cloned()
         .map(|backend| BackendClient::new(backend).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let metrics = Arc::new(telemetry::Metrics::new());
+    let mut metrics = telemetry::Metrics::new();
+    metrics.register_registry(registry.metrics());
+    registry
+        .metrics()
+        .live_replicas
+        .set(i64::try_from(registry.live_replicas()).unwrap_or(1));
+    let metrics = Arc::new(metrics);
     let queued = QueuedBackends::open(&config, &metrics).await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(

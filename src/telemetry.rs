@@ -217,6 +217,40 @@ impl QueueMetrics {
     }
 }
 
+/// The registry's health as each replica sees it (DESIGN §4, §8): its polls of the shared
+/// database, what they read, and the replicas it shares tenant limits with. The handles
+/// are updated by [`crate::tenant::Registry`] and registered by [`Metrics::register_registry`].
+#[derive(Clone, Debug)]
+pub struct RegistryMetrics {
+    pub last_successful_poll: Gauge<f64, AtomicU64>,
+    pub poll_errors: Counter,
+    pub poll_duration: Histogram,
+    pub rows_read: Counter,
+    pub full_reloads: Counter,
+    pub revision: Gauge,
+    pub tenants: Gauge,
+    pub tokens: Gauge,
+    pub live_replicas: Gauge,
+    pub pruned_tokens: Counter,
+}
+
+impl Default for RegistryMetrics {
+    fn default() -> Self {
+        RegistryMetrics {
+            last_successful_poll: Gauge::default(),
+            poll_errors: Counter::default(),
+            poll_duration: duration_histogram(),
+            rows_read: Counter::default(),
+            full_reloads: Counter::default(),
+            revision: Gauge::default(),
+            tenants: Gauge::default(),
+            tokens: Gauge::default(),
+            live_replicas: Gauge::default(),
+            pruned_tokens: Counter::default(),
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<EndpointTenantCode, Counter>,
@@ -345,6 +379,61 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// Exposes the tenant registry's health metrics.
+    pub fn register_registry(&mut self, metrics: &RegistryMetrics) {
+        let registry = &mut self.registry;
+        registry.register(
+            "promgate_registry_last_successful_poll_timestamp_seconds",
+            "When this replica last read the registry database successfully (start-up load or poll), Unix seconds",
+            metrics.last_successful_poll.clone(),
+        );
+        registry.register(
+            "promgate_registry_poll_errors",
+            "Polls of the registry database that failed (the cached tenants and tokens stay in force)",
+            metrics.poll_errors.clone(),
+        );
+        registry.register(
+            "promgate_registry_poll_duration_seconds",
+            "Time taken by successful polls of the registry database",
+            metrics.poll_duration.clone(),
+        );
+        registry.register(
+            "promgate_registry_rows_read",
+            "Registry rows read from the database (tenants, identities, tokens, tombstones, the revision)",
+            metrics.rows_read.clone(),
+        );
+        registry.register(
+            "promgate_registry_full_reloads",
+            "Times the whole registry was read again because following its changes was not possible",
+            metrics.full_reloads.clone(),
+        );
+        registry.register(
+            "promgate_registry_revision",
+            "The registry revision this replica's cache is at",
+            metrics.revision.clone(),
+        );
+        registry.register(
+            "promgate_registry_tenants",
+            "Tenants in this replica's cache",
+            metrics.tenants.clone(),
+        );
+        registry.register(
+            "promgate_registry_tokens",
+            "Issued tokens in this replica's cache (revoked and expired ones not yet pruned included)",
+            metrics.tokens.clone(),
+        );
+        registry.register(
+            "promgate_registry_live_replicas",
+            "Replicas sharing each tenant's rate limits, as this replica counts them",
+            metrics.live_replicas.clone(),
+        );
+        registry.register(
+            "promgate_registry_pruned_tokens",
+            "Expired tokens this replica deleted from the registry after the retention period",
+            metrics.pruned_tokens.clone(),
+        );
     }
 
     /// The open-connections gauge of one listener.

@@ -218,9 +218,12 @@ pub struct AdminConfig {
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
     pub database_url: String,
-    /// How often each replica reloads the registry, so changes made through another
-    /// replica are in force everywhere within about this long.
+    /// How often each replica reads the registry's changes and sends its heartbeat, so
+    /// changes made through another replica are in force everywhere within about this long.
     pub poll_interval: Duration,
+    /// How long an expired token stays in the registry (listed as expired) before it is
+    /// deleted.
+    pub expired_token_retention: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -376,6 +379,7 @@ struct RawAdmin {
 struct RawStorage {
     database_url: Option<String>,
     poll_interval: Option<HumanDuration>,
+    expired_token_retention: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -502,6 +506,9 @@ impl Config {
             poll_interval: storage
                 .poll_interval
                 .map_or(Duration::from_secs(1), |d| d.0),
+            expired_token_retention: storage
+                .expired_token_retention
+                .map_or(Duration::from_secs(30 * 24 * 3600), |d| d.0),
         };
         if storage.poll_interval.is_zero() {
             problems.push("storage.poll_interval must be longer than 0s".into());

@@ -92,10 +92,11 @@ async fn handle(
     *caller = Some(Arc::clone(&tenant));
     require_backends(&tenant)?;
     let limits = &tenant.limits;
-    let rates = limits.shared_by(state.registry.live_replicas());
-    if let Verdict::Throttled { retry_after } = state
-        .rate_limits
-        .check_read_request(&tenant.tenant.id, &rates)
+    let replicas = state.registry.live_replicas();
+    if let Verdict::Throttled { retry_after } =
+        state
+            .rate_limits
+            .check_read_request(&tenant.tenant.id, limits, replicas)
     {
         let seconds = Verdict::retry_after_seconds(retry_after);
         return Err(throttled(

@@ -94,21 +94,21 @@ async fn handle(
     *caller = Some(Arc::clone(&tenant));
     require_backends(&tenant)?;
     let limits = &tenant.limits;
-    // This replica's share of the tenant's rates.
-    let rates = limits.shared_by(state.registry.live_replicas());
+    // This replica enforces its share of the tenant's rates.
+    let replicas = state.registry.live_replicas();
     // Throttles that need no body first: the request rate, and a tenant still inside the
     // wait it was given for its samples (a flood then costs headers only).
     for (verdict, limit) in [
         (
             state
                 .rate_limits
-                .check_write_request(&tenant.tenant.id, &rates),
+                .check_write_request(&tenant.tenant.id, limits, replicas),
             "requests",
         ),
         (
             state
                 .rate_limits
-                .check_samples_blocked(&tenant.tenant.id, &rates),
+                .check_samples_blocked(&tenant.tenant.id, limits, replicas),
             "samples",
         ),
     ] {
@@ -182,7 +182,7 @@ async fn handle(
     let samples = stats.total_samples() as u64;
     match state
         .rate_limits
-        .check_samples(&tenant.tenant.id, &rates, samples)
+        .check_samples(&tenant.tenant.id, limits, replicas, samples)
     {
         Verdict::Allowed => {}
         Verdict::Throttled { retry_after } => {

@@ -2,6 +2,19 @@
 //! database), and the admin operations that change both. Admin writes go to the
 //! database first and then to the cache, one at a time.
 //!
+//! Every replica loads the registry once at start-up and then follows its changes: each
+//! poll reads only what changed since the revision the cache holds (see [`super::store`]
+//! for the change sequence and why it cannot miss a late commit), so a poll costs one row
+//! plus one per change whether the registry holds a thousand tenants or a hundred
+//! thousand. Revocations and disabled tenants reach every replica within a poll (on
+//! PostgreSQL within a notification). Lookups are hash-map reads of shared entries; the
+//! request path never clones a tenant or a token.
+//!
+//! Each replica also sends a heartbeat every poll interval from a task of its own; a
+//! tenant's rates are divided among the replicas whose heartbeat still counts (DESIGN §8).
+//! A heartbeat counts for [`replica_expiry`] of the sender's poll interval, so a long
+//! interval or a slow poll never makes the replicas think they are alone.
+//!
 //! An admin write reads the tenant's current row inside its database transaction, applies
 //! only what the caller changes, and writes back onto the version it read (optimistic
 //! concurrency): a write another replica made in between is never undone. When the version
@@ -9,15 +22,17 @@
 //! the caller named the version it expected (`If-Match`).
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::store::{Store, StoreError};
+use super::store::{Change, Changes, Store, StoreError};
 use super::{validate_tenant, Tenant, TokenRecord};
 use crate::codec::write::LabelPolicy;
 use crate::config::{Config, Limits, TenancyConfig};
+use crate::telemetry::RegistryMetrics;
 
 /// A tenant as the request path needs it: with its label policy, effective limits and
 /// backend indices worked out once, when the tenant changes.
@@ -140,26 +155,60 @@ pub struct Registry {
     backend_names: Vec<String>,
     tenants: DashMap<String, Arc<TenantEntry>>,
     /// Tokens by id (`jti`), revoked ones included so they can be listed.
-    tokens: DashMap<String, TokenRecord>,
+    tokens: DashMap<Arc<str>, Arc<TokenRecord>>,
+    /// Token ids by tenant: listing a tenant's tokens or dropping them with the tenant
+    /// never walks every token.
+    tokens_by_tenant: DashMap<String, HashSet<Arc<str>>>,
     /// mTLS identity (URI or DNS SAN) → tenant id.
     identities: DashMap<String, String>,
-    /// Serialises admin writes so the cache never runs ahead of or behind the database.
+    /// Serialises admin writes and polls so the cache never runs ahead of or behind the
+    /// database.
     admin_writes: tokio::sync::Mutex<()>,
-    /// False while the last reload from the database failed: unknown identities then get
+    /// The registry revision the cache holds every change up to (see [`super::store`]).
+    revision: AtomicI64,
+    /// False while the last poll of the database failed: unknown identities then get
     /// 503 (retryable) rather than 401.
     store_healthy: AtomicBool,
     /// This process among the replicas sharing the database.
     replica_id: String,
-    /// Replicas heard from within `REPLICA_EXPIRY` (at least 1: this one).
+    /// Replicas whose heartbeat counts now (at least 1: this one).
     live_replicas: AtomicUsize,
+    /// How long an expired token is kept before it is pruned.
+    expired_token_retention: i64,
+    metrics: RegistryMetrics,
 }
 
-/// A replica silent for this long no longer counts as live.
-pub const REPLICA_EXPIRY_SECONDS: i64 = 5;
+/// How long a replica's heartbeat counts, for replicas that send one every
+/// `poll_interval`: three intervals (two heartbeats may be missed, e.g. while the database
+/// is slow), and never less than 5 s. A heartbeat that lapsed before the next one is sent
+/// would make the other replicas count one replica too few and each take a larger share of
+/// every tenant's limit.
+pub fn replica_expiry(poll_interval: Duration) -> Duration {
+    (poll_interval * 3).max(Duration::from_secs(5))
+}
+
+/// How often each replica prunes expired tokens and old tombstones.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+fn gauge_value(count: usize) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
 
 impl Registry {
     /// Loads every tenant and token from `store` into memory.
     pub async fn load(store: Store, config: &Config) -> Result<Registry, StoreError> {
+        let metrics = RegistryMetrics {
+            rows_read: store.rows_read_counter(),
+            ..RegistryMetrics::default()
+        };
         let registry = Registry {
             store,
             tenancy: config.tenancy.clone(),
@@ -167,18 +216,22 @@ impl Registry {
             backend_names: config.backend_names().map(str::to_string).collect(),
             tenants: DashMap::new(),
             tokens: DashMap::new(),
+            tokens_by_tenant: DashMap::new(),
             identities: DashMap::new(),
             admin_writes: tokio::sync::Mutex::new(()),
+            revision: AtomicI64::new(0),
             store_healthy: AtomicBool::new(true),
             replica_id: hex::encode(&crate::auth::secrets::random_bytes()[..8]),
             live_replicas: AtomicUsize::new(1),
+            expired_token_retention: i64::try_from(
+                config.storage.expired_token_retention.as_secs(),
+            )
+            .unwrap_or(i64::MAX),
+            metrics,
         };
-        for tenant in registry.store.load_tenants().await? {
-            registry.cache_tenant(tenant);
-        }
-        for token in registry.store.load_tokens().await? {
-            registry.tokens.insert(token.id.clone(), token);
-        }
+        let snapshot = registry.store.snapshot().await?;
+        registry.replace_all(snapshot);
+        registry.metrics.last_successful_poll.set(unix_now() as f64);
         Ok(registry)
     }
 
@@ -186,35 +239,99 @@ impl Registry {
         &self.store
     }
 
+    /// The registry's health metrics (registered by the caller).
+    pub fn metrics(&self) -> &RegistryMetrics {
+        &self.metrics
+    }
+
     pub fn store_healthy(&self) -> bool {
         self.store_healthy.load(Ordering::Relaxed)
     }
 
-    /// Reloads every tenant and token from the database: what other replicas changed is
-    /// then in force here too. On failure the cache stays as it was.
+    /// The registry revision the cache holds every change up to.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    /// Reads what other replicas changed since the last poll and applies it: the database
+    /// work is one row plus one per change, whatever the registry's size. Falls back to
+    /// reading everything only when the changes cannot be followed (tombstones pruned
+    /// while this replica was cut off). On failure the cache stays as it was.
     pub async fn reload(&self) -> Result<(), StoreError> {
         let _guard = self.admin_writes.lock().await;
-        let loaded = async {
-            Ok::<_, StoreError>((
-                self.store.load_tenants().await?,
-                self.store.load_tokens().await?,
-            ))
-        }
-        .await;
-        let (tenants, tokens) = match loaded {
-            Ok(loaded) => loaded,
+        let started = std::time::Instant::now();
+        let result = self.follow().await;
+        match &result {
+            Ok(()) => {
+                self.metrics
+                    .poll_duration
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.last_successful_poll.set(unix_now() as f64);
+                if !self.store_healthy.swap(true, Ordering::Relaxed) {
+                    tracing::info!("registry database reachable again");
+                }
+            }
             Err(err) => {
+                self.metrics.poll_errors.inc();
                 if self.store_healthy.swap(false, Ordering::Relaxed) {
                     tracing::error!(error = %err, "registry database unavailable; serving cached tenants and tokens");
                 }
-                return Err(err);
             }
-        };
-        if !self.store_healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!("registry database reachable again");
         }
-        let ids: HashSet<String> = tenants.iter().map(|tenant| tenant.id.clone()).collect();
-        for tenant in tenants {
+        result
+    }
+
+    async fn follow(&self) -> Result<(), StoreError> {
+        match self.store.changes_since(self.revision()).await? {
+            Changes::Since { revision, changes } => {
+                for change in changes {
+                    self.apply(change);
+                }
+                self.revision.store(revision, Ordering::Relaxed);
+            }
+            Changes::Reload => {
+                tracing::warn!(
+                    revision = self.revision(),
+                    "registry changes cannot be followed from this revision (their tombstones were pruned); reloading every tenant and token"
+                );
+                self.metrics.full_reloads.inc();
+                let snapshot = self.store.snapshot().await?;
+                self.replace_all(snapshot);
+            }
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    fn apply(&self, change: Change) {
+        match change {
+            Change::Tenant(tenant) => {
+                if self
+                    .tenant(&tenant.id)
+                    .is_none_or(|cached| cached.tenant != tenant)
+                {
+                    self.cache_tenant(tenant);
+                }
+            }
+            Change::TenantDeleted(id) => self.forget_tenant(&id),
+            Change::Token(token) => self.cache_token(token),
+            Change::TokenDeleted(id) => self.forget_token(&id),
+        }
+    }
+
+    /// Makes the cache hold exactly `snapshot`.
+    fn replace_all(&self, snapshot: super::store::Snapshot) {
+        let ids: HashSet<&str> = snapshot.tenants.iter().map(|t| t.id.as_str()).collect();
+        let gone: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|entry| !ids.contains(entry.key().as_str()))
+            .map(|entry| entry.key().clone())
+            .collect();
+        for id in gone {
+            self.forget_tenant(&id);
+        }
+        for tenant in snapshot.tenants {
             if self
                 .tenant(&tenant.id)
                 .is_none_or(|cached| cached.tenant != tenant)
@@ -222,43 +339,120 @@ impl Registry {
                 self.cache_tenant(tenant);
             }
         }
-        let gone: Vec<String> = self
-            .tenants
+        let token_ids: HashSet<&str> = snapshot.tokens.iter().map(|t| t.id.as_str()).collect();
+        let gone: Vec<Arc<str>> = self
+            .tokens
             .iter()
-            .filter(|entry| !ids.contains(entry.key()))
-            .map(|entry| entry.key().clone())
+            .filter(|entry| !token_ids.contains(entry.key().as_ref()))
+            .map(|entry| Arc::clone(entry.key()))
             .collect();
         for id in gone {
-            if let Some((_, old)) = self.tenants.remove(&id) {
-                self.forget_identities(&old.tenant);
-            }
+            self.forget_token(&id);
         }
-        let token_ids: HashSet<String> = tokens.iter().map(|token| token.id.clone()).collect();
-        for token in tokens {
-            self.tokens.insert(token.id.clone(), token);
+        for token in snapshot.tokens {
+            self.cache_token(token);
         }
-        self.tokens.retain(|id, _| token_ids.contains(id));
-        Ok(())
+        self.revision.store(snapshot.revision, Ordering::Relaxed);
+        self.update_gauges();
     }
 
-    /// Reloads and sends this replica's heartbeat every `interval` for as long as the
-    /// process runs; on PostgreSQL also reloads as soon as another replica notifies a
-    /// change (LISTEN/NOTIFY), so polling is only the fallback.
-    pub fn spawn_reload(self: &Arc<Self>, interval: std::time::Duration) {
+    fn update_gauges(&self) {
+        self.metrics.revision.set(self.revision());
+        self.metrics.tenants.set(gauge_value(self.tenants.len()));
+        self.metrics.tokens.set(gauge_value(self.tokens.len()));
+    }
+
+    fn cache_token(&self, token: TokenRecord) {
+        let id: Arc<str> = match self.tokens.get(token.id.as_str()) {
+            Some(existing) if **existing == token => return,
+            Some(existing) => Arc::clone(existing.key()),
+            None => Arc::from(token.id.as_str()),
+        };
+        self.tokens_by_tenant
+            .entry(token.tenant_id.clone())
+            .or_default()
+            .insert(Arc::clone(&id));
+        self.tokens.insert(id, Arc::new(token));
+    }
+
+    fn forget_token(&self, id: &str) {
+        if let Some((id, token)) = self.tokens.remove(id) {
+            self.tokens_by_tenant
+                .remove_if_mut(&token.tenant_id, |_, ids| {
+                    ids.remove(&id);
+                    ids.is_empty()
+                });
+        }
+    }
+
+    fn forget_tenant(&self, id: &str) {
+        if let Some((_, old)) = self.tenants.remove(id) {
+            self.forget_identities(&old.tenant);
+        }
+        if let Some((_, ids)) = self.tokens_by_tenant.remove(id) {
+            for token_id in ids {
+                self.tokens.remove(&token_id);
+            }
+        }
+    }
+
+    /// Polls the registry every `interval` for as long as the process runs, and on
+    /// PostgreSQL also as soon as another replica notifies a change (LISTEN/NOTIFY), so
+    /// polling is only the fallback. Sends this replica's heartbeat every `interval` from a
+    /// task of its own, so a slow poll never lets it lapse, and prunes expired tokens every
+    /// few minutes.
+    pub fn spawn_reload(self: &Arc<Self>, interval: Duration) {
+        let heartbeats = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let _ = heartbeats.heartbeat(interval).await;
+            }
+        });
         let registry = Arc::clone(self);
         let wake = Arc::new(tokio::sync::Notify::new());
         let waker = Arc::clone(&wake);
         self.store.spawn_change_listener(move || waker.notify_one());
         tokio::spawn(async move {
+            let mut last_prune: Option<std::time::Instant> = None;
             loop {
-                let _ = registry.heartbeat().await;
                 tokio::select! {
                     _ = tokio::time::sleep(interval) => {}
                     _ = wake.notified() => {}
                 }
                 let _ = registry.reload().await;
+                if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+                    last_prune = Some(std::time::Instant::now());
+                    if let Err(err) = registry.prune(unix_now()).await {
+                        tracing::warn!(error = %err, "pruning expired tokens failed; trying again later");
+                    }
+                }
             }
         });
+    }
+
+    /// Deletes tokens expired for longer than the retention and tombstones older than
+    /// [`super::store::TOMBSTONE_RETENTION_SECONDS`] (a batch at a time), as of `now`, and
+    /// applies what changed. Every replica follows the deletions like any other change.
+    pub async fn prune(&self, now: i64) -> Result<super::store::Pruned, StoreError> {
+        let pruned = self
+            .store
+            .prune(
+                now,
+                now.saturating_sub(self.expired_token_retention),
+                now.saturating_sub(super::store::TOMBSTONE_RETENTION_SECONDS),
+            )
+            .await?;
+        if pruned.tokens > 0 {
+            self.metrics.pruned_tokens.inc_by(pruned.tokens);
+            tracing::info!(tokens = pruned.tokens, "pruned expired tokens");
+        }
+        if pruned != super::store::Pruned::default() {
+            self.reload().await?;
+        }
+        Ok(pruned)
     }
 
     /// Replicas sharing a tenant's rate limits right now (at least 1).
@@ -266,17 +460,15 @@ impl Registry {
         self.live_replicas.load(Ordering::Relaxed).max(1)
     }
 
-    async fn heartbeat(&self) -> Result<(), StoreError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| {
-                i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
-            });
+    async fn heartbeat(&self, poll_interval: Duration) -> Result<(), StoreError> {
+        let now = unix_now();
+        let expiry = i64::try_from(replica_expiry(poll_interval).as_secs()).unwrap_or(i64::MAX);
         let live = self
             .store
-            .heartbeat(&self.replica_id, now, now - REPLICA_EXPIRY_SECONDS)
+            .heartbeat(&self.replica_id, now, now.saturating_add(expiry))
             .await?;
         let before = self.live_replicas.swap(live, Ordering::Relaxed);
+        self.metrics.live_replicas.set(gauge_value(live));
         if before != live {
             tracing::info!(
                 replicas = live,
@@ -295,8 +487,13 @@ impl Registry {
         self.tenants.get(id).map(|entry| Arc::clone(entry.value()))
     }
 
-    pub fn token(&self, id: &str) -> Option<TokenRecord> {
-        self.tokens.get(id).map(|entry| entry.value().clone())
+    pub fn token(&self, id: &str) -> Option<Arc<TokenRecord>> {
+        self.tokens.get(id).map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// Issued tokens in the cache.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len()
     }
 
     pub fn tenants(&self) -> Vec<Tenant> {
@@ -310,11 +507,15 @@ impl Registry {
     }
 
     pub fn tokens_of(&self, tenant_id: &str) -> Vec<TokenRecord> {
-        let mut tokens: Vec<TokenRecord> = self
-            .tokens
+        let ids: Vec<Arc<str>> = self
+            .tokens_by_tenant
+            .get(tenant_id)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut tokens: Vec<TokenRecord> = ids
             .iter()
-            .filter(|entry| entry.tenant_id == tenant_id)
-            .map(|entry| entry.value().clone())
+            .filter_map(|id| self.tokens.get(id.as_ref()))
+            .map(|entry| TokenRecord::clone(entry.value()))
             .collect();
         tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         tokens
@@ -382,10 +583,7 @@ impl Registry {
                 continue;
             }
             write.commit().await?;
-            if let Some((_, old)) = self.tenants.remove(id) {
-                self.forget_identities(&old.tenant);
-            }
-            self.tokens.retain(|_, token| token.tenant_id != id);
+            self.forget_tenant(id);
             self.store.notify_change().await;
             return Ok(());
         }
@@ -403,7 +601,7 @@ impl Registry {
             )));
         }
         self.store.insert_token(&token).await?;
-        self.tokens.insert(token.id.clone(), token);
+        self.cache_token(token);
         self.store.notify_change().await;
         Ok(())
     }
@@ -424,7 +622,7 @@ impl Registry {
                 })
             })?;
         if let Some(mut token) = self.tokens.get_mut(token_id) {
-            token.revoked_at.get_or_insert(at);
+            Arc::make_mut(&mut token).revoked_at.get_or_insert(at);
         }
         self.store.notify_change().await;
         Ok(())
