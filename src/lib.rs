@@ -138,6 +138,7 @@ pub async fn run(
         Some(tls) => {
             let tls = server::tls::TlsState::new(tls.clone())
                 .map_err(|err| anyhow::anyhow!("TLS: {err}"))?;
+            tls.report_expiry(state.metrics.tls.for_listener("data"));
             tls.spawn_reload();
             Some(tls)
         }

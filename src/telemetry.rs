@@ -44,6 +44,12 @@ pub struct EndpointTenantReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointTenant {
+    pub endpoint: String,
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantBackend {
     pub tenant: String,
     pub backend: String,
@@ -87,6 +93,17 @@ pub struct BackendLabel {
 pub struct BackendReason {
     pub backend: String,
     pub reason: String,
+}
+
+/// Request latency per tenant: few buckets, as every tenant has its own (14 series per
+/// tenant and endpoint).
+fn request_duration_histogram() -> Histogram {
+    Histogram::new(
+        [
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]
+        .into_iter(),
+    )
 }
 
 fn duration_histogram() -> Histogram {
@@ -217,6 +234,64 @@ impl QueueMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerFile {
+    pub listener: String,
+    pub file: String,
+}
+
+/// When a listener's TLS certificate and revocation lists expire (Unix seconds), set when
+/// they are loaded and on every reload.
+#[derive(Clone, Debug, Default)]
+pub struct TlsMetrics {
+    listener: String,
+    certificate_expiry: Family<ListenerLabel, Gauge>,
+    crl_next_update: Family<ListenerFile, Gauge>,
+}
+
+impl TlsMetrics {
+    /// The handles of one listener's gauges.
+    pub fn for_listener(&self, listener: &str) -> TlsMetrics {
+        TlsMetrics {
+            listener: listener.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// Sets the certificate's `notAfter` and each revocation list file's `nextUpdate`.
+    pub fn set(
+        &self,
+        certificate_not_after: Option<i64>,
+        crl_next_update: &[(String, Option<i64>)],
+    ) {
+        let listener = ListenerLabel {
+            listener: self.listener.clone(),
+        };
+        match certificate_not_after {
+            Some(at) => {
+                self.certificate_expiry.get_or_create(&listener).set(at);
+            }
+            None => {
+                self.certificate_expiry.remove(&listener);
+            }
+        }
+        for (file, next_update) in crl_next_update {
+            let labels = ListenerFile {
+                listener: self.listener.clone(),
+                file: file.clone(),
+            };
+            match next_update {
+                Some(at) => {
+                    self.crl_next_update.get_or_create(&labels).set(*at);
+                }
+                None => {
+                    self.crl_next_update.remove(&labels);
+                }
+            }
+        }
+    }
+}
+
 /// The registry's health as each replica sees it (DESIGN §4, §8): its polls of the shared
 /// database, what they read, and the replicas it shares tenant limits with. The handles
 /// are updated by [`crate::tenant::Registry`] and registered by [`Metrics::register_registry`].
@@ -254,6 +329,7 @@ impl Default for RegistryMetrics {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<EndpointTenantCode, Counter>,
+    pub request_duration: Family<EndpointTenant, Histogram, fn() -> Histogram>,
     pub rejected_requests: Family<EndpointTenantReason, Counter>,
     pub read_samples: Family<TenantLabel, Counter>,
     pub read_foreign_series: Family<TenantBackend, Counter>,
@@ -268,6 +344,7 @@ pub struct Metrics {
     pub in_flight_requests: Gauge,
     pub in_flight_decoded_bytes: Gauge,
     pub queue: QueueMetrics,
+    pub tls: TlsMetrics,
 }
 
 impl Default for Metrics {
@@ -281,6 +358,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
             requests: Family::default(),
+            request_duration: Family::new_with_constructor(request_duration_histogram),
             rejected_requests: Family::default(),
             read_samples: Family::default(),
             read_foreign_series: Family::default(),
@@ -295,12 +373,18 @@ impl Metrics {
             in_flight_requests: Gauge::default(),
             in_flight_decoded_bytes: Gauge::default(),
             queue: QueueMetrics::new(&mut registry),
+            tls: TlsMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
             "promgate_requests",
             "Remote-write and remote-read requests answered, by endpoint, tenant and HTTP status code",
             metrics.requests.clone(),
+        );
+        registry.register(
+            "promgate_request_duration_seconds",
+            "Time promgate took to answer remote-write and remote-read requests (to the response head), by endpoint and tenant (empty before the caller is known)",
+            metrics.request_duration.clone(),
         );
         registry.register(
             "promgate_rejected_requests",
@@ -366,6 +450,16 @@ impl Metrics {
             "promgate_in_flight_decoded_bytes",
             "Decoded write bodies held, by their announced size",
             metrics.in_flight_decoded_bytes.clone(),
+        );
+        registry.register(
+            "promgate_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS server certificate of a listener expires (notAfter), Unix seconds",
+            metrics.tls.certificate_expiry.clone(),
+        );
+        registry.register(
+            "promgate_tls_crl_next_update_timestamp_seconds",
+            "When a client-certificate revocation list must be replaced (nextUpdate; after it every client is refused), Unix seconds",
+            metrics.tls.crl_next_update.clone(),
         );
         registry.register(
             "promgate_build",

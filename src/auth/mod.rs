@@ -137,7 +137,10 @@ struct VerifiedToken {
     expires_at: i64,
 }
 
-/// Verified tokens remembered at once; the cache starts over when full.
+/// Verified tokens remembered at once beyond the issued tokens the registry holds (each
+/// of those may be in use at once: with 200 000 of them, a fixed cap would have the cache
+/// start over constantly and every request check a signature); the cache starts over
+/// when full.
 const MAX_VERIFIED_TOKENS: usize = 10_000;
 /// Unknown tokens verified at once (signature checks are quick; an external issuer's
 /// may wait up to its JWKS fetch timeout).
@@ -278,7 +281,7 @@ impl Authenticator {
             .try_acquire()
             .map_err(|_| AuthError::Overloaded)?;
         let verified = self.verify_uncached(token).await?;
-        if self.verified.len() >= MAX_VERIFIED_TOKENS {
+        if self.verified.len() >= MAX_VERIFIED_TOKENS + self.registry.token_count() {
             self.verified.clear();
         }
         self.verified.insert(key, verified.clone());

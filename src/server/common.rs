@@ -110,6 +110,33 @@ pub fn count_request(state: &SharedState, endpoint: Endpoint, tenant: &str, stat
         .inc();
 }
 
+/// How long promgate took to answer a request of `tenant` (empty when unknown), from the
+/// handler's start to the response head.
+pub fn observe_duration(
+    state: &SharedState,
+    endpoint: Endpoint,
+    tenant: &str,
+    started: std::time::Instant,
+) {
+    state
+        .metrics
+        .request_duration
+        .get_or_create(&crate::telemetry::EndpointTenant {
+            endpoint: endpoint.as_str().to_string(),
+            tenant: tenant.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// The tenant id a failure is counted under (empty before the caller is known).
+pub fn failure_tenant(failure: &Failure) -> String {
+    failure
+        .tenant
+        .as_ref()
+        .map(|tenant| tenant.tenant.id.clone())
+        .unwrap_or_default()
+}
+
 /// The peer's address, as the accept loop recorded it.
 pub fn peer_ip(extensions: &http::Extensions) -> IpAddr {
     extensions

@@ -19,8 +19,9 @@ use prost::Message;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::common::{
-    authenticate, count_request, cpu_unavailable, deadline_exceeded, global_slot, read_body_capped,
-    require_backends, throttled, within_deadline, Endpoint, Failure,
+    authenticate, count_request, cpu_unavailable, deadline_exceeded, failure_tenant, global_slot,
+    observe_duration, read_body_capped, require_backends, throttled, within_deadline, Endpoint,
+    Failure,
 };
 use super::SharedState;
 use crate::admission::{ReadGateError, Verdict};
@@ -41,6 +42,7 @@ pub const STREAMED_CONTENT_TYPE: &str =
 const MAX_READ_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 pub async fn remote_read(State(state): State<SharedState>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let mut caller = None;
     let handled = within_deadline(&state, handle(&state, &parts, body, &mut caller))
@@ -49,9 +51,15 @@ pub async fn remote_read(State(state): State<SharedState>, request: Request) -> 
     match handled {
         Ok((tenant, response)) => {
             count_request(&state, Endpoint::Read, &tenant.tenant.id, response.status());
+            observe_duration(&state, Endpoint::Read, &tenant.tenant.id, started);
             response
         }
-        Err(failure) => failure.respond(&state, Endpoint::Read),
+        Err(failure) => {
+            let tenant = failure_tenant(&failure);
+            let response = failure.respond(&state, Endpoint::Read);
+            observe_duration(&state, Endpoint::Read, &tenant, started);
+            response
+        }
     }
 }
 

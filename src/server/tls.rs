@@ -16,23 +16,88 @@ use tokio_rustls::TlsAcceptor;
 
 pub use crate::auth::mtls::ClientCertificate;
 use crate::config::{ClientAuth, TlsConfig};
+pub use crate::telemetry::TlsMetrics;
 
 pub struct TlsState {
     config: TlsConfig,
     current: RwLock<Arc<rustls::ServerConfig>>,
     /// Modification times of the files the current configuration was built from.
     built_from: Mutex<Vec<Option<SystemTime>>>,
+    /// When the files in force expire, for `/metrics` (alerts before the certificate or a
+    /// revocation list runs out: an expired CRL fails every client closed).
+    expiry: Mutex<Expiry>,
+    metrics: Mutex<Option<TlsMetrics>>,
+}
+
+/// Expiry times (Unix seconds) of the TLS files in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expiry {
+    /// The server certificate's `notAfter`.
+    pub certificate_not_after: Option<i64>,
+    /// Each revocation list file's earliest `nextUpdate` (none when it has none).
+    pub crl_next_update: Vec<(String, Option<i64>)>,
+}
+
+/// Reads the expiry times of the certificate and revocation lists `config` names.
+pub fn expiry_of(config: &TlsConfig) -> Expiry {
+    let certificate_not_after = CertificateDer::pem_file_iter(&config.cert_file)
+        .ok()
+        .and_then(|mut certificates| certificates.next())
+        .and_then(Result::ok)
+        .and_then(|der| {
+            x509_parser::parse_x509_certificate(&der)
+                .ok()
+                .map(|(_, certificate)| certificate.validity().not_after.timestamp())
+        });
+    let crl_next_update = config
+        .crl_files
+        .iter()
+        .map(|path| {
+            let next = CertificateRevocationListDer::pem_file_iter(path)
+                .ok()
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|der| {
+                    x509_parser::parse_x509_crl(&der)
+                        .ok()
+                        .and_then(|(_, crl)| crl.next_update())
+                        .map(|next| next.timestamp())
+                })
+                .min();
+            (path.display().to_string(), next)
+        })
+        .collect();
+    Expiry {
+        certificate_not_after,
+        crl_next_update,
+    }
 }
 
 impl TlsState {
     pub fn new(config: TlsConfig) -> Result<Arc<TlsState>, String> {
         let built_from = file_times(&config);
         let server_config = build(&config)?;
+        let expiry = expiry_of(&config);
         Ok(Arc::new(TlsState {
             config,
             current: RwLock::new(server_config),
             built_from: Mutex::new(built_from),
+            expiry: Mutex::new(expiry),
+            metrics: Mutex::new(None),
         }))
+    }
+
+    /// The expiry times of the files in force.
+    pub fn expiry(&self) -> Expiry {
+        self.expiry.lock().clone()
+    }
+
+    /// Sets the expiry gauges of `listener` now and after every reload.
+    pub fn report_expiry(&self, metrics: TlsMetrics) {
+        let expiry = self.expiry();
+        metrics.set(expiry.certificate_not_after, &expiry.crl_next_update);
+        *self.metrics.lock() = Some(metrics);
     }
 
     pub fn acceptor(&self) -> TlsAcceptor {
@@ -64,6 +129,11 @@ impl TlsState {
             Ok(server_config) => {
                 *self.current.write() = server_config;
                 *self.built_from.lock() = times;
+                let expiry = expiry_of(&self.config);
+                if let Some(metrics) = self.metrics.lock().as_ref() {
+                    metrics.set(expiry.certificate_not_after, &expiry.crl_next_update);
+                }
+                *self.expiry.lock() = expiry;
                 tracing::info!("reloaded TLS certificate, client CA and revocation lists");
             }
             Err(err) => {

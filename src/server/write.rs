@@ -16,8 +16,9 @@ use bytes::Bytes;
 use futures::FutureExt;
 
 use super::common::{
-    authenticate, budget_exhausted, count_request, cpu_unavailable, deadline_exceeded, global_slot,
-    read_body_capped, require_backends, throttled, within_deadline, Endpoint, Failure,
+    authenticate, budget_exhausted, count_request, cpu_unavailable, deadline_exceeded,
+    failure_tenant, global_slot, observe_duration, read_body_capped, require_backends, throttled,
+    within_deadline, Endpoint, Failure,
 };
 use super::SharedState;
 use crate::admission::{BudgetError, Verdict};
@@ -33,6 +34,7 @@ use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
 
 pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     // Header-only, before anything else: the version picks the message (and, for 2.0,
     // the response headers every answer carries).
@@ -62,10 +64,16 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
                 &tenant.tenant.id,
                 StatusCode::NO_CONTENT,
             );
+            observe_duration(&state, Endpoint::Write, &tenant.tenant.id, started);
             (StatusCode::NO_CONTENT.into_response(), written)
         }
         // Nothing is known to be written everywhere when promgate refuses.
-        Err(failure) => (failure.respond(&state, Endpoint::Write), Written::default()),
+        Err(failure) => {
+            let tenant = failure_tenant(&failure);
+            let response = failure.respond(&state, Endpoint::Write);
+            observe_duration(&state, Endpoint::Write, &tenant, started);
+            (response, Written::default())
+        }
     };
     // Remote write 2.0: the written counts on every answer, success or failure; never on
     // 1.0 answers.
