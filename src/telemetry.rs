@@ -121,6 +121,7 @@ fn fsync_histogram() -> Histogram {
 pub struct QueueMetrics {
     pub records: Family<BackendLabel, Gauge>,
     pub bytes: Family<BackendLabel, Gauge>,
+    pub max_bytes: Family<BackendLabel, Gauge>,
     pub oldest_record_age: Family<BackendLabel, Gauge<f64, AtomicU64>>,
     pub appended: Family<BackendLabel, Counter>,
     pub delivered: Family<BackendLabel, Counter>,
@@ -135,6 +136,7 @@ impl QueueMetrics {
         let metrics = QueueMetrics {
             records: Family::default(),
             bytes: Family::default(),
+            max_bytes: Family::default(),
             oldest_record_age: Family::default(),
             appended: Family::default(),
             delivered: Family::default(),
@@ -152,6 +154,11 @@ impl QueueMetrics {
             "promgate_queue_bytes",
             "Bytes of a queued backend's queue files on disk (what queue.max_bytes limits)",
             metrics.bytes.clone(),
+        );
+        registry.register(
+            "promgate_queue_max_bytes",
+            "The disk quota of a queued backend's queue (queue.max_bytes); writes that need a full queue get 503",
+            metrics.max_bytes.clone(),
         );
         registry.register(
             "promgate_queue_oldest_record_age_seconds",

@@ -74,6 +74,11 @@ impl QueuedBackends {
                 .corrupt
                 .get_or_create(&label)
                 .inc_by(report.corrupt_regions);
+            metrics
+                .queue
+                .max_bytes
+                .get_or_create(&label)
+                .set(i64::try_from(config.queue.max_bytes).unwrap_or(i64::MAX));
             let fsyncs = metrics.queue.fsync_duration.get_or_create(&label).clone();
             queue.observe_fsyncs(move |took| fsyncs.observe(took.as_secs_f64()));
             by_backend.push(Some(QueuedBackend {

@@ -531,6 +531,7 @@ impl Registry {
         write.insert_tenant(&tenant).await?;
         write.commit().await?;
         self.cache_tenant(tenant.clone());
+        self.update_gauges();
         self.store.notify_change().await;
         Ok(tenant)
     }
@@ -584,6 +585,7 @@ impl Registry {
             }
             write.commit().await?;
             self.forget_tenant(id);
+            self.update_gauges();
             self.store.notify_change().await;
             return Ok(());
         }
@@ -602,6 +604,7 @@ impl Registry {
         }
         self.store.insert_token(&token).await?;
         self.cache_token(token);
+        self.update_gauges();
         self.store.notify_change().await;
         Ok(())
     }
