@@ -16,6 +16,8 @@ ALTER TABLE tenants ADD COLUMN revision BIGINT NOT NULL DEFAULT 1;
 ALTER TABLE tokens ADD COLUMN revision BIGINT NOT NULL DEFAULT 1;
 CREATE INDEX tenants_by_revision ON tenants (revision);
 CREATE INDEX tokens_by_revision ON tokens (revision);
+-- A changed tenant's identities are read (and replaced) by tenant.
+CREATE INDEX tenant_identities_by_tenant ON tenant_identities (tenant_id);
 -- Expired tokens are pruned after a grace period.
 CREATE INDEX tokens_by_expiry ON tokens (expires_at);
 

@@ -35,6 +35,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
+use futures::TryStreamExt;
 use prometheus_client::metrics::counter::Counter;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Connection, Row};
@@ -660,45 +661,51 @@ impl Store {
         Ok(())
     }
 
+    /// Every tenant with its identities. Rows are decoded as they arrive, so loading a
+    /// large registry never holds every raw row at once.
     pub async fn load_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        let rows = sqlx::query(
+        let mut tenants = Vec::new();
+        let mut rows = sqlx::query(
             "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version \
              FROM tenants ORDER BY id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        let identity_rows =
-            sqlx::query("SELECT identity, tenant_id FROM tenant_identities ORDER BY identity")
-                .fetch_all(&self.pool)
-                .await?;
-        self.count_rows(rows.len() + identity_rows.len());
-        let mut tenants = rows
-            .iter()
-            .map(tenant_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            tenants.push(tenant_from_row(&row)?);
+        }
+        drop(rows);
         let index: HashMap<String, usize> = tenants
             .iter()
             .enumerate()
             .map(|(at, tenant)| (tenant.id.clone(), at))
             .collect();
-        for row in identity_rows {
-            let identity: String = row.try_get("identity")?;
+        let mut identities = 0usize;
+        let mut rows =
+            sqlx::query("SELECT identity, tenant_id FROM tenant_identities ORDER BY identity")
+                .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            identities += 1;
             let tenant_id: String = row.try_get("tenant_id")?;
             if let Some(&at) = index.get(&tenant_id) {
-                tenants[at].identities.push(identity);
+                tenants[at].identities.push(row.try_get("identity")?);
             }
         }
+        self.count_rows(tenants.len() + identities);
         Ok(tenants)
     }
 
+    /// Every issued token, decoded as the rows arrive.
     pub async fn load_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let rows = sqlx::query(
+        let mut tokens = Vec::new();
+        let mut rows = sqlx::query(
             "SELECT id, tenant_id, description, created_at, expires_at, revoked_at FROM tokens ORDER BY created_at, id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        self.count_rows(rows.len());
-        rows.iter().map(token_from_row).collect()
+        .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            tokens.push(token_from_row(&row)?);
+        }
+        self.count_rows(tokens.len());
+        Ok(tokens)
     }
 
     pub async fn insert_token(&self, token: &TokenRecord) -> Result<(), StoreError> {
