@@ -98,12 +98,9 @@ pub struct BackendReason {
 /// Request latency per tenant: few buckets, as every tenant has its own (14 series per
 /// tenant and endpoint).
 fn request_duration_histogram() -> Histogram {
-    Histogram::new(
-        [
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]
-        .into_iter(),
-    )
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
 }
 
 fn duration_histogram() -> Histogram {

@@ -359,7 +359,7 @@ async fn every_metric_the_mixin_uses_is_exported() {
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
         .map(|line| {
-            line.split(|c: char| c == '{' || c == ' ')
+            line.split(['{', ' '])
                 .next()
                 .unwrap_or_default()
                 .to_string()

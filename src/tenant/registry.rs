@@ -308,9 +308,9 @@ impl Registry {
             Change::Tenant(tenant) => {
                 if self
                     .tenant(&tenant.id)
-                    .is_none_or(|cached| cached.tenant != tenant)
+                    .is_none_or(|cached| cached.tenant != *tenant)
                 {
-                    self.cache_tenant(tenant);
+                    self.cache_tenant(*tenant);
                 }
             }
             Change::TenantDeleted(id) => self.forget_tenant(&id),

@@ -121,7 +121,7 @@ pub struct Snapshot {
 #[derive(Debug, PartialEq)]
 pub enum Change {
     /// A tenant created or changed (with its identities).
-    Tenant(Tenant),
+    Tenant(Box<Tenant>),
     /// A tenant deleted, with its identities and tokens.
     TenantDeleted(String),
     /// A token issued or revoked.
@@ -398,7 +398,7 @@ impl Store {
             if let Some(found) = identities.remove(&tenant.id) {
                 tenant.identities = found;
             }
-            ordered.push((revision, 1, Change::Tenant(tenant)));
+            ordered.push((revision, 1, Change::Tenant(Box::new(tenant))));
         }
         for row in &token_rows {
             ordered.push((
@@ -1105,7 +1105,10 @@ mod tests {
         // tombstone, so applying in order leaves it in place.
         assert_eq!(
             changes,
-            vec![Change::TenantDeleted("alpha".into()), Change::Tenant(alpha)]
+            vec![
+                Change::TenantDeleted("alpha".into()),
+                Change::Tenant(Box::new(alpha))
+            ]
         );
         let (same, nothing) = since(store.changes_since(revision).await.expect("changes"));
         assert_eq!((same, nothing), (revision, vec![]));
