@@ -299,6 +299,14 @@ async fn racing_writers_on_postgres_lose_no_change() {
     );
     follower.reload().await.expect("last poll");
     let truth = replica(&url).await;
+    let summary = |registry: &Registry| -> Vec<(String, i64, TenantStatus)> {
+        registry
+            .tenants()
+            .into_iter()
+            .map(|tenant| (tenant.id, tenant.version, tenant.status))
+            .collect()
+    };
+    assert_eq!(summary(&follower), summary(&truth), "follower vs database");
     assert_eq!(follower.tenants(), truth.tenants());
     assert_eq!(follower.token_count(), truth.token_count());
     for tenant in truth.tenants() {
