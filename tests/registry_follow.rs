@@ -318,3 +318,30 @@ async fn racing_writers_on_postgres_lose_no_change() {
         "40 created, 8 deleted, per writer"
     );
 }
+
+/// A backlog of expired tokens larger than one pruning batch goes in one pass, batch by
+/// batch, and a follower drops every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pruning_backlog_goes_in_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    drop(Store::open(&url).await.expect("store"));
+    let now = unix_now();
+    let backlog = 2 * promgate::tenant::store::PRUNE_BATCH as usize + 500;
+    let expired: Vec<(String, usize, i64)> = (0..backlog)
+        .map(|n| (format!("expired-{n}"), n % 10, now - 86_400 * 60))
+        .collect();
+    registry_fill::fill(&url, 10, 1, &expired).await;
+    let writer = replica(&url).await;
+    let follower = replica(&url).await;
+    assert_eq!(follower.token_count(), 10 + backlog);
+    let pruned = writer.prune(now).await.expect("prune");
+    assert_eq!(pruned.tokens, backlog as u64);
+    assert_eq!(writer.token_count(), 10);
+    follower.reload().await.expect("poll");
+    assert_eq!(
+        follower.token_count(),
+        10,
+        "every pruned token is gone on the follower"
+    );
+}

@@ -190,6 +190,9 @@ pub fn replica_expiry(poll_interval: Duration) -> Duration {
 /// How often each replica prunes expired tokens and old tombstones.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
+/// Pruning batches in one pass at most (the rest waits for the next pass).
+const MAX_PRUNE_BATCHES: usize = 100;
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -437,22 +440,33 @@ impl Registry {
     /// [`super::store::TOMBSTONE_RETENTION_SECONDS`] (a batch at a time), as of `now`, and
     /// applies what changed. Every replica follows the deletions like any other change.
     pub async fn prune(&self, now: i64) -> Result<super::store::Pruned, StoreError> {
-        let pruned = self
-            .store
-            .prune(
-                now,
-                now.saturating_sub(self.expired_token_retention),
-                now.saturating_sub(super::store::TOMBSTONE_RETENTION_SECONDS),
-            )
-            .await?;
-        if pruned.tokens > 0 {
-            self.metrics.pruned_tokens.inc_by(pruned.tokens);
-            tracing::info!(tokens = pruned.tokens, "pruned expired tokens");
+        let mut total = super::store::Pruned::default();
+        let full = u64::try_from(super::store::PRUNE_BATCH).unwrap_or(u64::MAX);
+        // A backlog goes in batches, each its own short transaction.
+        for _ in 0..MAX_PRUNE_BATCHES {
+            let pruned = self
+                .store
+                .prune(
+                    now,
+                    now.saturating_sub(self.expired_token_retention),
+                    now.saturating_sub(super::store::TOMBSTONE_RETENTION_SECONDS),
+                )
+                .await?;
+            total.tokens += pruned.tokens;
+            total.tombstones += pruned.tombstones;
+            if pruned.tokens < full && pruned.tombstones < full {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
-        if pruned != super::store::Pruned::default() {
+        if total.tokens > 0 {
+            self.metrics.pruned_tokens.inc_by(total.tokens);
+            tracing::info!(tokens = total.tokens, "pruned expired tokens");
+        }
+        if total != super::store::Pruned::default() {
             self.reload().await?;
         }
-        Ok(pruned)
+        Ok(total)
     }
 
     /// Replicas sharing a tenant's rate limits right now (at least 1).

@@ -103,8 +103,8 @@ pub const LEGACY_REPLICA_EXPIRY_SECONDS: i64 = 5;
 pub const TOMBSTONE_RETENTION_SECONDS: i64 = 7 * 24 * 3600;
 
 /// Expired tokens and old tombstones removed by one pruning transaction at most, so a
-/// backlog never holds the registry's write lock for long.
-const PRUNE_BATCH: i64 = 5_000;
+/// backlog never holds the registry's write lock (on SQLite, its one connection) for long.
+pub const PRUNE_BATCH: i64 = 1_000;
 
 /// Tenant ids named in one `IN (…)` list when fetching the identities of changed tenants.
 const IDS_PER_QUERY: usize = 500;
