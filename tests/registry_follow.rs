@@ -3,7 +3,9 @@
 //! N changes reads O(N) rows (counted, not timed), and every change (create, update,
 //! disable, delete with its tokens, issue, revoke, prune) reaches the other replica. On
 //! PostgreSQL, writers racing on two replicas while a third follows lose no change: the
-//! follower ends up with exactly what the database holds.
+//! follower ends up with exactly what the database holds. Expired tokens are pruned in
+//! batches and followed. Two promgate binaries polling every 6 s (longer than the 5 s a
+//! heartbeat used to count) keep counting each other.
 
 mod common;
 #[path = "common/registry_fill.rs"]
@@ -344,4 +346,79 @@ async fn a_pruning_backlog_goes_in_batches() {
         10,
         "every pruned token is gone on the follower"
     );
+}
+
+/// The live replica count of a running promgate, from its `/metrics`.
+async fn live_replicas(replica: &common::binary::PromgateBinary) -> f64 {
+    let text = replica
+        .http
+        .get(format!("{}/metrics", replica.admin_url))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix("promgate_registry_live_replicas "))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("promgate_registry_live_replicas in\n{text}"))
+}
+
+/// Two replicas polling every 6 s, longer than the 5 s a heartbeat used to count: each
+/// keeps counting both, at every moment (were one to count only itself, it would allow
+/// every tenant twice its share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_polling_slower_than_five_seconds_keep_counting_each_other() {
+    let postgres = Postgres::start().await;
+    let backend = common::FakeBackend::start().await;
+    let extra = format!(
+        "poll_interval = \"6s\"\n{}",
+        common::backends_toml(&[&backend])
+    );
+    let dirs = [
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    ];
+    let mut replicas = Vec::new();
+    for dir in &dirs {
+        let secrets = format!(
+            "token_file = \"{}\"",
+            dir.path().join("admin.token").display()
+        );
+        let extra = format!(
+            "{extra}[auth.tokens]\nsigning_key_file = \"{}\"\n",
+            dir.path().join("signing.key").display()
+        );
+        replicas.push(
+            common::binary::PromgateBinary::start_full(
+                dir.path(),
+                "",
+                &secrets,
+                &postgres.url,
+                &extra,
+            )
+            .await,
+        );
+    }
+    // The first replica counts the second from its next heartbeat on.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while live_replicas(&replicas[0]).await < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first replica never counted the second"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // Three heartbeat periods, sampled every half second on both.
+    for _ in 0..36 {
+        for (at, replica) in replicas.iter().enumerate() {
+            assert_eq!(
+                live_replicas(replica).await,
+                2.0,
+                "replica {at} lost count of the other between heartbeats"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
