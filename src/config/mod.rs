@@ -4,6 +4,7 @@
 
 pub mod limits;
 pub mod network;
+pub mod otlp;
 pub mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use limits::{LimitOverrides, Limits};
 pub use network::{IpNetwork, NetworkError, TrustedProxies};
+pub use otlp::{OtlpConfig, Promotion, TranslationStrategy};
 use units::HumanDuration;
 
 /// Prometheus' default `remote_timeout` is 30 s: a backend timeout must stay below it
@@ -39,6 +41,8 @@ pub struct Config {
     pub limits: Limits,
     pub backends: Vec<BackendConfig>,
     pub queue: QueueConfig,
+    /// `[otlp]`: how OpenTelemetry metrics are translated (DESIGN §12).
+    pub otlp: OtlpConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -434,8 +438,8 @@ struct RawBackend {
     delivery: Option<String>,
 }
 
-const SECTIONS: [&str; 8] = [
-    "server", "admin", "storage", "tenancy", "auth", "limits", "backends", "queue",
+const SECTIONS: [&str; 9] = [
+    "server", "admin", "storage", "tenancy", "auth", "limits", "backends", "queue", "otlp",
 ];
 
 /// Every problem found in a config, one line each.
@@ -494,6 +498,8 @@ impl Config {
         let limit_overrides: LimitOverrides = section(&root, "limits", &mut problems);
         let raw_backends: Vec<RawBackend> = section_list(&root, "backends", &mut problems);
         let raw_queue: RawQueue = section(&root, "queue", &mut problems);
+        let raw_otlp: otlp::RawOtlp = section(&root, "otlp", &mut problems);
+        let otlp = raw_otlp.validate(&mut problems);
 
         let storage = StorageConfig {
             database_url: storage
@@ -605,6 +611,7 @@ impl Config {
                 limits,
                 backends,
                 queue,
+                otlp,
             })
         } else {
             Err(ConfigErrors { problems })
