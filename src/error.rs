@@ -76,7 +76,7 @@ impl AppError {
     }
 
     /// The one-line text a client sees. 5xx from promgate itself stay generic.
-    fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self {
             AppError::Internal(_) => "internal error".to_string(),
             other => other.to_string(),

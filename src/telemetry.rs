@@ -55,6 +55,13 @@ pub struct TenantLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantOutcome {
+    pub tenant: String,
+    /// `accepted` or `rejected`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabel {
     pub cause: String,
 }
@@ -225,6 +232,8 @@ pub struct Metrics {
     pub read_foreign_series: Family<TenantBackend, Counter>,
     pub samples_received: Family<TenantLabel, Counter>,
     pub samples_forwarded: Family<TenantLabel, Counter>,
+    /// OTLP data points translated and forwarded, or refused point by point.
+    pub otlp_data_points: Family<TenantOutcome, Counter>,
     pub auth_failures: Family<CauseLabel, Counter>,
     pub backend_requests: Family<BackendOutcome, Counter>,
     pub backend_duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
@@ -252,6 +261,7 @@ impl Metrics {
             read_foreign_series: Family::default(),
             samples_received: Family::default(),
             samples_forwarded: Family::default(),
+            otlp_data_points: Family::default(),
             auth_failures: Family::default(),
             backend_requests: Family::default(),
             backend_duration: Family::new_with_constructor(duration_histogram),
@@ -292,6 +302,12 @@ impl Metrics {
             "promgate_write_forwarded_samples",
             "Samples, histogram samples and exemplars every backend accepted",
             metrics.samples_forwarded.clone(),
+        );
+        registry.register(
+            "promgate_otlp_data_points",
+            "OTLP data points in valid requests, by tenant and outcome (accepted, or rejected alone and \
+             reported in partial_success)",
+            metrics.otlp_data_points.clone(),
         );
         registry.register(
             "promgate_auth_failures",

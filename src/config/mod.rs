@@ -1308,6 +1308,51 @@ mod tests {
     }
 
     #[test]
+    fn the_otlp_section_is_checked() {
+        let defaults = Config::defaults().otlp;
+        assert_eq!(defaults, OtlpConfig::default());
+        assert_eq!(
+            defaults.translation_strategy,
+            TranslationStrategy::UnderscoreEscapingWithSuffixes
+        );
+        let config = parse(
+            "[otlp]\ntranslation_strategy = \"NoUTF8EscapingWithSuffixes\"\n\
+             promote_resource_attributes = [\"k8s.namespace.name\", \" region \"]\n\
+             keep_identifying_resource_attributes = true\nallow_delta_temporality = true\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.otlp.translation_strategy,
+            TranslationStrategy::NoUtf8EscapingWithSuffixes
+        );
+        assert!(config.otlp.promotion.promotes("region"));
+        assert!(config.otlp.promotion.promotes("k8s.namespace.name"));
+        assert!(!config.otlp.promotion.promotes("host.name"));
+        assert!(config.otlp.keep_identifying_resource_attributes);
+        assert!(config.otlp.allow_delta_temporality);
+        let errors = parse(
+            "[otlp]\ntranslation_strategy = \"Underscores\"\npromote_resource_attributes = [\"a\", \"a\", \"\"]\n\
+             promote_all_resource_attributes = true\nconvert_histograms_to_nhcb = true\n",
+        )
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "otlp.translation_strategy",
+            "cannot both be set",
+            "convert_histograms_to_nhcb",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let errors = parse("[otlp]\npromote_resource_attributes = [\"a\", \"a\", \" \"]\n")
+            .expect_err("invalid");
+        let text = errors.to_string();
+        assert!(
+            text.contains("listed twice") && text.contains("is empty"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn secrets_default_next_to_the_database() {
         let config =
             parse("[storage]\ndatabase_url = \"sqlite:///var/lib/promgate/db.sqlite?mode=rwc\"\n")

@@ -31,6 +31,8 @@ use crate::tenant::TenantEntry;
 pub enum Endpoint {
     Write,
     Read,
+    /// OTLP/HTTP metrics (DESIGN §12).
+    Otlp,
 }
 
 impl Endpoint {
@@ -38,6 +40,7 @@ impl Endpoint {
         match self {
             Endpoint::Write => "write",
             Endpoint::Read => "read",
+            Endpoint::Otlp => "otlp",
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Listeners, routers and graceful shutdown (DESIGN §5). The data listener serves
-//! remote write; the admin listener serves the admin API, `/metrics` and probes.
+//! remote write, remote read and OTLP metrics; the admin listener serves the admin API, `/metrics` and probes.
 
 mod common;
 pub mod listener;
+pub mod otlp;
 pub mod read;
 pub mod tls;
 pub mod write;
@@ -58,6 +59,8 @@ pub fn data_router(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/write", post(write::remote_write))
         .route("/api/v1/read", post(read::remote_read))
+        .route("/otlp/v1/metrics", post(otlp::export_metrics))
+        .route("/api/v1/otlp/v1/metrics", post(otlp::export_metrics))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .with_state(state)

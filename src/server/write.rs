@@ -80,7 +80,7 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
 /// Bodies decoding to more than this are decompressed and rewritten on the CPU pool;
 /// smaller ones (Prometheus' usual batches: ≈ 350 KiB for 2000 samples) cost well under
 /// a millisecond and stay on the async worker, where the hand-off would cost more.
-const OFFLOAD_DECODED_BYTES: u64 = 1 << 20;
+pub(super) const OFFLOAD_DECODED_BYTES: u64 = 1 << 20;
 
 async fn handle(
     state: &SharedState,
@@ -336,7 +336,7 @@ fn rewrite_body(
 }
 
 /// A share of the process-wide decoded-bytes budget, shown in the in-flight gauge while held.
-struct DecodedBudget {
+pub(super) struct DecodedBudget {
     state: SharedState,
     bytes: i64,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -344,7 +344,10 @@ struct DecodedBudget {
 
 impl DecodedBudget {
     /// The process-wide share, after the tenant's own.
-    async fn take(state: &SharedState, bytes: u64) -> Result<DecodedBudget, BudgetError> {
+    pub(super) async fn take(
+        state: &SharedState,
+        bytes: u64,
+    ) -> Result<DecodedBudget, BudgetError> {
         let permit = state.in_flight.decoded_bytes(bytes).await?;
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         state.metrics.in_flight_decoded_bytes.inc_by(bytes);
@@ -414,7 +417,7 @@ fn check_media_type(headers: &HeaderMap) -> Result<WriteProtocol, AppError> {
 /// The compressed request for the backends, in each form they need: 1.0 whole and (when
 /// it carries metadata and series) 1.0 series alone; 2.0 for 2.0 backends when the
 /// request came as 2.0. A form no backend needs is not made.
-struct Bodies {
+pub(super) struct Bodies {
     full: Option<Bytes>,
     series_only: Option<Bytes>,
     has_metadata: bool,
@@ -422,6 +425,17 @@ struct Bodies {
 }
 
 impl Bodies {
+    /// One 1.0 body for every backend (a request that carries no metadata and did not
+    /// come as 2.0, such as a translated OTLP request).
+    pub(super) fn v1(compressed: Bytes) -> Bodies {
+        Bodies {
+            full: Some(compressed),
+            series_only: None,
+            has_metadata: false,
+            v2: None,
+        }
+    }
+
     /// The form `backend` gets, and its protocol; `None` when it needs none (a
     /// metadata-only request for a backend that cannot be given metadata).
     fn for_backend(&self, backend: &BackendConfig) -> Option<(WriteProtocol, Bytes)> {
@@ -462,7 +476,7 @@ impl Bodies {
 /// once every sync backend accepted: a sync backend's outage answers 503 without
 /// queueing a copy the sender's retry would queue again. A queue without room answers
 /// 503 before any backend is asked.
-async fn forward(
+pub(super) async fn forward(
     state: &SharedState,
     tenant: &TenantEntry,
     bodies: Bodies,
@@ -566,7 +580,7 @@ const QUEUE_FULL_RETRY_AFTER_SECONDS: u64 = 10;
 /// A queue stopped by a failed write or fsync needs an operator (and a restart).
 const QUEUE_BROKEN_RETRY_AFTER_SECONDS: u64 = 30;
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {

@@ -127,7 +127,8 @@ pub fn gunzip(body: &[u8], claimed: u64) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes an `ExportMetricsServiceRequest`.
 pub fn decode(decoded: &[u8]) -> Result<ExportMetricsServiceRequest, CodecError> {
-    ExportMetricsServiceRequest::decode(decoded).map_err(|err| CodecError::Protobuf(err.to_string()))
+    ExportMetricsServiceRequest::decode(decoded)
+        .map_err(|err| CodecError::Protobuf(err.to_string()))
 }
 
 /// What one request may translate into, so a small body cannot expand without bound
@@ -296,8 +297,7 @@ impl Translator<'_> {
         }
         let name = self.namer.build(attribute).map_err(|err| err.0)?;
         if self.label_names.len() < 4096 {
-            self.label_names
-                .insert(attribute.to_string(), name.clone());
+            self.label_names.insert(attribute.to_string(), name.clone());
         }
         Ok(name)
     }
@@ -389,7 +389,10 @@ impl Translator<'_> {
             Data::Sum(sum) if sum.is_monotonic => {
                 (MetricKind::MonotonicSum, Some(sum.aggregation_temporality))
             }
-            Data::Sum(sum) => (MetricKind::NonMonotonicSum, Some(sum.aggregation_temporality)),
+            Data::Sum(sum) => (
+                MetricKind::NonMonotonicSum,
+                Some(sum.aggregation_temporality),
+            ),
             Data::Histogram(h) => (MetricKind::Histogram, Some(h.aggregation_temporality)),
             Data::ExponentialHistogram(h) => (
                 MetricKind::ExponentialHistogram,
@@ -454,7 +457,8 @@ impl Translator<'_> {
             Data::Histogram(h) => each_point!(&h.data_points, histogram_point),
             Data::ExponentialHistogram(h) => {
                 for point in &h.data_points {
-                    let native = match histogram::to_native(point, delta, ms(point.time_unix_nano)) {
+                    let native = match histogram::to_native(point, delta, ms(point.time_unix_nano))
+                    {
                         Ok(native) => native,
                         Err(reason) => {
                             self.out.reject(1, reason);

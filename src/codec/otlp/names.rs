@@ -301,8 +301,7 @@ impl LabelNamer {
         let mut name = self.sanitize(label);
         if name.starts_with(|c: char| c.is_ascii_digit()) {
             name = format!("key_{name}");
-        } else if self.underscore_sanitization && name.starts_with('_') && !name.starts_with("__")
-        {
+        } else if self.underscore_sanitization && name.starts_with('_') && !name.starts_with("__") {
             name = format!("key{name}");
         }
         if name.chars().all(|c| c == '_') {
@@ -630,7 +629,13 @@ mod tests {
                 Gauge,
                 "métric_with_ñ_chars",
             ),
-            (NoTranslation, "http.server.duration", "s", Histogram, "http.server.duration"),
+            (
+                NoTranslation,
+                "http.server.duration",
+                "s",
+                Histogram,
+                "http.server.duration",
+            ),
         ] {
             assert_eq!(
                 metric_name(name, unit, kind, strategy).as_deref(),
@@ -664,8 +669,14 @@ mod tests {
         // [neither, preserve only, sanitise only, both]
         let rows: &[Row] = &[
             ("label:with:colons", [Some("label_with_colons"); 4]),
-            ("LabelWithCapitalLetters", [Some("LabelWithCapitalLetters"); 4]),
-            ("label!with&special$chars)", [Some("label_with_special_chars_"); 4]),
+            (
+                "LabelWithCapitalLetters",
+                [Some("LabelWithCapitalLetters"); 4],
+            ),
+            (
+                "label!with&special$chars)",
+                [Some("label_with_special_chars_"); 4],
+            ),
             (
                 "label_with_foreign_characters_字符",
                 [

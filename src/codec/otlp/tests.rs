@@ -99,7 +99,12 @@ fn rendered(translated: &Translated) -> Vec<(String, Vec<u64>)> {
         .request
         .timeseries
         .iter()
-        .map(|series| (render(&series.labels), series.samples.iter().map(|s| s.value.to_bits()).collect()))
+        .map(|series| {
+            (
+                render(&series.labels),
+                series.samples.iter().map(|s| s.value.to_bits()).collect(),
+            )
+        })
         .collect()
 }
 
@@ -192,10 +197,7 @@ fn job_and_instance() {
         ),
         &OtlpConfig::default(),
     );
-    assert_eq!(
-        rendered(&translated)[0].0,
-        r#"up{instance="x",job="api"}"#
-    );
+    assert_eq!(rendered(&translated)[0].0, r#"up{instance="x",job="api"}"#);
     let none = run(
         &request(&[], vec![metric("up", "", gauge(vec![number(&[], 1.0)]))]),
         &OtlpConfig::default(),
@@ -274,8 +276,14 @@ fn explicit_histograms_are_classic() {
     assert_eq!(
         rendered(&translated),
         vec![
-            (format!(r#"{base}_sum{{job="api",route="/"}}"#), bits(&[20.5])),
-            (format!(r#"{base}_count{{job="api",route="/"}}"#), bits(&[6.0])),
+            (
+                format!(r#"{base}_sum{{job="api",route="/"}}"#),
+                bits(&[20.5])
+            ),
+            (
+                format!(r#"{base}_count{{job="api",route="/"}}"#),
+                bits(&[6.0])
+            ),
             (
                 format!(r#"{base}_bucket{{job="api",le="0.5",route="/"}}"#),
                 bits(&[1.0])
@@ -456,7 +464,14 @@ fn target_info() {
             bits(&[1.0])
         ))
     );
-    assert_eq!(translated.request.timeseries.last().map(|s| s.samples[0].timestamp), Some(T_MS));
+    assert_eq!(
+        translated
+            .request
+            .timeseries
+            .last()
+            .map(|s| s.samples[0].timestamp),
+        Some(T_MS)
+    );
     // keep_identifying_resource_attributes
     let keep = OtlpConfig {
         keep_identifying_resource_attributes: true,
@@ -464,18 +479,28 @@ fn target_info() {
     };
     let kept = rendered(&run(&request(&resource, metrics()), &keep));
     assert!(
-        kept.last().is_some_and(|(series, _)| series.contains(r#"service_name="checkout""#)
-            && series.contains(r#"service_instance_id="checkout-1""#)),
+        kept.last()
+            .is_some_and(|(series, _)| series.contains(r#"service_name="checkout""#)
+                && series.contains(r#"service_instance_id="checkout-1""#)),
         "{kept:?}"
     );
     // Identifying attributes only: no target_info.
-    assert_eq!(run(&request(SERVICE, metrics()), &OtlpConfig::default()).request.timeseries.len(), 1);
-    // No job or instance: no target_info.
     assert_eq!(
-        run(&request(&[("host.name", "h1")], metrics()), &OtlpConfig::default())
+        run(&request(SERVICE, metrics()), &OtlpConfig::default())
             .request
             .timeseries
             .len(),
+        1
+    );
+    // No job or instance: no target_info.
+    assert_eq!(
+        run(
+            &request(&[("host.name", "h1")], metrics()),
+            &OtlpConfig::default()
+        )
+        .request
+        .timeseries
+        .len(),
         1
     );
 }
@@ -520,12 +545,21 @@ fn promoted_resource_attributes() {
         metric("b", "", gauge(vec![number(&[("region", "us")], 1.0)])),
     ];
     let listed = OtlpConfig {
-        promotion: Promotion::Listed(BTreeSet::from(["k8s.namespace.name".to_string(), "region".to_string()])),
+        promotion: Promotion::Listed(BTreeSet::from([
+            "k8s.namespace.name".to_string(),
+            "region".to_string(),
+        ])),
         ..OtlpConfig::default()
     };
     let all = rendered(&run(&request(&resource, metrics.clone()), &listed));
-    assert_eq!(all[0].0, r#"a{job="api",k8s_namespace_name="ns1",region="eu"}"#);
-    assert_eq!(all[1].0, r#"b{job="api",k8s_namespace_name="ns1",region="us"}"#);
+    assert_eq!(
+        all[0].0,
+        r#"a{job="api",k8s_namespace_name="ns1",region="eu"}"#
+    );
+    assert_eq!(
+        all[1].0,
+        r#"b{job="api",k8s_namespace_name="ns1",region="us"}"#
+    );
     // target_info still carries them (upstream does not remove promoted attributes).
     assert!(all[2].0.starts_with("target_info"), "{all:?}");
     let all_but = OtlpConfig {
@@ -558,7 +592,11 @@ fn delta_temporality_is_refused() {
             metric(
                 "odd",
                 "",
-                sum(true, AggregationTemporality::Unspecified, vec![number(&[], 1.0)]),
+                sum(
+                    true,
+                    AggregationTemporality::Unspecified,
+                    vec![number(&[], 1.0)],
+                ),
             ),
             metric("g", "", gauge(vec![number(&[], 1.0)])),
         ],
@@ -566,8 +604,18 @@ fn delta_temporality_is_refused() {
     let translated = run(&req, &OtlpConfig::default());
     assert_eq!(translated.accepted_points(), 1);
     assert_eq!(translated.rejected_points(), 3);
-    assert!(translated.message().contains("\"requests\" has delta temporality"), "{}", translated.message());
-    assert!(translated.message().contains("unspecified"), "{}", translated.message());
+    assert!(
+        translated
+            .message()
+            .contains("\"requests\" has delta temporality"),
+        "{}",
+        translated.message()
+    );
+    assert!(
+        translated.message().contains("unspecified"),
+        "{}",
+        translated.message()
+    );
     let allowed = OtlpConfig {
         allow_delta_temporality: true,
         ..OtlpConfig::default()
@@ -622,14 +670,21 @@ fn untranslatable_points_are_rejected_alone() {
             &[],
             vec![
                 metric("@#$", "", gauge(vec![number(&[], 1.0)])),
-                metric("ok", "", gauge(vec![number(&[("___", "x")], 1.0), number(&[], 2.0)])),
+                metric(
+                    "ok",
+                    "",
+                    gauge(vec![number(&[("___", "x")], 1.0), number(&[], 2.0)]),
+                ),
             ],
         ),
         &OtlpConfig::default(),
     );
     assert_eq!(translated.accepted_points(), 1);
     assert_eq!(translated.rejected_points(), 2);
-    assert_eq!(rendered(&translated), vec![("ok{}".to_string(), bits(&[2.0]))]);
+    assert_eq!(
+        rendered(&translated),
+        vec![("ok{}".to_string(), bits(&[2.0]))]
+    );
 }
 
 /// The tenant label is enforced on translated series exactly as on remote-written
@@ -638,14 +693,22 @@ fn untranslatable_points_are_rejected_alone() {
 fn tenant_attributes_are_overridden() {
     let req = request(
         &[("service.name", "api"), ("tenant_id", "beta")],
-        vec![metric("up", "", gauge(vec![number(&[("tenant_id", "beta")], 1.0)]))],
+        vec![metric(
+            "up",
+            "",
+            gauge(vec![number(&[("tenant_id", "beta")], 1.0)]),
+        )],
     );
     let translated = run(&req, &OtlpConfig::default());
     let policy = LabelPolicy::new("tenant_id", "alpha", [], ConflictPolicy::Override);
     let enforced = enforce(translated, &policy, &Limits::default(), T_MS).expect("valid");
     assert_eq!(enforced.request.timeseries.len(), 2);
     for series in &enforced.request.timeseries {
-        let tenants: Vec<_> = series.labels.iter().filter(|l| l.name == "tenant_id").collect();
+        let tenants: Vec<_> = series
+            .labels
+            .iter()
+            .filter(|l| l.name == "tenant_id")
+            .collect();
         assert_eq!(tenants.len(), 1);
         assert_eq!(tenants[0].value, "alpha");
     }
@@ -653,12 +716,21 @@ fn tenant_attributes_are_overridden() {
     assert_eq!(enforced.accepted_points, 1);
     // Under on_conflict = "reject" the point is refused, and target_info dropped.
     let reject = LabelPolicy::new("tenant_id", "alpha", [], ConflictPolicy::Reject);
-    let enforced = enforce(run(&req, &OtlpConfig::default()), &reject, &Limits::default(), T_MS)
-        .expect("answers");
+    let enforced = enforce(
+        run(&req, &OtlpConfig::default()),
+        &reject,
+        &Limits::default(),
+        T_MS,
+    )
+    .expect("answers");
     assert!(enforced.request.timeseries.is_empty());
     assert_eq!(enforced.accepted_points, 0);
     assert_eq!(enforced.rejected_points, 1);
-    assert!(enforced.message.contains("another tenant"), "{}", enforced.message);
+    assert!(
+        enforced.message.contains("another tenant"),
+        "{}",
+        enforced.message
+    );
 }
 
 /// A histogram point that fails enforcement (a sample too far ahead) loses all its
@@ -687,12 +759,21 @@ fn a_failing_point_goes_whole() {
         ],
     );
     let policy = LabelPolicy::new("tenant_id", "alpha", [], ConflictPolicy::Override);
-    let enforced =
-        enforce(run(&req, &OtlpConfig::default()), &policy, &Limits::default(), T_MS).expect("ok");
+    let enforced = enforce(
+        run(&req, &OtlpConfig::default()),
+        &policy,
+        &Limits::default(),
+        T_MS,
+    )
+    .expect("ok");
     assert_eq!(enforced.request.timeseries.len(), 1);
     assert_eq!(enforced.rejected_points, 1);
     assert_eq!(enforced.accepted_points, 1);
-    assert!(enforced.message.contains("ahead of now"), "{}", enforced.message);
+    assert!(
+        enforced.message.contains("ahead of now"),
+        "{}",
+        enforced.message
+    );
 }
 
 /// A small body cannot expand past the series cap.
@@ -760,7 +841,11 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// a bomb that claims little is cut off after one byte more than its claim.
 #[test]
 fn gzip_bombs_are_refused() {
-    let body = request(SERVICE, vec![metric("up", "", gauge(vec![number(&[], 1.0)]))]).encode_to_vec();
+    let body = request(
+        SERVICE,
+        vec![metric("up", "", gauge(vec![number(&[], 1.0)]))],
+    )
+    .encode_to_vec();
     let compressed = gzip(&body);
     let claimed = gzip_claimed_len(&compressed, 1 << 20).expect("small");
     assert_eq!(claimed, body.len() as u64);
@@ -780,7 +865,10 @@ fn gzip_bombs_are_refused() {
     let err = gunzip(&forged, claimed).expect_err("inflates past its claim");
     assert!(err.to_string().contains("more than 1024"), "{err}");
     for bad in [&b"not gzip at all, no"[..], &[0x1f, 0x8b, 8]] {
-        assert!(matches!(gzip_claimed_len(bad, 1 << 20), Err(CodecError::Gzip(_))));
+        assert!(matches!(
+            gzip_claimed_len(bad, 1 << 20),
+            Err(CodecError::Gzip(_))
+        ));
     }
     let mut corrupt = compressed.clone();
     corrupt[12] ^= 0xff;
@@ -793,6 +881,12 @@ fn claimed_len_of(body: &[u8]) -> u64 {
 
 #[test]
 fn malformed_protobuf_is_refused() {
-    assert!(matches!(decode(&[0xff, 0xff, 0xff]), Err(CodecError::Protobuf(_))));
-    assert_eq!(decode(&[]).expect("empty is valid"), ExportMetricsServiceRequest::default());
+    assert!(matches!(
+        decode(&[0xff, 0xff, 0xff]),
+        Err(CodecError::Protobuf(_))
+    ));
+    assert_eq!(
+        decode(&[]).expect("empty is valid"),
+        ExportMetricsServiceRequest::default()
+    );
 }
