@@ -26,8 +26,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics,
-    ScopeMetrics,
+    metric::Data, number_data_point, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use promgate::codec::otlp::{self, Caps};
@@ -94,7 +93,10 @@ fn as_otlp(decoded: &[u8]) -> (ExportMetricsServiceRequest, u64) {
         .into_iter()
         .map(|((job, instance), metrics)| ResourceMetrics {
             resource: Some(Resource {
-                attributes: vec![kv("service.name", &job), kv("service.instance.id", &instance)],
+                attributes: vec![
+                    kv("service.name", &job),
+                    kv("service.instance.id", &instance),
+                ],
                 ..Resource::default()
             }),
             scope_metrics: vec![ScopeMetrics {
@@ -123,7 +125,12 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 /// The relay's OTLP path from a decoded body to the backend body.
-fn otlp_path(decoded: &[u8], config: &OtlpConfig, policy: &LabelPolicy, limits: &Limits) -> Vec<u8> {
+fn otlp_path(
+    decoded: &[u8],
+    config: &OtlpConfig,
+    policy: &LabelPolicy,
+    limits: &Limits,
+) -> Vec<u8> {
     let request = otlp::decode(decoded).expect("protobuf");
     let translated = otlp::translate(&request, config, Caps::of(limits)).expect("translates");
     let enforced = otlp::enforce(translated, policy, limits, NOW).expect("valid");
@@ -197,7 +204,9 @@ fn otlp_vs_remote_write(c: &mut Criterion) {
     group.bench_function("otlp_translate_only", |b| {
         b.iter(|| {
             for (request, _) in &converted {
-                black_box(otlp::translate(request, &config, Caps::of(&limits)).expect("translates"));
+                black_box(
+                    otlp::translate(request, &config, Caps::of(&limits)).expect("translates"),
+                );
             }
         })
     });

@@ -363,8 +363,28 @@ async fn throttled_exports_get_429_or_503_with_retry_after() {
         .parse()
         .expect("seconds");
     assert!(retry_after >= 1);
-    // A request larger than the burst can never pass: 400, not 429. A histogram point
-    // is its _count, buckets and +Inf bucket: five samples.
+    // A request larger than the burst can never pass: 400, not 429.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let four = export(
+        &[],
+        vec![gauge(
+            "g",
+            (0..4)
+                .map(|i| point(1.0, &[("i", &i.to_string())]))
+                .collect(),
+        )],
+    );
+    assert_refused(
+        post(&relay, Some(&token), four, false).await,
+        &backend,
+        400,
+        3,
+        "4 data points, more than the tenant's burst of 3",
+    )
+    .await;
+    // A histogram point is one data point, however many series it makes (here four:
+    // _count, two buckets and +Inf; a resource with service.name alone has no
+    // target_info).
     let histogram = Metric {
         name: "h".into(),
         data: Some(Data::Histogram(Histogram {
@@ -379,15 +399,10 @@ async fn throttled_exports_get_429_or_503_with_retry_after() {
         })),
         ..Metric::default()
     };
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_refused(
-        post(&relay, Some(&token), export(&[], vec![histogram]), false).await,
-        &backend,
-        400,
-        3,
-        "more than the tenant's burst of 3",
-    )
-    .await;
+    let body = export(&[("service.name", "a")], vec![histogram]);
+    accepted(post(&relay, Some(&token), body, false).await).await;
+    assert_eq!(backend.requests()[0].write_request().timeseries.len(), 4);
+    backend.received.lock().expect("lock").clear();
 
     // throttle_status = 503 for senders that never retry 429.
     let (relay, backend, token) =

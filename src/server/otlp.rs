@@ -4,7 +4,8 @@
 //! in-flight cap → the body under `max_request_bytes` → the decoded size (a gzip
 //! trailer's claim, or the body itself) under `max_decoded_bytes` and the decoded-bytes
 //! budgets → inflate, decode, translate ([`crate::codec::otlp`]) and enforce the tenant's
-//! labels on the CPU pool → the tenant's sample rate → the same fan-out as remote write
+//! labels on the CPU pool → the tenant's sample rate (a data point counts as a sample)
+//! → the same fan-out as remote write
 //! (each backend in its protocol, queued copies after the sync backends accepted).
 //!
 //! Answers follow the OTLP/HTTP specification: 200 with a protobuf
@@ -145,13 +146,13 @@ fn refusal(state: &SharedState, failure: Failure) -> Response {
 /// `Status.code`).
 fn grpc_code(status: StatusCode) -> i32 {
     match status.as_u16() {
-        400 | 413 | 415 => 3,  // INVALID_ARGUMENT
-        401 => 16,             // UNAUTHENTICATED
-        403 => 7,              // PERMISSION_DENIED
-        429 => 8,              // RESOURCE_EXHAUSTED
-        501 => 12,             // UNIMPLEMENTED
-        503 | 502 | 504 => 14, // UNAVAILABLE
-        _ => 13,               // INTERNAL
+        400 | 413 | 415 => 3, // INVALID_ARGUMENT
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        429 => 8,             // RESOURCE_EXHAUSTED
+        501 => 12,            // UNIMPLEMENTED
+        502..=504 => 14,      // UNAVAILABLE
+        _ => 13,              // INTERNAL
     }
 }
 
@@ -303,10 +304,13 @@ async fn handle(
         // Nothing to forward (an empty export).
         return Ok((tenant, enforced));
     };
+    // Each data point counts as one sample against the tenant's sample rate (a
+    // histogram point too, however many series it makes).
+    let points = enforced.accepted_points;
     let samples = enforced.stats.total_samples() as u64;
     match state
         .rate_limits
-        .check_samples(&tenant.tenant.id, &rates, samples)
+        .check_samples(&tenant.tenant.id, &rates, points)
     {
         Verdict::Allowed => {}
         Verdict::Throttled { retry_after } => {
@@ -331,8 +335,8 @@ async fn handle(
                 &tenant,
                 "over_burst",
                 AppError::BadRequest(format!(
-                    "request translates to {samples} samples, more than the tenant's burst of {burst}: it can \
-                     never be accepted; export smaller batches"
+                    "request holds {points} data points, more than the tenant's burst of {burst} samples: \
+                     it can never be accepted; export smaller batches"
                 )),
             ));
         }
