@@ -43,7 +43,7 @@
 mod histogram;
 pub mod names;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::io::Read;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -264,7 +264,7 @@ fn too_many_series(caps: Caps) -> CodecError {
 struct ResourceLabels {
     job: Option<String>,
     instance: Option<String>,
-    promoted: BTreeMap<String, String>,
+    promoted: LabelSet,
 }
 
 struct Translator<'a> {
@@ -322,14 +322,14 @@ impl Translator<'_> {
             None => name,
         });
         let instance = find(SERVICE_INSTANCE_ID);
-        let mut promoted = BTreeMap::new();
+        let mut promoted = LabelSet::default();
         if !self.config.promotion.is_empty() {
             for kv in attributes {
                 if !self.config.promotion.promotes(&kv.key) {
                     continue;
                 }
                 match self.label_name(&kv.key) {
-                    Ok(name) => set(&mut promoted, name, value_string(kv.value.as_ref())),
+                    Ok(name) => promoted.set(name, value_string(kv.value.as_ref())),
                     Err(reason) => {
                         let points = resource_metrics
                             .scope_metrics
@@ -504,11 +504,11 @@ impl Translator<'_> {
         &mut self,
         attributes: &[KeyValue],
         resource: &ResourceLabels,
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<LabelSet, String> {
         let mut labels = self.attribute_labels(attributes, &["__name__"])?;
-        for (name, value) in &resource.promoted {
-            if labels.get(name).is_none_or(String::is_empty) {
-                labels.insert(name.clone(), value.clone());
+        for label in &resource.promoted.0 {
+            if labels.get(&label.name).is_none() {
+                labels.insert(label.name.clone(), label.value.clone());
             }
         }
         if let Some(job) = &resource.job {
@@ -524,48 +524,62 @@ impl Translator<'_> {
         &mut self,
         attributes: &[KeyValue],
         ignore: &[&str],
-    ) -> Result<BTreeMap<String, String>, String> {
-        let mut sorted: Vec<(&str, String)> = attributes
+    ) -> Result<LabelSet, String> {
+        let mut sorted: Vec<&KeyValue> = attributes
             .iter()
             .filter(|kv| !ignore.contains(&kv.key.as_str()))
-            .map(|kv| (kv.key.as_str(), value_string(kv.value.as_ref())))
             .collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        let mut labels = BTreeMap::new();
-        for (key, value) in sorted {
-            if self.namer.utf8 {
-                set(&mut labels, key.to_string(), value);
-                continue;
-            }
-            let name = self.label_name(key)?;
-            match labels.get_mut(&name) {
-                Some(existing) if !String::is_empty(existing) => {
-                    existing.push(';');
-                    existing.push_str(&value);
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut named = Vec::with_capacity(sorted.len());
+        for kv in sorted {
+            let name = if self.namer.utf8 {
+                kv.key.clone()
+            } else {
+                self.label_name(&kv.key)?
+            };
+            named.push(Label {
+                name,
+                value: value_string(kv.value.as_ref()),
+            });
+        }
+        // Stable: attributes whose names collide stay in key order, and their values
+        // are joined with `;` in that order (an empty one contributes nothing until a
+        // value is set, as `labels.Builder` does).
+        named.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut labels: Vec<Label> = Vec::with_capacity(named.len());
+        for label in named {
+            match labels.last_mut() {
+                Some(last) if last.name == label.name => {
+                    if last.value.is_empty() || self.namer.utf8 {
+                        last.value = label.value;
+                    } else {
+                        last.value.push(';');
+                        last.value.push_str(&label.value);
+                    }
                 }
-                _ => set(&mut labels, name, value),
+                _ => labels.push(label),
             }
         }
-        Ok(labels)
+        labels.retain(|label| !label.value.is_empty());
+        Ok(LabelSet(labels))
     }
 
     /// Appends one series, holding the request to its caps.
     fn push(
         &mut self,
-        labels: BTreeMap<String, String>,
+        labels: LabelSet,
         mut series: TimeSeries,
         origin: u32,
     ) -> Result<(), CodecError> {
         if self.out.request.timeseries.len() >= self.caps.max_series {
             return Err(too_many_series(self.caps));
         }
-        series.labels = labels
-            .into_iter()
-            .map(|(name, value)| {
-                self.label_bytes += name.len() + value.len();
-                Label { name, value }
-            })
-            .collect();
+        self.label_bytes += labels
+            .0
+            .iter()
+            .map(|label| label.name.len() + label.value.len())
+            .sum::<usize>();
+        series.labels = labels.0;
         if self.label_bytes > self.caps.max_label_bytes {
             return Err(CodecError::Invalid(format!(
                 "the request translates to more than {} bytes of labels; send smaller batches",
@@ -580,7 +594,7 @@ impl Translator<'_> {
     /// A series of one sample.
     fn push_sample(
         &mut self,
-        labels: BTreeMap<String, String>,
+        labels: LabelSet,
         value: f64,
         timestamp: i64,
         exemplars: Vec<Exemplar>,
@@ -601,7 +615,7 @@ impl Translator<'_> {
     fn gauge_point(
         &mut self,
         name: &str,
-        mut labels: BTreeMap<String, String>,
+        mut labels: LabelSet,
         point: &NumberDataPoint,
         _delta: bool,
     ) -> Result<(), CodecError> {
@@ -615,7 +629,7 @@ impl Translator<'_> {
     fn sum_point(
         &mut self,
         name: &str,
-        mut labels: BTreeMap<String, String>,
+        mut labels: LabelSet,
         point: &NumberDataPoint,
         _delta: bool,
     ) -> Result<(), CodecError> {
@@ -632,7 +646,7 @@ impl Translator<'_> {
     fn histogram_point(
         &mut self,
         name: &str,
-        labels: BTreeMap<String, String>,
+        labels: LabelSet,
         point: &HistogramDataPoint,
         _delta: bool,
     ) -> Result<(), CodecError> {
@@ -685,7 +699,7 @@ impl Translator<'_> {
     fn summary_point(
         &mut self,
         name: &str,
-        labels: BTreeMap<String, String>,
+        labels: LabelSet,
         point: &SummaryDataPoint,
         _delta: bool,
     ) -> Result<(), CodecError> {
@@ -754,10 +768,7 @@ impl Translator<'_> {
             return Ok(());
         }
         labels.insert("__name__".into(), TARGET_INFO.into());
-        let labels: Vec<Label> = labels
-            .into_iter()
-            .map(|(name, value)| Label { name, value })
-            .collect();
+        let labels: Vec<Label> = labels.0;
         let bytes: usize = labels.iter().map(|l| l.name.len() + l.value.len()).sum();
         let new_series = !self.target_info.contains_key(&labels);
         if new_series {
@@ -781,12 +792,43 @@ impl Translator<'_> {
     }
 }
 
-/// `labels.Builder.Set`: an empty value removes the label.
-fn set(labels: &mut BTreeMap<String, String>, name: String, value: String) {
-    if value.is_empty() {
-        labels.remove(&name);
-    } else {
-        labels.insert(name, value);
+/// Labels sorted by name, each name once (what `labels.Builder` keeps).
+#[derive(Clone, Debug, Default)]
+struct LabelSet(Vec<Label>);
+
+impl LabelSet {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0
+            .binary_search_by(|label| label.name.as_str().cmp(name))
+    }
+
+    /// Sets `name` to `value`, replacing any value it had.
+    fn insert(&mut self, name: String, value: String) {
+        match self.position(&name) {
+            Ok(index) => self.0[index].value = value,
+            Err(index) => self.0.insert(index, Label { name, value }),
+        }
+    }
+
+    /// `labels.Builder.Set`: an empty value removes the label.
+    fn set(&mut self, name: String, value: String) {
+        if value.is_empty() {
+            if let Ok(index) = self.position(&name) {
+                self.0.remove(index);
+            }
+        } else {
+            self.insert(name, value);
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.position(name)
+            .ok()
+            .map(|index| self.0[index].value.as_str())
+    }
+
+    fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_ok()
     }
 }
 
