@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint;
 const SCHEMA_MIN: i32 = -4;
 const SCHEMA_MAX: i32 = 8;
 const DEFAULT_ZERO_THRESHOLD: f64 = 1e-128;
+const MAX_BUCKET_INDEX: i64 = 1 << 30;
 
 /// One exponential-histogram point as a native histogram sample at `timestamp_ms`.
 pub fn to_native(
@@ -34,6 +35,18 @@ pub fn to_native(
         return Err(format!(
             "cannot convert exponential to native histogram: scale must be >= {SCHEMA_MIN}, was {scale}"
         ));
+    }
+    // Bucket indexes far beyond any real histogram (2^30 buckets from zero) would only
+    // overflow the index arithmetic.
+    for buckets in [&point.positive, &point.negative].into_iter().flatten() {
+        let len = i64::try_from(buckets.bucket_counts.len()).unwrap_or(i64::MAX);
+        let offset = i64::from(buckets.offset);
+        if offset.abs() > MAX_BUCKET_INDEX || offset.saturating_add(len) > MAX_BUCKET_INDEX {
+            return Err(format!(
+                "exponential histogram bucket offset {} with {} buckets is out of range",
+                buckets.offset, len
+            ));
+        }
     }
     let mut scale_down = 0;
     if scale > SCHEMA_MAX {
@@ -287,6 +300,15 @@ mod tests {
         assert_eq!(merged.positive_deltas, vec![9]);
         let err = to_native(&point(-5), false, 0).expect_err("below -4");
         assert!(err.contains("scale must be >= -4"), "{err}");
+        for offset in [i32::MAX, i32::MIN, (1 << 30) - 1] {
+            let mut hostile = point(2);
+            hostile.positive = Some(Buckets {
+                offset,
+                bucket_counts: vec![1, 2],
+            });
+            let err = to_native(&hostile, false, 0).expect_err("out of range");
+            assert!(err.contains("out of range"), "{err}");
+        }
     }
 
     #[test]

@@ -157,9 +157,9 @@ impl Caps {
 pub struct Translated {
     pub request: WriteRequest,
     /// The data point each series of `request` came from (`None`: `target_info`).
-    origin: Vec<Option<u32>>,
+    origin: Vec<Option<usize>>,
     /// Data points translated (numbered `0..points`).
-    points: u32,
+    points: usize,
     /// Data points refused, and why (the first few distinct reasons).
     rejected: u64,
     reasons: Vec<String>,
@@ -169,7 +169,7 @@ pub struct Translated {
 impl Translated {
     /// Data points turned into series.
     pub fn accepted_points(&self) -> u64 {
-        u64::from(self.points)
+        self.points as u64
     }
 
     pub fn rejected_points(&self) -> u64 {
@@ -491,7 +491,7 @@ impl Translator<'_> {
         Ok(span)
     }
 
-    fn next_point(&mut self) -> u32 {
+    fn next_point(&mut self) -> usize {
         let id = self.out.points;
         self.out.points += 1;
         id
@@ -569,7 +569,7 @@ impl Translator<'_> {
         &mut self,
         labels: LabelSet,
         mut series: TimeSeries,
-        origin: u32,
+        origin: usize,
     ) -> Result<(), CodecError> {
         if self.out.request.timeseries.len() >= self.caps.max_series {
             return Err(too_many_series(self.caps));
@@ -598,7 +598,7 @@ impl Translator<'_> {
         value: f64,
         timestamp: i64,
         exemplars: Vec<Exemplar>,
-        origin: u32,
+        origin: usize,
     ) -> Result<(), CodecError> {
         self.push(
             labels,
@@ -1042,10 +1042,10 @@ pub fn enforce(
         ..Translated::default()
     };
     let newest_allowed = write::newest_allowed_ms(now_ms, limits);
-    let mut failed = vec![false; points as usize];
+    let mut failed = vec![false; points];
     let mut keep = vec![true; request.timeseries.len()];
     for (index, series) in request.timeseries.iter_mut().enumerate() {
-        if origin[index].is_some_and(|point| failed[point as usize]) {
+        if origin[index].is_some_and(|point| failed[point]) {
             keep[index] = false;
             continue;
         }
@@ -1053,7 +1053,7 @@ pub fn enforce(
             keep[index] = false;
             match origin[index] {
                 Some(point) => {
-                    failed[point as usize] = true;
+                    failed[point] = true;
                     out.reject(1, err.to_string());
                 }
                 None => out.reject(0, err.to_string()),
@@ -1064,7 +1064,7 @@ pub fn enforce(
     // Series that came before a failing series of the same point go too.
     let mut index = 0;
     request.timeseries.retain(|_| {
-        let kept = keep[index] && origin[index].is_none_or(|point| !failed[point as usize]);
+        let kept = keep[index] && origin[index].is_none_or(|point| !failed[point]);
         index += 1;
         kept
     });
@@ -1082,7 +1082,7 @@ pub fn enforce(
     Ok(Enforced {
         request,
         stats,
-        accepted_points: u64::from(points) - failed_points,
+        accepted_points: points as u64 - failed_points,
         rejected_points: rejected,
         message: out.message(),
     })

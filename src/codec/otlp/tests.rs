@@ -890,3 +890,89 @@ fn malformed_protobuf_is_refused() {
         ExportMetricsServiceRequest::default()
     );
 }
+
+/// Hostile or odd values translate or are refused, never panic: bounds and counts of
+/// different lengths, NaN and infinite bounds, extreme scales and offsets, timestamps
+/// at both ends, metrics without data, empty names.
+#[test]
+fn odd_values_never_panic() {
+    let histogram = |bounds: Vec<f64>, counts: Vec<u64>| HistogramDataPoint {
+        time_unix_nano: u64::MAX,
+        count: u64::MAX,
+        sum: Some(f64::NAN),
+        bucket_counts: counts,
+        explicit_bounds: bounds,
+        ..HistogramDataPoint::default()
+    };
+    let exponential = |scale: i32, offset: i32, counts: Vec<u64>| ExponentialHistogramDataPoint {
+        scale,
+        count: 1,
+        positive: Some(Buckets {
+            offset,
+            bucket_counts: counts.clone(),
+        }),
+        negative: Some(Buckets {
+            offset: -offset,
+            bucket_counts: counts,
+        }),
+        ..ExponentialHistogramDataPoint::default()
+    };
+    let req = request(
+        &[("service.name", ""), ("", "empty key")],
+        vec![
+            metric(
+                "h",
+                "",
+                Data::Histogram(Histogram {
+                    data_points: vec![
+                        histogram(
+                            vec![f64::NAN, f64::INFINITY, -0.0],
+                            vec![u64::MAX, u64::MAX],
+                        ),
+                        histogram(vec![], vec![1, 2, 3]),
+                        histogram(vec![1.0, 2.0, 3.0], vec![]),
+                    ],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                }),
+            ),
+            metric(
+                "e",
+                "",
+                Data::ExponentialHistogram(ExponentialHistogram {
+                    data_points: vec![
+                        exponential(20, 1 << 20, vec![u64::MAX, 0, 0, 0, 5]),
+                        exponential(-4, -(1 << 20), vec![0, 0, 0]),
+                        exponential(i32::MAX, i32::MAX, vec![1]),
+                        exponential(i32::MIN, 0, vec![1]),
+                    ],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                }),
+            ),
+            Metric {
+                name: "nodata".into(),
+                ..Metric::default()
+            },
+            metric("", "", gauge(vec![number(&[], 1.0)])),
+            metric("g", "{/}", gauge(vec![NumberDataPoint::default()])),
+        ],
+    );
+    let translated = run(&req, &OtlpConfig::default());
+    assert!(
+        translated.rejected_points() >= 3,
+        "{}",
+        translated.message()
+    );
+    let policy = LabelPolicy::new("tenant_id", "alpha", [], ConflictPolicy::Override);
+    let enforced = enforce(translated, &policy, &Limits::default(), T_MS).expect("answers");
+    // Every surviving series is a valid remote-write series of the tenant.
+    for series in &enforced.request.timeseries {
+        assert_eq!(
+            series
+                .labels
+                .iter()
+                .filter(|l| l.name == "tenant_id")
+                .count(),
+            1
+        );
+    }
+}
