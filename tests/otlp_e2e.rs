@@ -8,7 +8,8 @@
 //! settings, plus `tenant_id`. No installable Prometheus has that receiver (Debian's
 //! builds remove it), so the expected series are derived from its translation rules
 //! (prometheus/prometheus `storage/remote/otlptranslator/prometheusremotewrite` and
-//! prometheus/otlptranslator); each expectation names the rule it comes from.
+//! prometheus/otlptranslator); each expectation names the rule it comes from. A second
+//! test sends exponential histograms into a Prometheus with native histograms enabled.
 
 mod common;
 
@@ -325,4 +326,92 @@ async fn the_python_sdk_exports_through_promgate_into_prometheus_and_victoria_me
     ] {
         assert!(metrics.contains(needle), "{needle} not in\n{metrics}");
     }
+}
+
+/// Exponential histograms become native histograms (`exponentialToNativeHistogram`) that
+/// a real Prometheus 2.42 with native histograms enabled stores and queries: count and
+/// sum as recorded, the median in the right bucket; a histogram the SDK keeps at scale
+/// 20 is merged down to schema 8 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exponential_histograms_arrive_as_native_histograms() {
+    tokio::task::spawn_blocking(python_sdk).await.expect("venv");
+    let mut stack =
+        Stack::start_with_backend_flags(false, "", "", "", &["--enable-feature=native-histograms"])
+            .await;
+    let token_file = stack.add_tenant("alpha").await;
+    let endpoint = format!("{}/otlp/v1/metrics", stack.promgate.data_url);
+    let answer = export("exponential", &endpoint, &token_file).await;
+    assert_eq!(answer["result"], "SUCCESS", "{answer}");
+    // The SDK's own scales: the spread one downscaled below 8, the single value at 20.
+    let scales = &answer["scales"];
+    assert!(
+        scales["payload.size"][0].as_i64().expect("scale") <= 8,
+        "{answer}"
+    );
+    assert_eq!(scales["single.latency"][0], 20, "{answer}");
+    let prometheus = stack.prometheus_url.clone();
+    let tenant = r#"tenant_id="alpha",job="shop/checkout",instance="checkout-1""#;
+    let mut want = BTreeMap::new();
+    for (query, value) in [
+        // MetricNamer: By -> bytes, s -> seconds; no suffixes for the native series.
+        (
+            format!("histogram_count(payload_size_bytes{{{tenant}}})"),
+            6.0,
+        ),
+        (
+            format!("histogram_sum(payload_size_bytes{{{tenant}}})"),
+            1106.5,
+        ),
+        (
+            format!("histogram_count(single_latency_seconds{{{tenant}}})"),
+            3.0,
+        ),
+        (
+            format!("histogram_sum(single_latency_seconds{{{tenant}}})"),
+            0.75,
+        ),
+    ] {
+        want.insert(query, value);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        stack.promgate.process.assert_running();
+        let mut got = BTreeMap::new();
+        for query in want.keys() {
+            if let Some(value) = query_one(&stack.http, &prometheus, query).await {
+                got.insert(query.clone(), value);
+            }
+        }
+        if got == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "got {got:?}, want {want:?}\npromgate log:\n{}\nprometheus log:\n{}",
+            stack.promgate.process.log_tail(),
+            stack.backend.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The median of 0.25 recorded three times lies in the bucket holding 0.25 at
+    // schema 8: within a factor of 2^(1/256) of it.
+    let median = query_one(
+        &stack.http,
+        &prometheus,
+        &format!("histogram_quantile(0.5, single_latency_seconds{{{tenant}}})"),
+    )
+    .await
+    .expect("median");
+    assert!((median / 0.25 - 1.0).abs() < 0.003, "{median}");
+    // Native histograms only: no classic series were made.
+    let classic = query(&stack.http, &prometheus, "{__name__=~\".*_bucket\"}").await;
+    assert!(classic.is_empty(), "{classic:?}");
+}
+
+/// The single value of an instant query that gives one series.
+async fn query_one(http: &reqwest::Client, base: &str, expression: &str) -> Option<f64> {
+    let result = query(http, base, expression).await;
+    (result.len() == 1)
+        .then(|| result.values().next().copied())
+        .flatten()
 }

@@ -7,6 +7,10 @@ gauges (synchronous and observable) and an explicit-bucket histogram, from a res
 with service.name, service.namespace, service.instance.id and other attributes, one of
 them a spoofed tenant_id (also spoofed on a data point).
 
+MODE "exponential": two histograms with the exponential bucket aggregation (native
+histograms in Prometheus): one of spread values, one of a single repeated value (which the
+SDK keeps at scale 20, beyond Prometheus' schema 8).
+
 MODE "delta": a counter exported with delta temporality through the exporter (which
 must fail: promgate refuses delta temporality), then a request holding a delta counter
 and a gauge posted raw, to read the answer's partial_success.
@@ -28,7 +32,11 @@ from opentelemetry.sdk.metrics.export import (
     InMemoryMetricReader,
     MetricExportResult,
 )
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+from opentelemetry.sdk.metrics.view import (
+    ExplicitBucketHistogramAggregation,
+    ExponentialBucketHistogramAggregation,
+    View,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.version import __version__ as sdk_version
 
@@ -106,6 +114,37 @@ if mode == "cumulative":
             {
                 "result": "SUCCESS" if result == MetricExportResult.SUCCESS else "FAILURE",
                 "sdk_version": sdk_version,
+            }
+        )
+    )
+elif mode == "exponential":
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(
+        resource=resource,
+        metric_readers=[reader],
+        views=[View(instrument_name="*", aggregation=ExponentialBucketHistogramAggregation())],
+    )
+    meter = provider.get_meter("promgate.e2e")
+    payload = meter.create_histogram("payload.size", unit="By")
+    for value in [0.5, 1, 2, 3, 100, 1000]:
+        payload.record(value)
+    single = meter.create_histogram("single.latency", unit="s")
+    for _ in range(3):
+        single.record(0.25)
+    data = collect(reader)
+    scales = {
+        metric.name: [point.scale for point in metric.data.data_points]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+    }
+    exporter = OTLPMetricExporter(endpoint=endpoint, headers=headers, timeout=10)
+    result = exporter.export(data)
+    print(
+        json.dumps(
+            {
+                "result": "SUCCESS" if result == MetricExportResult.SUCCESS else "FAILURE",
+                "scales": scales,
             }
         )
     )
