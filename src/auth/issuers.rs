@@ -126,12 +126,17 @@ impl Issuer {
         }
     }
 
-    /// Refreshes every `jwks_refresh` for as long as the process runs.
+    /// Refreshes every `jwks_refresh` for as long as the issuer is in use; ends once the
+    /// issuer is dropped (a config reload replaced it).
     pub fn spawn_refresh(self: &Arc<Self>) {
-        let issuer = Arc::clone(self);
+        let weak = Arc::downgrade(self);
+        let interval = self.config.jwks_refresh;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(issuer.config.jwks_refresh).await;
+                tokio::time::sleep(interval).await;
+                let Some(issuer) = weak.upgrade() else {
+                    return;
+                };
                 let _ = issuer.refresh().await;
             }
         });

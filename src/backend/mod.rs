@@ -11,6 +11,8 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::config::{BackendConfig, WriteProtocol};
 use crate::error::AppError;
+
+pub mod tls;
 use crate::telemetry::Metrics;
 
 /// What one backend did with one write.
@@ -59,16 +61,11 @@ impl BackendClient {
             name: config.name.clone(),
             message,
         };
-        let certificate = match &config.ca_file {
-            Some(ca_file) => {
-                let pem =
-                    std::fs::read(ca_file).map_err(|err| invalid(format!("ca_file: {err}")))?;
-                Some(
-                    reqwest::Certificate::from_pem(&pem)
-                        .map_err(|err| invalid(format!("ca_file: {err}")))?,
-                )
-            }
-            None => None,
+        // Read once: both clients share the files as they were at this moment.
+        let tls = if tls::is_customised(&config) {
+            Some(tls::client_config(&config).map_err(invalid)?)
+        } else {
+            None
         };
         let builder = || {
             let builder = reqwest::Client::builder()
@@ -76,8 +73,8 @@ impl BackendClient {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("promgate/", env!("CARGO_PKG_VERSION")))
                 .pool_idle_timeout(Duration::from_secs(90));
-            match &certificate {
-                Some(certificate) => builder.add_root_certificate(certificate.clone()),
+            match &tls {
+                Some(tls) => builder.use_preconfigured_tls(tls.clone()),
                 None => builder,
             }
         };
@@ -373,12 +370,33 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
     if err.is_timeout() {
         "timed out".into()
     } else if err.is_connect() {
-        "connection failed".into()
+        connect_failure(err)
     } else if err.is_body() || err.is_decode() {
         "response body broke off".into()
     } else {
         "request failed".into()
     }
+}
+
+/// "connection failed", naming a TLS refusal (a certificate not trusted, a client
+/// certificate the backend refused) when that is the cause, so the log says which.
+fn connect_failure(err: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return format!("connection failed: TLS: {tls}");
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return format!("connection failed: TLS: {tls}");
+            }
+        }
+        source = cause.source();
+    }
+    "connection failed".into()
 }
 
 /// One answer for the sender from every backend's outcome: 2xx only when all accepted.

@@ -41,7 +41,7 @@ pub struct Config {
     pub queue: QueueConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// TLS on the data listener; `None` serves plain HTTP.
@@ -69,7 +69,7 @@ pub struct ServerConfig {
 }
 
 /// TLS on the data listener (DESIGN §4c; SECURITY.md T6–T8, T22).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -176,7 +176,7 @@ fn validate_tls(raw: RawTls, problems: &mut Vec<String>) -> TlsConfig {
 }
 
 /// Connection-level protection of a listener (SECURITY.md T13).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// From the connection's first byte (or the end of the previous response) to the end
     /// of the request headers; also closes idle keep-alive connections.
@@ -202,7 +202,7 @@ impl Default for ConnectionLimits {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Holds the admin bearer token; generated (mode 0600) when missing.
@@ -215,7 +215,7 @@ pub struct AdminConfig {
     pub proxy_protocol: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageConfig {
     pub database_url: String,
     /// How often each replica reloads the registry, so changes made through another
@@ -264,14 +264,14 @@ pub enum JwksSource {
     Url(url::Url),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenConfig {
     /// PKCS#8 PEM Ed25519 key that signs the tokens promgate issues; generated when missing.
     pub signing_key_file: PathBuf,
     pub default_ttl: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
     pub name: String,
     pub write_url: url::Url,
@@ -283,6 +283,11 @@ pub struct BackendConfig {
     pub bearer_token_file: Option<PathBuf>,
     pub basic_auth: Option<BasicAuth>,
     pub ca_file: Option<PathBuf>,
+    /// promgate's client certificate (PEM chain) and key towards this backend.
+    pub client_cert: Option<ClientCertFiles>,
+    /// The name the backend's certificate must carry (and the SNI sent), when it is not
+    /// the URL's host.
+    pub server_name: Option<String>,
     /// The remote-write version the backend accepts: 2.0 requests are converted to 1.0
     /// for a 1.0 backend; a 1.0 request stays 1.0 for a 2.0 backend.
     pub protocol: WriteProtocol,
@@ -310,7 +315,7 @@ pub enum WriteProtocol {
 }
 
 /// The durable per-backend delivery queues of `delivery = "queued"` backends (DESIGN §9).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
     /// Holds one sub-folder per queued backend, named after it.
     pub directory: PathBuf,
@@ -335,7 +340,14 @@ impl QueueConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+/// A client certificate promgate presents to a backend (mutual TLS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BasicAuth {
     pub username: String,
     pub password_file: PathBuf,
@@ -430,6 +442,10 @@ struct RawBackend {
     basic_auth_username: Option<String>,
     basic_auth_password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    server_name: Option<String>,
+    insecure_skip_verify: Option<bool>,
     protocol: Option<String>,
     delivery: Option<String>,
 }
@@ -991,6 +1007,8 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             bearer_token_file: None,
             basic_auth: None,
             ca_file: None,
+            client_cert: None,
+            server_name: None,
             protocol: WriteProtocol::V1,
             delivery: Delivery::Sync,
         }];
@@ -1086,9 +1104,48 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 "{context}: choose bearer_token_file or basic auth, not both"
             ));
         }
+        let client_cert = match (backend.cert_file, backend.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            _ => {
+                problems.push(format!("{context}: cert_file and key_file go together"));
+                None
+            }
+        };
+        if backend.insecure_skip_verify.is_some() {
+            problems.push(format!(
+                "{context}.insecure_skip_verify: promgate always verifies a backend's certificate; \
+                 give the backend's CA in ca_file (and server_name when the certificate names another host)"
+            ));
+        }
+        let server_name = backend.server_name.filter(|name| {
+            let valid = rustls::pki_types::ServerName::try_from(name.as_str()).is_ok();
+            if !valid {
+                problems.push(format!(
+                    "{context}.server_name: {name:?} is not a DNS name or IP address"
+                ));
+            }
+            valid
+        });
+        let tls_keys_set =
+            backend.ca_file.is_some() || client_cert.is_some() || server_name.is_some();
+        if tls_keys_set
+            && write_url
+                .as_ref()
+                .is_some_and(|url| url.scheme() != "https")
+        {
+            problems.push(format!(
+                "{context}: ca_file, cert_file, key_file and server_name need an https:// write_url"
+            ));
+        }
         for (key, file) in [
             ("bearer_token_file", backend.bearer_token_file.as_ref()),
             ("ca_file", backend.ca_file.as_ref()),
+            ("cert_file", client_cert.as_ref().map(|c| &c.cert_file)),
+            ("key_file", client_cert.as_ref().map(|c| &c.key_file)),
             (
                 "basic_auth_password_file",
                 basic_auth.as_ref().map(|b| &b.password_file),
@@ -1113,6 +1170,8 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 bearer_token_file: backend.bearer_token_file,
                 basic_auth,
                 ca_file: backend.ca_file,
+                client_cert,
+                server_name,
                 protocol,
                 delivery,
             });
@@ -1318,6 +1377,39 @@ mod tests {
             PathBuf::from("/var/lib/promgate/promgate-queue")
         );
         assert_eq!(config.queue.max_bytes, DEFAULT_QUEUE_BYTES);
+    }
+
+    #[test]
+    fn backend_tls_keys_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "-").expect("file");
+        let pem = pem.display();
+        let config = parse(&format!(
+            "[[backends]]\nname = \"b\"\nwrite_url = \"https://127.0.0.1:9/w\"\nca_file = \"{pem}\"\n\
+             cert_file = \"{pem}\"\nkey_file = \"{pem}\"\nserver_name = \"tsdb.internal\"\n"
+        ))
+        .expect("valid");
+        let backend = &config.backends[0];
+        assert_eq!(backend.server_name.as_deref(), Some("tsdb.internal"));
+        assert!(backend.client_cert.is_some());
+
+        let errors = parse(&format!(
+            "[[backends]]\nname = \"a\"\nwrite_url = \"https://127.0.0.1:9/w\"\ninsecure_skip_verify = true\n\
+             cert_file = \"{pem}\"\nserver_name = \"not a name\"\n\
+             [[backends]]\nname = \"b\"\nwrite_url = \"http://127.0.0.1:9/w\"\nca_file = \"{pem}\"\n"
+        ))
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "backends[0].insecure_skip_verify: promgate always verifies",
+            "backends[0]: cert_file and key_file go together",
+            "backends[0].server_name: \"not a name\"",
+            "backends[1]: ca_file, cert_file, key_file and server_name need an https:// write_url",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(errors.problems.len(), 4, "{text}");
     }
 
     #[test]

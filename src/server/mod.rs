@@ -4,6 +4,7 @@
 mod common;
 pub mod listener;
 pub mod read;
+pub mod reload;
 pub mod tls;
 pub mod write;
 
@@ -19,16 +20,19 @@ use crate::auth::Authenticator;
 use crate::backend::BackendClient;
 use crate::config::Config;
 use crate::telemetry::Metrics;
-use crate::tenant::Registry;
+use crate::tenant::{Registry, TenantEntry};
 
 /// Everything a handler may need, shared by both listeners.
 pub struct AppState {
     pub config: Config,
     pub registry: Arc<Registry>,
     pub auth: Authenticator,
-    /// In the order of `config.backends`; tenants refer to them by index.
-    pub backends: Vec<Arc<BackendClient>>,
-    /// The durable queues of `delivery = "queued"` backends, by backend index.
+    /// What a config reload replaces: read once per request (`live.load_full()`).
+    pub live: arc_swap::ArcSwap<Live>,
+    /// The config file, the data listener's TLS and the reload count (SIGHUP,
+    /// `POST /-/reload`).
+    pub reloader: reload::Reloader,
+    /// The durable queues of `delivery = "queued"` backends, by backend name.
     pub queued: crate::delivery::queued::QueuedBackends,
     pub metrics: Arc<Metrics>,
     /// SHA-256 of the admin token, compared in constant time.
@@ -52,6 +56,29 @@ pub struct AppState {
 }
 
 pub type SharedState = Arc<AppState>;
+
+/// The configuration in force and the backends built from it. `AppState::config` keeps
+/// the config promgate started with, which the keys that need a restart come from.
+pub struct Live {
+    pub config: Config,
+    /// In the order of `config.backends`.
+    pub backends: Vec<Arc<BackendClient>>,
+}
+
+impl Live {
+    /// The backends `tenant` writes to and reads from: those it names (every one when it
+    /// names none), by name, so a tenant's entry resolved against an older config never
+    /// reaches a backend it does not name.
+    pub fn backends_of<'a>(
+        &'a self,
+        tenant: &'a TenantEntry,
+    ) -> impl Iterator<Item = &'a Arc<BackendClient>> + 'a {
+        let named = &tenant.tenant.backends;
+        self.backends
+            .iter()
+            .filter(move |backend| named.is_empty() || named.contains(&backend.config.name))
+    }
+}
 
 /// The data listener's routes.
 pub fn data_router(state: SharedState) -> Router {
