@@ -367,10 +367,17 @@ async fn quoted_body(response: reqwest::Response) -> String {
 }
 
 fn describe_transport_error(err: &reqwest::Error) -> String {
-    if err.is_timeout() {
+    if let Some(tls) = tls_cause(err) {
+        let stage = if err.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        format!("{stage}: {tls}")
+    } else if err.is_timeout() {
         "timed out".into()
     } else if err.is_connect() {
-        connect_failure(err)
+        "connection failed".into()
     } else if err.is_body() || err.is_decode() {
         "response body broke off".into()
     } else {
@@ -378,25 +385,28 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
     }
 }
 
-/// "connection failed", naming a TLS refusal (a certificate not trusted, a client
-/// certificate the backend refused) when that is the cause, so the log says which.
-fn connect_failure(err: &reqwest::Error) -> String {
+/// The TLS error behind a transport error, if one is (a certificate not trusted, a
+/// client certificate the backend refused), so the answer and the log say which.
+fn tls_cause(err: &reqwest::Error) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
     while let Some(cause) = source {
-        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return format!("connection failed: TLS: {tls}");
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if let Some(tls) = io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        // io::Error hides what it wraps from `source()`: look inside, however deep.
+        let mut inner: &(dyn std::error::Error + 'static) = cause;
+        loop {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(format!("TLS: {tls}"));
+            }
+            match inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
             {
-                return format!("connection failed: TLS: {tls}");
+                Some(wrapped) => inner = wrapped,
+                None => break,
             }
         }
         source = cause.source();
     }
-    "connection failed".into()
+    None
 }
 
 /// One answer for the sender from every backend's outcome: 2xx only when all accepted.
