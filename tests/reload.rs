@@ -1,6 +1,7 @@
 //! Config reload without a restart, against a running promgate binary: after SIGHUP or
 //! `POST /-/reload` the next request goes to the backend the file now names and obeys
-//! the limits it now sets; a broken file is refused, the running config kept (requests
+//! the limits and tenant label it now sets, and new TLS connections get the certificate
+//! it now names; a broken file is refused, the running config kept (requests
 //! still go to the old backend) and `promgate_config_last_reload_successful` drops to 0;
 //! a fixed file sets it back to 1 with a newer success timestamp. A changed listen
 //! address is logged as needing a restart and keeps its running value.
@@ -11,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::binary::PromgateBinary;
-use common::{now_ms, series, snappy_body, FakeBackend};
+use common::{label_value, now_ms, series, snappy_body, FakeBackend};
 use promgate::proto::WriteRequest;
 use serde_json::json;
 
@@ -157,8 +158,11 @@ async fn a_reload_moves_backends_and_limits_and_a_broken_file_keeps_the_running_
     assert_eq!(first.requests().len(), 1);
     assert_eq!(harness.write(6).await, 400, "max_series_per_request = 5");
 
-    // SIGHUP: the second backend and a lower limit.
-    harness.write_config(&backend_toml(&second.write_url(), 2));
+    // SIGHUP: the second backend, a lower limit and another tenant label.
+    harness.write_config(&format!(
+        "{}[tenancy]\nlabel = \"team\"\n",
+        backend_toml(&second.write_url(), 2)
+    ));
     harness.sighup();
     let after_sighup = harness.until_reloaded(started).await;
     assert_eq!(after_sighup.0, 1.0);
@@ -169,6 +173,14 @@ async fn a_reload_moves_backends_and_limits_and_a_broken_file_keeps_the_running_
         1,
         "the next write went to the new backend"
     );
+    let forwarded = second.requests()[0].write_request();
+    let series = &forwarded.timeseries[0];
+    assert_eq!(
+        label_value(series, "team"),
+        ["alpha"],
+        "the new tenant label"
+    );
+    assert!(label_value(series, "tenant_id").is_empty());
     assert_eq!(first.requests().len(), 1, "and not to the old one");
     assert_eq!(harness.write(3).await, 400, "the new limit holds");
 
@@ -253,4 +265,101 @@ async fn a_reload_moves_backends_and_limits_and_a_broken_file_keeps_the_running_
         log.contains("needs a restart") && log.contains("server.listen"),
         "the listen change is logged as needing a restart"
     );
+}
+
+/// An HTTPS client that trusts `ca_pem` alone.
+fn trusting(ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("ca"))
+        .build()
+        .expect("client")
+}
+
+/// Whether a new TLS connection to the data listener is accepted by a client trusting
+/// `ca_pem` alone (a fresh client per call, so no connection is reused).
+async fn handshake_ok(ca_pem: &str, url: &str) -> bool {
+    trusting(ca_pem)
+        .get(format!("{url}/-/healthy"))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_new_connections_with_the_certificate_the_file_now_names() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (old_ca, new_ca) = (common::pki::ca("old CA"), common::pki::ca("new CA"));
+    let (old, new) = (
+        common::pki::server_leaf(&old_ca),
+        common::pki::server_leaf(&new_ca),
+    );
+    let file = |name: &str, text: &str| {
+        let path = root.path().join(name);
+        std::fs::write(&path, text).expect("pem");
+        path.display().to_string()
+    };
+    let (old_cert, old_key) = (file("old.pem", &old.pem), file("old.key", &old.key_pem));
+    let (new_cert, new_key) = (file("new.pem", &new.pem), file("new.key", &new.key_pem));
+    let broken_key = file(
+        "broken.key",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let backend = FakeBackend::start().await;
+    // reload_interval is long: only the config reload can change the certificate here.
+    let promgate = PromgateBinary::start(
+        root.path(),
+        &format!(
+            "[server.tls]\ncert_file = \"{old_cert}\"\nkey_file = \"{old_key}\"\nreload_interval = \"1h\"\n"
+        ),
+        &backend_toml(&backend.write_url(), 10),
+    )
+    .await;
+    let data_url = promgate.data_url.replace("http://", "https://");
+    let config_path = root.path().join("promgate.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    assert!(handshake_ok(&old_ca.pem, &data_url).await);
+    assert!(!handshake_ok(&new_ca.pem, &data_url).await);
+
+    let reload = |text: String| {
+        std::fs::write(&config_path, text).expect("config");
+        let request = promgate
+            .http
+            .post(format!("{}/-/reload", promgate.admin_url))
+            .bearer_auth(&promgate.admin_token);
+        async move {
+            let response = request.send().await.expect("reload");
+            (
+                response.status().as_u16(),
+                response.text().await.expect("text"),
+            )
+        }
+    };
+    // A key file that is there but holds no key: only loading it tells, and the reload
+    // is refused whole.
+    let (status, text) = reload(
+        config
+            .replace(&old_cert, &new_cert)
+            .replace(&old_key, &broken_key),
+    )
+    .await;
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("server.tls: "), "{text}");
+    assert!(
+        handshake_ok(&old_ca.pem, &data_url).await,
+        "the old certificate stays"
+    );
+
+    let (status, text) = reload(
+        config
+            .replace(&old_cert, &new_cert)
+            .replace(&old_key, &new_key),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        handshake_ok(&new_ca.pem, &data_url).await,
+        "new connections get the new one"
+    );
+    assert!(!handshake_ok(&old_ca.pem, &data_url).await);
 }
