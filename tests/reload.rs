@@ -363,3 +363,70 @@ async fn a_reload_serves_new_connections_with_the_certificate_the_file_now_names
     );
     assert!(!handshake_ok(&old_ca.pem, &data_url).await);
 }
+
+/// An EdDSA JWT of `issuer` for `audience`, naming tenant `alpha`, and its JWKS.
+fn external_token(issuer: &str, audience: &str) -> (String, serde_json::Value) {
+    use base64::Engine;
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let pem = signing.to_pkcs8_pem(Default::default()).expect("pem");
+    let key = jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).expect("key");
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({"iss": issuer, "aud": audience, "sub": "prometheus", "tenant": "alpha", "iat": now, "exp": now + 600});
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&header, &claims, &key).expect("token");
+    let x =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().to_bytes());
+    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA", "use": "sig"}]});
+    (token, jwks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_changes_external_issuers() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let backend = FakeBackend::start().await;
+    let tail = backend_toml(&backend.write_url(), 10);
+    let promgate = PromgateBinary::start(root.path(), "", &tail).await;
+    promgate.add_tenant("alpha", json!({})).await;
+    let config_path = root.path().join("promgate.toml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    let (token, jwks) = external_token("https://idp.example", "promgate");
+    let jwks_file = root.path().join("idp-jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).expect("jwks");
+    let harness = Harness {
+        promgate,
+        config_path,
+        head: config,
+        token,
+    };
+    assert_eq!(harness.write(1).await, 401, "no such issuer yet");
+
+    let issuer = |audience: &str| {
+        format!(
+            "[[auth.issuers]]\nissuer = \"https://idp.example\"\naudience = \"{audience}\"\n\
+             jwks_file = \"{}\"\nalgorithms = [\"EdDSA\"]\n",
+            jwks_file.display()
+        )
+    };
+    harness.write_config(&issuer("promgate"));
+    let (status, text) = harness
+        .post_reload(Some(&harness.promgate.admin_token))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        harness.write(1).await,
+        204,
+        "the issuer's token is accepted"
+    );
+    assert_eq!(backend.requests().len(), 1);
+
+    // Another audience: the token verified before is checked again, and refused.
+    harness.write_config(&issuer("someone-else"));
+    let (status, text) = harness
+        .post_reload(Some(&harness.promgate.admin_token))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(harness.write(1).await, 401);
+    assert_eq!(backend.requests().len(), 1);
+}

@@ -159,6 +159,11 @@ impl Authenticator {
         &self.signer
     }
 
+    /// The issuers in force.
+    pub fn issuers(&self) -> Arc<Issuers> {
+        self.issuers.load_full()
+    }
+
     /// Takes a reloaded config's issuers. Every remembered verification is forgotten, so a
     /// token of an issuer now gone, or checked against an old audience, is checked again.
     pub fn replace_issuers(&self, issuers: Issuers) {

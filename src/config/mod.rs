@@ -239,7 +239,7 @@ pub struct TenancyConfig {
 }
 
 /// An external identity provider whose JWTs name a tenant (DESIGN §4b).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuerConfig {
     /// The exact `iss` of its tokens.
     pub issuer: String,

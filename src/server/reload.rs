@@ -146,9 +146,8 @@ async fn apply(state: &SharedState, new: Config) -> Result<(), Vec<String>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    state
-        .auth
-        .replace_issuers(Issuers::start(&applied.issuers).await);
+    let issuers = Issuers::restart(&applied.issuers, &state.auth.issuers()).await;
+    state.auth.replace_issuers(issuers);
     if let Some((tls_state, prepared)) = tls {
         tls_state.apply(prepared);
     }
