@@ -203,9 +203,10 @@ async fn run_reloadable(
     });
     if let Some(path) = config_path {
         state.reloader.set_path(path);
-        server::reload::spawn_on_sighup(Arc::clone(&state))
-            .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;
     }
+    // Also without a file: a SIGHUP is then logged, never the end of the process.
+    server::reload::spawn_on_sighup(Arc::clone(&state))
+        .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.config.backends.len(), "promgate is serving");
     let (data_result, admin_result) = tokio::join!(data, admin);

@@ -324,8 +324,10 @@ pub fn spawn_on_sighup(state: SharedState) -> std::io::Result<()> {
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");
-            // The outcome is logged and in the metrics.
-            let _ = reload(&state).await;
+            // A refused file is logged and in the metrics already.
+            if let Err(ReloadError::NoFile) = reload(&state).await {
+                tracing::warn!(reason = %ReloadError::NoFile, "SIGHUP ignored");
+            }
         }
     });
     Ok(())

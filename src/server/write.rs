@@ -473,6 +473,14 @@ async fn forward(
         exemplars: stats.exemplars as u64,
     };
     let tenant_id = tenant.tenant.id.as_str();
+    if live.backends_of(tenant).next().is_none() {
+        // A reload took the tenant's last backend away after it was admitted: never
+        // answer 2xx for data that goes nowhere (DESIGN §9).
+        return Err(AppError::Unavailable {
+            message: "no configured backend serves this tenant".into(),
+            retry_after_seconds: 30,
+        });
+    }
     let mut sync = Vec::new();
     let mut queued = Vec::new();
     for backend in live.backends_of(tenant) {
@@ -483,14 +491,6 @@ async fn forward(
             Some(queue) => queued.push((queue, protocol, body)),
             None => sync.push((backend, protocol, body)),
         }
-    }
-    if sync.is_empty() && queued.is_empty() {
-        // A reload took the tenant's last backend away after it was admitted: never
-        // answer 2xx for data that goes nowhere (DESIGN §9).
-        return Err(AppError::Unavailable {
-            message: "no configured backend serves this tenant".into(),
-            retry_after_seconds: 30,
-        });
     }
     if let Some((queue, _, _)) = queued
         .iter()
