@@ -215,7 +215,7 @@ pub fn scope(
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let invalid = || format!("{text:?} is not a duration");
     if let Ok(seconds) = text.parse::<f64>() {
-        return if seconds.is_finite() && seconds >= 0.0 && seconds < 1e12 {
+        return if (0.0..1e12).contains(&seconds) {
             Ok(Duration::from_secs_f64(seconds))
         } else {
             Err(invalid())

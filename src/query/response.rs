@@ -164,11 +164,8 @@ pub fn scope_federate(text: &str, scope: &ResponseScope) -> (String, Filtered) {
         }
         if let Some(comment) = line.strip_prefix('#') {
             let mut words = comment.split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("TYPE" | "HELP"), Some(family)) => {
-                    kept_lines.push((Some(family), line.to_string()));
-                }
-                _ => {}
+            if let (Some("TYPE" | "HELP"), Some(family)) = (words.next(), words.next()) {
+                kept_lines.push((Some(family), line.to_string()));
             }
             continue;
         }
@@ -229,9 +226,12 @@ fn scope_sample_line<'a>(line: &'a str, scope: &ResponseScope) -> Option<(&'a st
     Some((name, format!("{name}{{{}}}{after}", kept.join(","))))
 }
 
+/// A label pair of a sample line: name, unescaped value, raw text.
+type LabelPair<'a> = (&'a str, String, &'a str);
+
 /// Parses `k="v",…}` up to the closing brace: each pair's name, unescaped value and raw
 /// text, and what follows the brace.
-fn parse_label_pairs(text: &str) -> Option<(Vec<(&str, String, &str)>, &str)> {
+fn parse_label_pairs(text: &str) -> Option<(Vec<LabelPair<'_>>, &str)> {
     let mut pairs = Vec::new();
     let mut rest = text;
     loop {
