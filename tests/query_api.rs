@@ -91,7 +91,10 @@ async fn setup() -> Setup {
     .await;
     let http = reqwest::Client::new();
     let now = now_ms();
-    for (token, offset, extra) in [(&alpha, 0.0, "alpha-team"), (&beta, BETA_FLOOR, "beta-only")] {
+    for (token, offset, extra) in [
+        (&alpha, 0.0, "alpha-team"),
+        (&beta, BETA_FLOOR, "beta-only"),
+    ] {
         let body = snappy_body(&tenant_data(now, offset, extra));
         let response = http
             .post(via_prometheus.write_url())
@@ -103,7 +106,12 @@ async fn setup() -> Setup {
             .send()
             .await
             .expect("write");
-        assert_eq!(response.status(), 204, "{}", response.text().await.unwrap_or_default());
+        assert_eq!(
+            response.status(),
+            204,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
     }
     let setup = Setup {
         _dir: dir,
@@ -120,7 +128,13 @@ async fn setup() -> Setup {
     };
     // Both backends show both tenants' data before the comparisons begin.
     for base in [&setup.prometheus_url, &setup.victoria_url] {
-        wait_for_count(&setup, base, r#"count(node_load1{tenant_id=~"alpha|beta"})"#, 4).await;
+        wait_for_count(
+            &setup,
+            base,
+            r#"count(node_load1{tenant_id=~"alpha|beta"})"#,
+            4,
+        )
+        .await;
     }
     setup
 }
@@ -207,7 +221,10 @@ fn tenant_data(now: i64, offset: f64, only: &str) -> WriteRequest {
             ),
             with_samples(
                 &[
-                    ("__name__", &format!("{}_secret_total", only.replace('-', "_"))),
+                    (
+                        "__name__",
+                        &format!("{}_secret_total", only.replace('-', "_")),
+                    ),
                     ("job", "api"),
                     ("instance", "host:9100"),
                 ],
@@ -229,9 +246,15 @@ fn tenant_data(now: i64, offset: f64, only: &str) -> WriteRequest {
 
 async fn wait_for_count(setup: &Setup, base: &str, query: &str, count: usize) {
     for _ in 0..120 {
-        let answer = get_json(&setup.http, &format!("{base}/api/v1/query"), &[("query", query)])
-            .await;
-        let value = answer["data"]["result"][0]["value"][1].as_str().unwrap_or("0");
+        let answer = get_json(
+            &setup.http,
+            &format!("{base}/api/v1/query"),
+            &[("query", query)],
+        )
+        .await;
+        let value = answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .unwrap_or("0");
         if value.parse::<f64>().unwrap_or(0.0) as usize == count {
             return;
         }
@@ -297,7 +320,10 @@ impl Setup {
 
     async fn direct(&self, base: &str, path: &str, params: &[(&str, &str)]) -> Value {
         let answer = get_json(&self.http, &format!("{base}{path}"), params).await;
-        assert_eq!(answer["status"], "success", "direct {path} {params:?}: {answer}");
+        assert_eq!(
+            answer["status"], "success",
+            "direct {path} {params:?}: {answer}"
+        );
         answer
     }
 
@@ -314,8 +340,13 @@ impl Setup {
         direct_params: &[(&str, &str)],
         beta_params: Option<&[(&str, &str)]>,
     ) {
-        let (status, through) = self.through(promgate, &self.alpha, method.clone(), path, params).await;
-        assert_eq!(status, 200, "{method} {path} {params:?} via {base}: {through}");
+        let (status, through) = self
+            .through(promgate, &self.alpha, method.clone(), path, params)
+            .await;
+        assert_eq!(
+            status, 200,
+            "{method} {path} {params:?} via {base}: {through}"
+        );
         let mut expected = self.direct(base, path, direct_params).await["data"].clone();
         strip(&mut expected);
         assert_eq!(
@@ -325,7 +356,10 @@ impl Setup {
         if let Some(beta_params) = beta_params {
             let mut beta = self.direct(base, path, beta_params).await["data"].clone();
             strip(&mut beta);
-            assert_ne!(through["data"], beta, "{path} {params:?}: alpha and beta look alike");
+            assert_ne!(
+                through["data"], beta,
+                "{path} {params:?}: alpha and beta look alike"
+            );
         }
     }
 }
@@ -347,13 +381,22 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
                 base,
                 method.clone(),
                 "/api/v1/query",
-                &[("query", "sum by (job, code) (http_requests_total)"), ("time", &at)],
                 &[
-                    ("query", r#"sum by (job, code) (http_requests_total{tenant_id="alpha"})"#),
+                    ("query", "sum by (job, code) (http_requests_total)"),
+                    ("time", &at),
+                ],
+                &[
+                    (
+                        "query",
+                        r#"sum by (job, code) (http_requests_total{tenant_id="alpha"})"#,
+                    ),
                     ("time", &at),
                 ],
                 Some(&[
-                    ("query", r#"sum by (job, code) (http_requests_total{tenant_id="beta"})"#),
+                    (
+                        "query",
+                        r#"sum by (job, code) (http_requests_total{tenant_id="beta"})"#,
+                    ),
                     ("time", &at),
                 ]),
             )
@@ -381,7 +424,10 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
                     ("step", "15"),
                 ],
                 &[
-                    ("query", r#"rate(http_requests_total{code="200",tenant_id="alpha"}[1m])"#),
+                    (
+                        "query",
+                        r#"rate(http_requests_total{code="200",tenant_id="alpha"}[1m])"#,
+                    ),
                     ("start", &start),
                     ("end", &at),
                     ("step", "15"),
@@ -395,7 +441,11 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
                 base,
                 method.clone(),
                 "/api/v1/series",
-                &[("match[]", "node_load1"), ("start", &hour_ago), ("end", &at)],
+                &[
+                    ("match[]", "node_load1"),
+                    ("start", &hour_ago),
+                    ("end", &at),
+                ],
                 &[
                     ("match[]", r#"node_load1{tenant_id="alpha"}"#),
                     ("start", &hour_ago),
@@ -411,14 +461,24 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
         }
         // Dashboard variables: label names, then a label's values, with and without match[].
         let (status, labels) = s
-            .through(promgate, &s.alpha, Method::GET, "/api/v1/labels", &[("start", &hour_ago), ("end", &at)])
+            .through(
+                promgate,
+                &s.alpha,
+                Method::GET,
+                "/api/v1/labels",
+                &[("start", &hour_ago), ("end", &at)],
+            )
             .await;
         assert_eq!(status, 200, "{labels}");
         let mut expected = s
             .direct(
                 base,
                 "/api/v1/labels",
-                &[("match[]", r#"{tenant_id="alpha"}"#), ("start", &hour_ago), ("end", &at)],
+                &[
+                    ("match[]", r#"{tenant_id="alpha"}"#),
+                    ("start", &hour_ago),
+                    ("end", &at),
+                ],
             )
             .await["data"]
             .clone();
@@ -427,7 +487,10 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
             .expect("labels")
             .retain(|name| name != "tenant_id");
         assert_eq!(labels["data"], expected, "labels via {base}");
-        assert!(labels["data"].as_array().expect("list").contains(&json!("team")));
+        assert!(labels["data"]
+            .as_array()
+            .expect("list")
+            .contains(&json!("team")));
         for name in ["job", "team", "__name__", "instance"] {
             let path = format!("/api/v1/label/{name}/values");
             s.same_as_direct(
@@ -436,7 +499,11 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
                 Method::GET,
                 &path,
                 &[("start", &hour_ago), ("end", &at)],
-                &[("match[]", r#"{tenant_id="alpha"}"#), ("start", &hour_ago), ("end", &at)],
+                &[
+                    ("match[]", r#"{tenant_id="alpha"}"#),
+                    ("start", &hour_ago),
+                    ("end", &at),
+                ],
                 None,
             )
             .await;
@@ -445,7 +512,11 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
                 base,
                 Method::GET,
                 &path,
-                &[("match[]", "node_load1"), ("start", &hour_ago), ("end", &at)],
+                &[
+                    ("match[]", "node_load1"),
+                    ("start", &hour_ago),
+                    ("end", &at),
+                ],
                 &[
                     ("match[]", r#"node_load1{tenant_id="alpha"}"#),
                     ("start", &hour_ago),
@@ -457,7 +528,13 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
         }
         // The backend's own version, for Grafana's feature detection.
         let (status, buildinfo) = s
-            .through(promgate, &s.alpha, Method::GET, "/api/v1/status/buildinfo", &[])
+            .through(
+                promgate,
+                &s.alpha,
+                Method::GET,
+                "/api/v1/status/buildinfo",
+                &[],
+            )
             .await;
         assert_eq!(status, 200, "{buildinfo}");
         assert_eq!(
@@ -500,7 +577,10 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
         };
         assert_eq!(samples(&text).len(), 2, "{text}");
         assert_eq!(samples(&text), samples(&direct), "federate via {base}");
-        assert!(!text.contains("tenant_id") && !text.contains("beta"), "{text}");
+        assert!(
+            !text.contains("tenant_id") && !text.contains("beta"),
+            "{text}"
+        );
     }
 
     // Exemplars (Prometheus stores them with exemplar-storage).
@@ -509,7 +589,11 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
         &s.prometheus_url,
         Method::POST,
         "/api/v1/query_exemplars",
-        &[("query", "http_requests_total"), ("start", &hour_ago), ("end", &at)],
+        &[
+            ("query", "http_requests_total"),
+            ("start", &hour_ago),
+            ("end", &at),
+        ],
         &[
             ("query", r#"http_requests_total{tenant_id="alpha"}"#),
             ("start", &hour_ago),
@@ -527,9 +611,18 @@ async fn grafana_calls_see_exactly_the_tenants_own_data() {
     // scrape gives metadata of its own metrics; of those, alpha only has
     // prometheus_build_info.
     let all = s.direct(&s.prometheus_url, "/api/v1/metadata", &[]).await;
-    assert!(all["data"].get("prometheus_http_requests_total").is_some(), "{all}");
+    assert!(
+        all["data"].get("prometheus_http_requests_total").is_some(),
+        "{all}"
+    );
     let (status, metadata) = s
-        .through(&s.via_prometheus, &s.alpha, Method::GET, "/api/v1/metadata", &[])
+        .through(
+            &s.via_prometheus,
+            &s.alpha,
+            Method::GET,
+            "/api/v1/metadata",
+            &[],
+        )
         .await;
     assert_eq!(status, 200, "{metadata}");
     assert_eq!(
@@ -595,55 +688,379 @@ async fn hostile_queries_get_a_refusal_or_nothing_of_the_other_tenant() {
     // (what, method, path, URL query (raw), form body (raw), must refuse)
     let instant = |query: &str| format!("query={}&time={at}", urlencode(query));
     let cases: Vec<(&str, Method, String, String, String, bool)> = vec![
-        ("tenant matcher naming beta", Method::GET, "/api/v1/query".into(), instant(r#"node_load1{tenant_id="beta"}"#), String::new(), false),
-        ("bare tenant selector", Method::GET, "/api/v1/query".into(), instant(r#"{tenant_id="beta"}"#), String::new(), false),
-        ("regex over both tenants", Method::GET, "/api/v1/query".into(), instant(r#"{tenant_id=~"alpha|beta",__name__=~".+"}"#), String::new(), false),
-        ("negative tenant matcher", Method::GET, "/api/v1/query".into(), instant(r#"node_load1{tenant_id!="alpha"}"#), String::new(), false),
-        ("empty tenant matcher", Method::GET, "/api/v1/query".into(), instant(r#"{__name__=~".+",tenant_id=""}"#), String::new(), false),
-        ("beta's own metric", Method::GET, "/api/v1/query".into(), instant("beta_only_secret_total"), String::new(), false),
-        ("regex on names", Method::GET, "/api/v1/query".into(), instant(r#"{__name__=~"beta.*|node.*"}"#), String::new(), false),
-        ("or inside braces", Method::GET, "/api/v1/query".into(), instant(r#"node_load1{job="x" or tenant_id="beta"}"#), String::new(), true),
-        ("or inside braces, bare", Method::GET, "/api/v1/query".into(), instant(r#"{tenant_id="alpha" or tenant_id="beta"}"#), String::new(), true),
-        ("info without selector", Method::GET, "/api/v1/query".into(), instant("info(node_load1)"), String::new(), true),
-        ("relabelled into beta", Method::GET, "/api/v1/query".into(), instant(r#"label_replace(node_load1, "tenant_id", "beta", "", "")"#), String::new(), false),
-        ("aggregated by tenant", Method::GET, "/api/v1/query".into(), instant("sum by (tenant_id) (node_load1)"), String::new(), false),
-        ("or with a vector", Method::GET, "/api/v1/query".into(), instant(r#"node_load1 or on() {tenant_id="beta"}"#), String::new(), false),
-        ("binary across tenants", Method::GET, "/api/v1/query".into(), instant(r#"node_load1 + ignoring(tenant_id) node_load1{tenant_id="beta"}"#), String::new(), false),
-        ("subquery", Method::GET, "/api/v1/query".into(), instant(r#"max_over_time(node_load1{tenant_id="beta"}[5m:15s])"#), String::new(), false),
-        ("offset and @", Method::GET, "/api/v1/query".into(), instant(r#"node_load1{tenant_id="beta"} offset -1m @ end()"#), String::new(), false),
-        ("count_values into the tenant label", Method::GET, "/api/v1/query".into(), instant(r#"count_values("tenant_id", node_load1{tenant_id="beta"})"#), String::new(), false),
-        ("topk parameter as a query", Method::GET, "/api/v1/query".into(), instant(r#"topk(scalar(count({tenant_id="beta"})), node_load1)"#), String::new(), false),
-        ("escaped quote trick", Method::GET, "/api/v1/query".into(), instant(r#"node_load1{job="x\",tenant_id=\"beta"}"#), String::new(), false),
-        ("absent of beta", Method::GET, "/api/v1/query".into(), instant(r#"absent(beta_only_secret_total{tenant_id="beta"})"#), String::new(), false),
-        ("quoted metric name", Method::GET, "/api/v1/query".into(), instant(r#"{"node_load1", tenant_id="beta"}"#), String::new(), false),
-        ("query in URL and body", Method::POST, "/api/v1/query".into(), "query=node_load1".into(), format!("query={}", urlencode(r#"{tenant_id="beta"}"#)), true),
-        ("query twice in the URL", Method::GET, "/api/v1/query".into(), format!("query=node_load1&query={}", urlencode(r#"{tenant_id="beta"}"#)), String::new(), true),
-        ("query twice in the body", Method::POST, "/api/v1/query".into(), String::new(), format!("query=node_load1&query={}", urlencode("beta_only_secret_total")), true),
-        ("semicolon separator", Method::GET, "/api/v1/query".into(), "query=node_load1;query=beta_only_secret_total".into(), String::new(), true),
-        ("unknown parameters", Method::GET, "/api/v1/query".into(), format!("{}&tenant=beta&orgId=beta&X-Scope-OrgID=beta", instant("node_load1")), String::new(), false),
-        ("empty query", Method::GET, "/api/v1/query".into(), "query=".into(), String::new(), true),
-        ("unparseable query", Method::GET, "/api/v1/query".into(), instant("sum(node_load1"), String::new(), true),
-        ("range query", Method::POST, "/api/v1/query_range".into(), String::new(), format!("query={}&start={hour_ago}&end={at}&step=60", urlencode(r#"rate(http_requests_total{tenant_id="beta"}[5m])"#)), false),
-        ("series of beta", Method::GET, "/api/v1/series".into(), format!("match[]={}&start={hour_ago}", urlencode(r#"{tenant_id="beta"}"#)), String::new(), false),
-        ("series with a non-selector", Method::GET, "/api/v1/series".into(), format!("match[]={}", urlencode(r#"node_load1 or {tenant_id="beta"}"#)), String::new(), true),
-        ("series match in URL and body", Method::POST, "/api/v1/series".into(), "match[]=node_load1".into(), format!("match[]={}", urlencode(r#"{tenant_id="beta"}"#)), true),
-        ("series with or inside braces", Method::GET, "/api/v1/series".into(), format!("match[]={}", urlencode(r#"{job="api" or tenant_id="beta"}"#)), String::new(), true),
-        ("labels of beta", Method::GET, "/api/v1/labels".into(), format!("match[]={}&start={hour_ago}", urlencode(r#"{tenant_id="beta"}"#)), String::new(), false),
-        ("tenant label values", Method::GET, "/api/v1/label/tenant_id/values".into(), String::new(), String::new(), false),
-        ("team values under beta's match", Method::GET, "/api/v1/label/team/values".into(), format!("match[]={}", urlencode(r#"{tenant_id="beta"}"#)), String::new(), false),
-        ("label name path traversal", Method::GET, "/api/v1/label/..%2F..%2Fapi%2Fv1%2Fwrite/values".into(), String::new(), String::new(), true),
-        ("exemplars of beta", Method::GET, "/api/v1/query_exemplars".into(), format!("query={}&start={hour_ago}&end={at}", urlencode(r#"{tenant_id="beta",__name__=~".+"}"#)), String::new(), false),
-        ("metadata of beta's metric", Method::GET, "/api/v1/metadata".into(), "metric=beta_only_secret_total".into(), String::new(), false),
-        ("federate beta", Method::GET, "/federate".into(), format!("match[]={}", urlencode(r#"{tenant_id="beta"}"#)), String::new(), false),
-        ("form body with a JSON type", Method::POST, "/api/v1/query".into(), String::new(), r#"{"query":"{tenant_id=\"beta\"}"}"#.into(), true),
+        (
+            "tenant matcher naming beta",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"node_load1{tenant_id="beta"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "bare tenant selector",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"{tenant_id="beta"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "regex over both tenants",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"{tenant_id=~"alpha|beta",__name__=~".+"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "negative tenant matcher",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"node_load1{tenant_id!="alpha"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "empty tenant matcher",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"{__name__=~".+",tenant_id=""}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "beta's own metric",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant("beta_only_secret_total"),
+            String::new(),
+            false,
+        ),
+        (
+            "regex on names",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"{__name__=~"beta.*|node.*"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "or inside braces",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"node_load1{job="x" or tenant_id="beta"}"#),
+            String::new(),
+            true,
+        ),
+        (
+            "or inside braces, bare",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"{tenant_id="alpha" or tenant_id="beta"}"#),
+            String::new(),
+            true,
+        ),
+        (
+            "info without selector",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant("info(node_load1)"),
+            String::new(),
+            true,
+        ),
+        (
+            "relabelled into beta",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"label_replace(node_load1, "tenant_id", "beta", "", "")"#),
+            String::new(),
+            false,
+        ),
+        (
+            "aggregated by tenant",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant("sum by (tenant_id) (node_load1)"),
+            String::new(),
+            false,
+        ),
+        (
+            "or with a vector",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"node_load1 or on() {tenant_id="beta"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "binary across tenants",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"node_load1 + ignoring(tenant_id) node_load1{tenant_id="beta"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "subquery",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"max_over_time(node_load1{tenant_id="beta"}[5m:15s])"#),
+            String::new(),
+            false,
+        ),
+        (
+            "offset and @",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"node_load1{tenant_id="beta"} offset -1m @ end()"#),
+            String::new(),
+            false,
+        ),
+        (
+            "count_values into the tenant label",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"count_values("tenant_id", node_load1{tenant_id="beta"})"#),
+            String::new(),
+            false,
+        ),
+        (
+            "topk parameter as a query",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"topk(scalar(count({tenant_id="beta"})), node_load1)"#),
+            String::new(),
+            false,
+        ),
+        (
+            "escaped quote trick",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"node_load1{job="x\",tenant_id=\"beta"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "absent of beta",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"absent(beta_only_secret_total{tenant_id="beta"})"#),
+            String::new(),
+            false,
+        ),
+        (
+            "quoted metric name",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant(r#"{"node_load1", tenant_id="beta"}"#),
+            String::new(),
+            false,
+        ),
+        (
+            "query in URL and body",
+            Method::POST,
+            "/api/v1/query".into(),
+            "query=node_load1".into(),
+            format!("query={}", urlencode(r#"{tenant_id="beta"}"#)),
+            true,
+        ),
+        (
+            "query twice in the URL",
+            Method::GET,
+            "/api/v1/query".into(),
+            format!(
+                "query=node_load1&query={}",
+                urlencode(r#"{tenant_id="beta"}"#)
+            ),
+            String::new(),
+            true,
+        ),
+        (
+            "query twice in the body",
+            Method::POST,
+            "/api/v1/query".into(),
+            String::new(),
+            format!(
+                "query=node_load1&query={}",
+                urlencode("beta_only_secret_total")
+            ),
+            true,
+        ),
+        (
+            "semicolon separator",
+            Method::GET,
+            "/api/v1/query".into(),
+            "query=node_load1;query=beta_only_secret_total".into(),
+            String::new(),
+            true,
+        ),
+        (
+            "unknown parameters",
+            Method::GET,
+            "/api/v1/query".into(),
+            format!(
+                "{}&tenant=beta&orgId=beta&X-Scope-OrgID=beta",
+                instant("node_load1")
+            ),
+            String::new(),
+            false,
+        ),
+        (
+            "empty query",
+            Method::GET,
+            "/api/v1/query".into(),
+            "query=".into(),
+            String::new(),
+            true,
+        ),
+        (
+            "unparseable query",
+            Method::GET,
+            "/api/v1/query".into(),
+            instant("sum(node_load1"),
+            String::new(),
+            true,
+        ),
+        (
+            "range query",
+            Method::POST,
+            "/api/v1/query_range".into(),
+            String::new(),
+            format!(
+                "query={}&start={hour_ago}&end={at}&step=60",
+                urlencode(r#"rate(http_requests_total{tenant_id="beta"}[5m])"#)
+            ),
+            false,
+        ),
+        (
+            "series of beta",
+            Method::GET,
+            "/api/v1/series".into(),
+            format!(
+                "match[]={}&start={hour_ago}",
+                urlencode(r#"{tenant_id="beta"}"#)
+            ),
+            String::new(),
+            false,
+        ),
+        (
+            "series with a non-selector",
+            Method::GET,
+            "/api/v1/series".into(),
+            format!(
+                "match[]={}",
+                urlencode(r#"node_load1 or {tenant_id="beta"}"#)
+            ),
+            String::new(),
+            true,
+        ),
+        (
+            "series match in URL and body",
+            Method::POST,
+            "/api/v1/series".into(),
+            "match[]=node_load1".into(),
+            format!("match[]={}", urlencode(r#"{tenant_id="beta"}"#)),
+            true,
+        ),
+        (
+            "series with or inside braces",
+            Method::GET,
+            "/api/v1/series".into(),
+            format!(
+                "match[]={}",
+                urlencode(r#"{job="api" or tenant_id="beta"}"#)
+            ),
+            String::new(),
+            true,
+        ),
+        (
+            "labels of beta",
+            Method::GET,
+            "/api/v1/labels".into(),
+            format!(
+                "match[]={}&start={hour_ago}",
+                urlencode(r#"{tenant_id="beta"}"#)
+            ),
+            String::new(),
+            false,
+        ),
+        (
+            "tenant label values",
+            Method::GET,
+            "/api/v1/label/tenant_id/values".into(),
+            String::new(),
+            String::new(),
+            false,
+        ),
+        (
+            "team values under beta's match",
+            Method::GET,
+            "/api/v1/label/team/values".into(),
+            format!("match[]={}", urlencode(r#"{tenant_id="beta"}"#)),
+            String::new(),
+            false,
+        ),
+        (
+            "label name path traversal",
+            Method::GET,
+            "/api/v1/label/..%2F..%2Fapi%2Fv1%2Fwrite/values".into(),
+            String::new(),
+            String::new(),
+            true,
+        ),
+        (
+            "exemplars of beta",
+            Method::GET,
+            "/api/v1/query_exemplars".into(),
+            format!(
+                "query={}&start={hour_ago}&end={at}",
+                urlencode(r#"{tenant_id="beta",__name__=~".+"}"#)
+            ),
+            String::new(),
+            false,
+        ),
+        (
+            "metadata of beta's metric",
+            Method::GET,
+            "/api/v1/metadata".into(),
+            "metric=beta_only_secret_total".into(),
+            String::new(),
+            false,
+        ),
+        (
+            "federate beta",
+            Method::GET,
+            "/federate".into(),
+            format!("match[]={}", urlencode(r#"{tenant_id="beta"}"#)),
+            String::new(),
+            false,
+        ),
+        (
+            "form body with a JSON type",
+            Method::POST,
+            "/api/v1/query".into(),
+            String::new(),
+            r#"{"query":"{tenant_id=\"beta\"}"}"#.into(),
+            true,
+        ),
     ];
     assert!(cases.len() >= 30);
     for (what, method, path, query, body, must_refuse) in cases {
-        let target = if query.is_empty() { url(&path) } else { format!("{}?{query}", url(&path)) };
+        let target = if query.is_empty() {
+            url(&path)
+        } else {
+            format!("{}?{query}", url(&path))
+        };
         let mut request = s.http.request(method.clone(), target).bearer_auth(&s.alpha);
         if method == Method::POST {
-            let content_type = if what.contains("JSON") { "application/json" } else { "application/x-www-form-urlencoded" };
-            request = request.header("Content-Type", content_type).body(body.clone());
+            let content_type = if what.contains("JSON") {
+                "application/json"
+            } else {
+                "application/x-www-form-urlencoded"
+            };
+            request = request
+                .header("Content-Type", content_type)
+                .body(body.clone());
         }
         // Client tenancy headers never choose the tenant.
         let response = request
@@ -657,7 +1074,10 @@ async fn hostile_queries_get_a_refusal_or_nothing_of_the_other_tenant() {
         let answer = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         eprintln!("{what}: {status}");
         if must_refuse {
-            assert!((400..500).contains(&status), "{what}: expected a refusal, got {status}: {text}");
+            assert!(
+                (400..500).contains(&status),
+                "{what}: expected a refusal, got {status}: {text}"
+            );
             continue;
         }
         match status {
@@ -674,17 +1094,36 @@ async fn hostile_queries_get_a_refusal_or_nothing_of_the_other_tenant() {
     // The tenant's own data really is reachable with such queries (the rewrite scoped
     // them rather than emptying them), and beta sees its own, never alpha's.
     let (status, own) = s
-        .through(promgate, &s.alpha, Method::GET, "/api/v1/query", &[("query", r#"node_load1{tenant_id="beta"}"#), ("time", &at)])
+        .through(
+            promgate,
+            &s.alpha,
+            Method::GET,
+            "/api/v1/query",
+            &[("query", r#"node_load1{tenant_id="beta"}"#), ("time", &at)],
+        )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(own["data"]["result"].as_array().map(Vec::len), Some(2), "{own}");
+    assert_eq!(
+        own["data"]["result"].as_array().map(Vec::len),
+        Some(2),
+        "{own}"
+    );
     let (status, theirs) = s
-        .through(promgate, &s.beta, Method::GET, "/api/v1/query", &[("query", "node_load1"), ("time", &at)])
+        .through(
+            promgate,
+            &s.beta,
+            Method::GET,
+            "/api/v1/query",
+            &[("query", "node_load1"), ("time", &at)],
+        )
         .await;
     assert_eq!(status, 200);
     let mut values = Vec::new();
     find_numbers(&theirs["data"], &mut |value| values.push(value));
-    assert!(!values.is_empty() && values.iter().all(|v| *v >= BETA_FLOOR), "{theirs}");
+    assert!(
+        !values.is_empty() && values.iter().all(|v| *v >= BETA_FLOOR),
+        "{theirs}"
+    );
     // No credential: 401 in Prometheus' error shape.
     let response = s
         .http
@@ -734,7 +1173,13 @@ async fn query_limits_and_error_shapes() {
     assert!(retry_after.is_some());
     // Beta is not affected by alpha's throttle.
     let (status, _) = s
-        .through(promgate, &s.beta, Method::GET, "/api/v1/query", &[("query", "vector(1)")])
+        .through(
+            promgate,
+            &s.beta,
+            Method::GET,
+            "/api/v1/query",
+            &[("query", "vector(1)")],
+        )
         .await;
     assert_eq!(status, 200);
     // The response cap: a range query at 1 s steps over alpha's data is over 1 KiB.
@@ -746,7 +1191,12 @@ async fn query_limits_and_error_shapes() {
             &s.alpha,
             Method::GET,
             "/api/v1/query_range",
-            &[("query", "node_load1"), ("start", &start), ("end", &end), ("step", "1")],
+            &[
+                ("query", "node_load1"),
+                ("start", &start),
+                ("end", &end),
+                ("step", "1"),
+            ],
         )
         .await;
     assert_eq!(status, 422, "{error}");
@@ -754,7 +1204,13 @@ async fn query_limits_and_error_shapes() {
     // A backend error keeps its status and shape: an evaluation error.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (status, error) = s
-        .through(promgate, &s.beta, Method::GET, "/api/v1/query_range", &[("query", "up"), ("start", "2"), ("end", "1"), ("step", "1")])
+        .through(
+            promgate,
+            &s.beta,
+            Method::GET,
+            "/api/v1/query_range",
+            &[("query", "up"), ("start", "2"), ("end", "1"), ("step", "1")],
+        )
         .await;
     assert_eq!(status, 400, "{error}");
     assert_eq!(error["errorType"], "bad_data");

@@ -126,6 +126,8 @@ fn scope_vector(selector: &mut VectorSelector, scope: &TenantScope<'_>) -> Resul
     }
     matchers.retain(|matcher| matcher.name != scope.label);
     matchers.push(Matcher::new(MatchOp::Equal, scope.label, scope.value));
+    // In the order the printer writes them, so the printed text parses back to this tree.
+    matchers.sort_by_cached_key(ToString::to_string);
     Ok(())
 }
 
