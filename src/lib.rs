@@ -17,6 +17,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod proto;
+pub mod query;
 pub mod read;
 pub mod server;
 pub mod telemetry;
@@ -99,6 +100,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         metrics,
         admin_token_digest: admin::admin_token_digest(&admin_token),
         read_gate: admission::ReadGate::default(),
+        query_gate: admission::ReadGate::default(),
         rate_limits: admission::RateLimits::default(),
         tenant_budgets: admission::TenantBudgets::default(),
         cpu: admission::CpuPool::for_this_machine(MAX_QUEUED_CPU_JOBS_PER_TENANT),

@@ -15,6 +15,9 @@ use crate::error::AppError;
 pub mod tls;
 use crate::telemetry::Metrics;
 
+mod query;
+pub use query::{QueryAnswer, QueryCall, QueryError};
+
 /// What one backend did with one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -45,6 +48,8 @@ pub struct BackendClient {
     /// For remote read: no whole-request timeout (a stream may run long); the wait for
     /// the response head and every pause between body chunks are bounded instead.
     read_http: reqwest::Client,
+    /// For the query API: bounded by the tenant's `query_timeout` per request instead.
+    query_http: reqwest::Client,
     /// Static headers: promgate's credentials for this backend.
     auth_headers: HeaderMap,
 }
@@ -111,10 +116,12 @@ impl BackendClient {
             .read_timeout(config.timeout)
             .build()
             .map_err(|err| invalid(err.to_string()))?;
+        let query_http = builder().build().map_err(|err| invalid(err.to_string()))?;
         Ok(BackendClient {
             config,
             http,
             read_http,
+            query_http,
             auth_headers,
         })
     }

@@ -276,6 +276,9 @@ pub struct BackendConfig {
     pub name: String,
     pub write_url: url::Url,
     pub read_url: Option<url::Url>,
+    /// The root of the backend's Prometheus HTTP API (DESIGN §13): `/api/v1/query` and
+    /// the rest are resolved under it.
+    pub query_url: Option<url::Url>,
     /// When set, promgate sends the tenant id in this header (Mimir/Cortex `X-Scope-OrgID`,
     /// Thanos `THANOS-TENANT`); such backends also receive metadata-only requests.
     pub tenant_header: Option<http::HeaderName>,
@@ -436,6 +439,7 @@ struct RawBackend {
     name: Option<String>,
     write_url: Option<String>,
     read_url: Option<String>,
+    query_url: Option<String>,
     tenant_header: Option<String>,
     timeout: Option<HumanDuration>,
     bearer_token_file: Option<PathBuf>,
@@ -1002,6 +1006,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             read_url: Some(
                 url::Url::parse("http://127.0.0.1:9090/api/v1/read").expect("static URL"),
             ),
+            query_url: Some(url::Url::parse("http://127.0.0.1:9090/").expect("static URL")),
             tenant_header: None,
             timeout: DEFAULT_BACKEND_TIMEOUT,
             bearer_token_file: None,
@@ -1040,6 +1045,16 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             .read_url
             .as_deref()
             .map(|text| parse_url(&format!("{context}.read_url"), Some(text), problems));
+        let query_url = backend.query_url.as_deref().map(|text| {
+            parse_url(&format!("{context}.query_url"), Some(text), problems).map(|mut url| {
+                // A root: paths are resolved under it, so it must end with a slash.
+                if !url.path().ends_with('/') {
+                    let path = format!("{}/", url.path());
+                    url.set_path(&path);
+                }
+                url
+            })
+        });
         let tenant_header = backend.tenant_header.as_deref().and_then(|text| {
             match http::HeaderName::from_bytes(text.as_bytes()) {
                 Ok(header) if !RESERVED_HEADERS.contains(&header.as_str()) => Some(header),
@@ -1165,6 +1180,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 name,
                 write_url,
                 read_url: read_url.flatten(),
+                query_url: query_url.flatten(),
                 tenant_header,
                 timeout,
                 bearer_token_file: backend.bearer_token_file,

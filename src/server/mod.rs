@@ -1,8 +1,9 @@
 //! Listeners, routers and graceful shutdown (DESIGN §5). The data listener serves
-//! remote write; the admin listener serves the admin API, `/metrics` and probes.
+//! remote write, remote read and the query API; the admin listener serves the admin API, `/metrics` and probes.
 
 mod common;
 pub mod listener;
+pub mod query;
 pub mod read;
 pub mod reload;
 pub mod tls;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub admin_token_digest: [u8; 32],
     /// Each tenant's concurrent remote reads.
     pub read_gate: crate::admission::ReadGate,
+    /// Each tenant's concurrent query API requests.
+    pub query_gate: crate::admission::ReadGate,
     /// Each tenant's token buckets.
     pub rate_limits: crate::admission::RateLimits,
     /// Each tenant's own writes and decoded bytes in flight.
@@ -85,6 +88,21 @@ pub fn data_router(state: SharedState) -> Router {
     Router::new()
         .route("/api/v1/write", post(write::remote_write))
         .route("/api/v1/read", post(read::remote_read))
+        .route("/api/v1/query", get(query::query).post(query::query))
+        .route(
+            "/api/v1/query_range",
+            get(query::query_range).post(query::query_range),
+        )
+        .route(
+            "/api/v1/query_exemplars",
+            get(query::query_exemplars).post(query::query_exemplars),
+        )
+        .route("/api/v1/series", get(query::series).post(query::series))
+        .route("/api/v1/labels", get(query::labels).post(query::labels))
+        .route("/api/v1/label/{name}/values", get(query::label_values))
+        .route("/api/v1/metadata", get(query::metadata))
+        .route("/federate", get(query::federate))
+        .route("/api/v1/status/buildinfo", get(query::buildinfo))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .with_state(state)
