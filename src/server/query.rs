@@ -19,7 +19,7 @@ use super::common::{
     authenticate, count_request, cpu_unavailable, global_slot, read_body_capped, require_backends,
     throttled, Endpoint, Failure,
 };
-use super::SharedState;
+use super::{Live, SharedState};
 use crate::admission::{ReadGateError, Verdict};
 use crate::backend::{BackendClient, QueryAnswer, QueryCall, QueryError};
 use crate::config::ConflictPolicy;
@@ -108,7 +108,9 @@ async fn handle(
             ));
         }
     }
-    let backend = query_backend(state, &tenant).ok_or_else(|| {
+    // One view of the config for the whole request, whatever a reload does meanwhile.
+    let live = state.live.load_full();
+    let backend = query_backend(&live, &tenant).ok_or_else(|| {
         Failure::new(
             &tenant,
             "no_query_backend",
@@ -178,9 +180,9 @@ async fn handle(
         Bytes::new()
     };
 
-    let label = state.config.tenancy.label.clone();
+    let label = live.config.tenancy.label.clone();
     let value = tenant.tenant.label_value.clone();
-    let reject_conflicts = state.config.tenancy.on_conflict == ConflictPolicy::Reject;
+    let reject_conflicts = live.config.tenancy.on_conflict == ConflictPolicy::Reject;
     let query_timeout = limits.query_timeout;
     let scoped = {
         let (api, label, value) = (api.clone(), label.clone(), value.clone());
@@ -243,7 +245,7 @@ async fn handle(
     let scope = ResponseScope {
         label,
         value,
-        strip: state.config.tenancy.strip_label_on_read,
+        strip: live.config.tenancy.strip_label_on_read,
     };
     let response = scoped_answer(state, &tenant, backend, api, answer, scope, tenant_names).await?;
     Ok((tenant, response))
@@ -418,10 +420,8 @@ fn is_form(headers: &http::HeaderMap) -> bool {
 }
 
 /// The first of the tenant's backends that has a query URL (DESIGN §13).
-fn query_backend<'a>(state: &'a SharedState, tenant: &TenantEntry) -> Option<&'a BackendClient> {
-    tenant
-        .backends
-        .iter()
-        .filter_map(|&index| state.backends.get(index).map(|backend| &**backend))
+fn query_backend<'a>(live: &'a Live, tenant: &'a TenantEntry) -> Option<&'a BackendClient> {
+    live.backends_of(tenant)
+        .map(|backend| &**backend)
         .find(|backend| backend.config.query_url.is_some())
 }
