@@ -2,8 +2,8 @@
 //! `--web.config.file` that requires a client certificate from its client CA, with a
 //! server certificate issued for a name other than 127.0.0.1 (so `server_name` must say
 //! it). A backend with the client certificate, the right CA and the name gets the write
-//! (queried back over TLS with the client certificate) and serves remote read through the
-//! same client; without the client certificate, with the wrong CA or without the name,
+//! (queried back over TLS with the client certificate) and serves remote read and the
+//! query API through the same client; without the client certificate, with the wrong CA or without the name,
 //! the handshake fails and promgate answers 503 + Retry-After (the sender keeps the data
 //! and retries). `insecure_skip_verify` is refused by `check-config`.
 
@@ -109,7 +109,8 @@ async fn wait_receiver_ready(process: &mut Process, http: &reqwest::Client, base
 fn backend(name: &str, port: u16, lines: &str) -> String {
     format!(
         "[[backends]]\nname = \"{name}\"\nwrite_url = \"https://127.0.0.1:{port}/api/v1/write\"\n\
-         read_url = \"https://127.0.0.1:{port}/api/v1/read\"\ntimeout = \"5s\"\n{lines}"
+         read_url = \"https://127.0.0.1:{port}/api/v1/read\"\nquery_url = \"https://127.0.0.1:{port}\"\n\
+         timeout = \"5s\"\n{lines}"
     )
 }
 
@@ -242,6 +243,24 @@ async fn backends_get_client_certificates_their_ca_and_server_name() {
         .expect("snappy");
     let answer = ReadResponse::decode(raw.as_slice()).expect("ReadResponse");
     assert_eq!(answer.results[0].timeseries.len(), 1, "{answer:?}");
+
+    // So does the query API (`query_url`).
+    let answer: Value = promgate
+        .http
+        .get(format!("{}/api/v1/query", promgate.data_url))
+        .bearer_auth(&tokens[0])
+        .query(&[("query", "up")])
+        .send()
+        .await
+        .expect("query")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(answer["status"], "success", "{answer}");
+    assert_eq!(
+        answer["data"]["result"][0]["metric"]["job"], "test",
+        "{answer}"
+    );
 
     // No client certificate, someone else's CA, the URL's address as the name: the
     // handshake fails, and the sender is told to retry.
