@@ -1,12 +1,12 @@
-//! Reloading the config file without a restart: on SIGHUP and on `POST /-/reload` (admin
-//! listener, admin token), as Prometheus does. The file is read and checked in full
-//! first; a file with any problem is refused, every problem logged, and the running
-//! config kept. A good file takes effect for new requests: backends, `[limits]` defaults,
-//! `[tenancy]`, external issuers, `auth.tokens.default_ttl` and the data listener's TLS
-//! files. Keys that shape the process itself (listen addresses, the database, the queue
-//! directory, …) keep their running values until a restart, with a warning naming each.
-//! Queued backends own a durable queue and a delivery worker: adding, removing or changing
-//! one is refused, as it needs a restart.
+//! Reloading the config file (DESIGN §3) without a restart: on SIGHUP and on
+//! `POST /-/reload` (admin listener, admin token), as Prometheus does. The file is read
+//! and checked in full first; a file with any problem is refused, every problem logged,
+//! and the running config kept. A good file takes effect for new requests: backends,
+//! `[limits]` defaults, `[tenancy]`, external issuers, `auth.tokens.default_ttl` and the
+//! data listener's TLS files. Keys that shape the process itself (listen addresses, the
+//! database, the queue directory, …) keep their running values until a restart, with a
+//! warning naming each. Queued backends own a durable queue and a delivery worker:
+//! adding, removing or changing one is refused, as it needs a restart.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
