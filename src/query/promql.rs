@@ -208,7 +208,7 @@ mod tests {
     };
 
     fn scoped(text: &str) -> String {
-        scope_expression(text, &ALPHA).unwrap()
+        scope_expression(text, &ALPHA).expect("valid in this test")
     }
 
     #[test]
@@ -252,7 +252,7 @@ mod tests {
         );
         assert!(scope_expression(r#"up{tenant_id=~"alpha"}"#, &STRICT).is_err());
         assert_eq!(
-            scope_expression(r#"up{tenant_id="alpha"}"#, &STRICT).unwrap(),
+            scope_expression(r#"up{tenant_id="alpha"}"#, &STRICT).expect("valid in this test"),
             r#"up{tenant_id="alpha"}"#
         );
     }
@@ -288,14 +288,14 @@ mod tests {
         assert_eq!(text, r#"up{job="a\"b\\c",path=~"x\\.y",tenant_id="alpha"}"#);
         // A value crafted to close the string and open a matcher stays one value.
         let text = scoped(r#"up{job="x\",tenant_id=\"beta"}"#);
-        let expr = parser::parse(&text).unwrap();
+        let expr = parser::parse(&text).expect("valid in this test");
         assert!(every_selector_scoped(&expr, &ALPHA), "{text}");
     }
 
     #[test]
     fn match_selectors() {
         assert_eq!(
-            scope_selector(r#"up{tenant_id="beta"}"#, &ALPHA).unwrap(),
+            scope_selector(r#"up{tenant_id="beta"}"#, &ALPHA).expect("valid in this test"),
             r#"up{tenant_id="alpha"}"#
         );
         assert!(matches!(
