@@ -142,6 +142,11 @@ fn reprint(expr: &Expr, scope: &TenantScope<'_>) -> Result<String, ScopeError> {
     Ok(printed)
 }
 
+/// Whether `text` parses and every selector in it is scoped (fuzzing and tests).
+pub fn is_scoped(text: &str, scope: &TenantScope<'_>) -> bool {
+    parser::parse(text).is_ok_and(|expr| every_selector_scoped(&expr, scope))
+}
+
 /// Every selector in `expr` has exactly one matcher on the tenant label, `label="value"`,
 /// and no `or` groups.
 pub fn every_selector_scoped(expr: &Expr, scope: &TenantScope<'_>) -> bool {

@@ -248,9 +248,11 @@ fn parse_label_pairs(text: &str) -> Option<(Vec<LabelPair<'_>>, &str)> {
         let end = loop {
             match chars.next()? {
                 (i, '"') => break i,
+                // The exposition format's only escapes; anything else drops the line.
                 (_, '\\') => match chars.next()?.1 {
                     'n' => value.push('\n'),
-                    other => value.push(other),
+                    escaped @ ('\\' | '"') => value.push(escaped),
+                    _ => return None,
                 },
                 (_, other) => value.push(other),
             }
