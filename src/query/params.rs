@@ -277,7 +277,7 @@ mod tests {
 
     #[test]
     fn url_and_body_are_both_read_but_a_name_in_both_is_refused() {
-        let given = collect(Some("query=up&time=1"), b"step=15").unwrap();
+        let given = collect(Some("query=up&time=1"), b"step=15").expect("valid in this test");
         assert_eq!(
             given,
             pairs(&[("query", "up"), ("time", "1"), ("step", "15")])
@@ -300,7 +300,7 @@ mod tests {
             ("tenant", "beta"),
             ("match[]", "x"),
         ]);
-        let forward = scope(&Api::Query, &given, &ALPHA, MINUTE).unwrap();
+        let forward = scope(&Api::Query, &given, &ALPHA, MINUTE).expect("valid in this test");
         assert_eq!(
             forward,
             pairs(&[
@@ -322,13 +322,14 @@ mod tests {
 
     #[test]
     fn match_selectors_are_scoped_and_default_to_the_tenant() {
-        let forward = scope(&Api::Series, &pairs(&[("start", "1")]), &ALPHA, MINUTE).unwrap();
+        let forward = scope(&Api::Series, &pairs(&[("start", "1")]), &ALPHA, MINUTE)
+            .expect("valid in this test");
         assert_eq!(
             forward,
             pairs(&[("match[]", r#"{tenant_id="alpha"}"#), ("start", "1")])
         );
         let given = pairs(&[("match[]", "up"), ("match[]", r#"down{tenant_id="beta"}"#)]);
-        let forward = scope(&Api::Labels, &given, &ALPHA, MINUTE).unwrap();
+        let forward = scope(&Api::Labels, &given, &ALPHA, MINUTE).expect("valid in this test");
         assert_eq!(
             forward,
             pairs(&[
@@ -341,10 +342,10 @@ mod tests {
     #[test]
     fn timeout_is_capped() {
         let given = pairs(&[("query", "up"), ("timeout", "5m")]);
-        let forward = scope(&Api::Query, &given, &ALPHA, MINUTE).unwrap();
+        let forward = scope(&Api::Query, &given, &ALPHA, MINUTE).expect("valid in this test");
         assert!(forward.contains(&("timeout".into(), "60".into())));
         let given = pairs(&[("query", "up"), ("timeout", "1.5")]);
-        let forward = scope(&Api::Query, &given, &ALPHA, MINUTE).unwrap();
+        let forward = scope(&Api::Query, &given, &ALPHA, MINUTE).expect("valid in this test");
         assert!(forward.contains(&("timeout".into(), "1.5".into())));
         assert!(scope(
             &Api::Query,

@@ -142,6 +142,11 @@ fn reprint(expr: &Expr, scope: &TenantScope<'_>) -> Result<String, ScopeError> {
     Ok(printed)
 }
 
+/// Whether `text` parses and every selector in it is scoped (fuzzing and tests).
+pub fn is_scoped(text: &str, scope: &TenantScope<'_>) -> bool {
+    parser::parse(text).is_ok_and(|expr| every_selector_scoped(&expr, scope))
+}
+
 /// Every selector in `expr` has exactly one matcher on the tenant label, `label="value"`,
 /// and no `or` groups.
 pub fn every_selector_scoped(expr: &Expr, scope: &TenantScope<'_>) -> bool {
@@ -208,7 +213,7 @@ mod tests {
     };
 
     fn scoped(text: &str) -> String {
-        scope_expression(text, &ALPHA).unwrap()
+        scope_expression(text, &ALPHA).expect("valid in this test")
     }
 
     #[test]
@@ -252,7 +257,7 @@ mod tests {
         );
         assert!(scope_expression(r#"up{tenant_id=~"alpha"}"#, &STRICT).is_err());
         assert_eq!(
-            scope_expression(r#"up{tenant_id="alpha"}"#, &STRICT).unwrap(),
+            scope_expression(r#"up{tenant_id="alpha"}"#, &STRICT).expect("valid in this test"),
             r#"up{tenant_id="alpha"}"#
         );
     }
@@ -288,14 +293,14 @@ mod tests {
         assert_eq!(text, r#"up{job="a\"b\\c",path=~"x\\.y",tenant_id="alpha"}"#);
         // A value crafted to close the string and open a matcher stays one value.
         let text = scoped(r#"up{job="x\",tenant_id=\"beta"}"#);
-        let expr = parser::parse(&text).unwrap();
+        let expr = parser::parse(&text).expect("valid in this test");
         assert!(every_selector_scoped(&expr, &ALPHA), "{text}");
     }
 
     #[test]
     fn match_selectors() {
         assert_eq!(
-            scope_selector(r#"up{tenant_id="beta"}"#, &ALPHA).unwrap(),
+            scope_selector(r#"up{tenant_id="beta"}"#, &ALPHA).expect("valid in this test"),
             r#"up{tenant_id="alpha"}"#
         );
         assert!(matches!(
