@@ -4,7 +4,8 @@
 //! it now names; a broken file is refused, the running config kept (requests
 //! still go to the old backend) and `promgate_config_last_reload_successful` drops to 0;
 //! a fixed file sets it back to 1 with a newer success timestamp. A changed listen
-//! address is logged as needing a restart and keeps its running value.
+//! address is logged as needing a restart and keeps its running value; a changed queued
+//! backend refuses the reload. Issuers are added and changed by a reload.
 
 mod common;
 
@@ -429,4 +430,81 @@ async fn a_reload_adds_and_changes_external_issuers() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(harness.write(1).await, 401);
     assert_eq!(backend.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_queued_backend_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (queued, synced, other) = (
+        FakeBackend::start().await,
+        FakeBackend::start().await,
+        FakeBackend::start().await,
+    );
+    let backends = |queued_url: &str, sync_url: &str| {
+        format!(
+            "[[backends]]\nname = \"queued\"\nwrite_url = \"{queued_url}\"\ntimeout = \"2s\"\ndelivery = \"queued\"\n\
+             [[backends]]\nname = \"sync\"\nwrite_url = \"{sync_url}\"\ntimeout = \"2s\"\n"
+        )
+    };
+    let promgate = PromgateBinary::start(
+        root.path(),
+        "",
+        &backends(&queued.write_url(), &synced.write_url()),
+    )
+    .await;
+    let config_path = root.path().join("promgate.toml");
+    let text = std::fs::read_to_string(&config_path).expect("config");
+    let head = text[..text.find("[[backends]]").expect("backends")].to_string();
+    let token = promgate.add_tenant("alpha", json!({})).await;
+    let harness = Harness {
+        promgate,
+        config_path,
+        head,
+        token,
+    };
+
+    // The queued backend elsewhere (and the sync one too): refused whole.
+    harness.write_config(&backends(&other.write_url(), &other.write_url()));
+    let (status, text) = harness
+        .post_reload(Some(&harness.promgate.admin_token))
+        .await;
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.contains("\"queued\" is a queued backend; changing it needs a restart"),
+        "{text}"
+    );
+    assert_eq!(harness.reload_state().await.0, 0.0);
+    assert_eq!(harness.write(1).await, 204);
+    assert_eq!(
+        synced.requests().len(),
+        1,
+        "the sync backend did not move either"
+    );
+
+    // Only the sync backend moved: applied, and the queue keeps delivering.
+    harness.write_config(&backends(&queued.write_url(), &other.write_url()));
+    let (status, text) = harness
+        .post_reload(Some(&harness.promgate.admin_token))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(harness.write(1).await, 204);
+    assert_eq!(other.requests().len(), 1);
+    // The worker may merge queued writes into one request: count samples.
+    let delivered = || -> usize {
+        queued
+            .requests()
+            .iter()
+            .flat_map(|request| request.write_request().timeseries)
+            .map(|series| series.samples.len())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the queue stopped delivering: {} samples delivered",
+            delivered()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
