@@ -2,7 +2,7 @@
 # Query latency benchmark: the same Grafana-style query_range panel sent straight to a
 # Prometheus 2.42 backend and through promgate's query API, in one run.
 #
-#   scripts/query-bench.sh [--duration 20] [--connections 4] [--fill 60]
+#   scripts/query-bench.sh [--duration 20] [--connections 4] [--fill 120]
 #
 # Set-up (all on 127.0.0.1, in a temp dir): a backend Prometheus 2.42 with the
 # remote-write receiver; promgate (release build) in front of it with `query_url`; one
@@ -12,13 +12,15 @@
 #
 # Measured with wrk (--latency), each phase --duration seconds on --connections
 # connections, one after the other:
-#   direct    GET /api/v1/query_range on the backend, the tenant selector written in:
-#             sum by (job) (rate(prometheus_http_requests_total{tenant_id="bench"}[1m]))
+#   direct    GET /api/v1/query_range on the backend, the tenant selector written in
 #   promgate  the same panel through promgate, as the tenant sends it (no tenant
 #             selector, bearer token): promgate authenticates, applies the tenant's query
 #             limits, parses and scopes the query, forwards and filters the answer.
-# Both ask the last 10 minutes at a 15 s step. Prints p50/p99/requests per second per
-# phase and the added p50/p99 (promgate − direct). The tenant's query rate is raised for
+# for two panels, both over the last 10 minutes at a 15 s step:
+#   small     sum by (job) (rate(prometheus_http_requests_total[1m]))   (a few series)
+#   large     rate(prometheus_http_request_duration_seconds_bucket[1m]) (hundreds)
+# Prints p50/p99/requests per second per phase and, per panel, the added p50/p99
+# (promgate − direct) and the ratios. The tenant's query rate is raised for
 # the run so that throttling does not enter the figures.
 # Needs: prometheus, wrk, cargo, curl, python3. Figures: docs/benchmarks.md.
 set -euo pipefail
@@ -26,7 +28,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=20
 CONNECTIONS=4
-FILL=60
+FILL=120
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION=$2; shift 2 ;;
@@ -118,27 +120,9 @@ sleep "$FILL"
 NOW=$(date +%s)
 START=$((NOW - 600))
 urlencode() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
-PANEL='sum by (job) (rate(prometheus_http_requests_total[1m]))'
-SCOPED='sum by (job) (rate(prometheus_http_requests_total{tenant_id="bench"}[1m]))'
-DIRECT_PATH="/api/v1/query_range?query=$(urlencode "$SCOPED")&start=$START&end=$NOW&step=15"
-THROUGH_PATH="/api/v1/query_range?query=$(urlencode "$PANEL")&start=$START&end=$NOW&step=15"
-
-# The two must answer the same data before anything is timed.
-direct_answer=$(curl -fsS "$BACKEND$DIRECT_PATH")
-through_answer=$(curl -fsS -H "Authorization: Bearer $(cat "$WORK/bench.token")" "http://127.0.0.1:$DATA_PORT$THROUGH_PATH")
-python3 - "$direct_answer" "$through_answer" <<'PY'
-import json, sys
-direct, through = (json.loads(a)["data"] for a in sys.argv[1:3])
-if not direct["result"]:
-    sys.exit("query-bench: ERROR: the backend holds no data for the panel")
-if direct != through:
-    sys.exit("query-bench: ERROR: promgate's answer differs from the backend's")
-print(f"query-bench: check passed: {len(direct['result'])} series, "
-      f"{sum(len(s['values']) for s in direct['result'])} points per answer", file=sys.stderr)
-PY
-
+TOKEN=$(cat "$WORK/bench.token")
 cat > "$WORK/auth.lua" <<EOF
-wrk.headers["Authorization"] = "Bearer $(cat "$WORK/bench.token")"
+wrk.headers["Authorization"] = "Bearer $TOKEN"
 EOF
 run_wrk() { # name url [lua]
   local name=$1 url=$2 script=${3:-}
@@ -160,16 +144,41 @@ if non2xx:
 print(f"{name} p50_ms={ms('50'):.2f} p99_ms={ms('99'):.2f} rps={rps:.0f}")
 PY
 }
-log "timing ${DURATION}s direct, then ${DURATION}s through promgate"
-direct=$(run_wrk direct "$BACKEND$DIRECT_PATH")
-through=$(run_wrk promgate "http://127.0.0.1:$DATA_PORT$THROUGH_PATH" "$WORK/auth.lua")
-echo "$direct"
-echo "$through"
-python3 - "$direct" "$through" <<'PY'
+# Two panels: an aggregate (a few series back) and a raw rate over every histogram
+# bucket series (hundreds of series back, so the answer's filtering shows).
+PANELS=(
+  'small|sum by (job) (rate(prometheus_http_requests_total[1m]))|sum by (job) (rate(prometheus_http_requests_total{tenant_id="bench"}[1m]))'
+  'large|rate(prometheus_http_request_duration_seconds_bucket[1m])|rate(prometheus_http_request_duration_seconds_bucket{tenant_id="bench"}[1m])'
+)
+for panel in "${PANELS[@]}"; do
+  IFS='|' read -r name query scoped <<<"$panel"
+  DIRECT_PATH="/api/v1/query_range?query=$(urlencode "$scoped")&start=$START&end=$NOW&step=15"
+  THROUGH_PATH="/api/v1/query_range?query=$(urlencode "$query")&start=$START&end=$NOW&step=15"
+  # The two must answer the same data before anything is timed.
+  direct_answer=$(curl -fsS "$BACKEND$DIRECT_PATH")
+  through_answer=$(curl -fsS -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$DATA_PORT$THROUGH_PATH")
+  python3 - "$name" "$direct_answer" "$through_answer" <<'PY'
+import json, sys
+name = sys.argv[1]
+direct, through = (json.loads(a)["data"] for a in sys.argv[2:4])
+if not direct["result"]:
+    sys.exit(f"query-bench: ERROR: {name}: the backend holds no data for the panel")
+if direct != through:
+    sys.exit(f"query-bench: ERROR: {name}: promgate's answer differs from the backend's")
+print(f"query-bench: {name}: check passed: {len(direct['result'])} series, "
+      f"{sum(len(s['values']) for s in direct['result'])} points per answer", file=sys.stderr)
+PY
+  log "$name: timing ${DURATION}s direct, then ${DURATION}s through promgate"
+  direct=$(run_wrk "$name-direct" "$BACKEND$DIRECT_PATH")
+  through=$(run_wrk "$name-promgate" "http://127.0.0.1:$DATA_PORT$THROUGH_PATH" "$WORK/auth.lua")
+  echo "$direct"
+  echo "$through"
+  python3 - "$name" "$direct" "$through" <<'PY'
 import sys
 def fields(line):
     return {k: float(v) for k, v in (p.split("=") for p in line.split()[1:])}
-d, t = fields(sys.argv[1]), fields(sys.argv[2])
-print(f"RESULT added_p50_ms={t['p50_ms'] - d['p50_ms']:.2f} added_p99_ms={t['p99_ms'] - d['p99_ms']:.2f} "
-      f"p50_ratio={t['p50_ms'] / d['p50_ms']:.2f} rps_ratio={t['rps'] / d['rps']:.2f}")
+name, d, t = sys.argv[1], fields(sys.argv[2]), fields(sys.argv[3])
+print(f"RESULT panel={name} added_p50_ms={t['p50_ms'] - d['p50_ms']:.2f} added_p99_ms={t['p99_ms'] - d['p99_ms']:.2f} "
+      f"p50_ratio={t['p50_ms'] / d['p50_ms']:.2f} p99_ratio={t['p99_ms'] / d['p99_ms']:.2f} rps_ratio={t['rps'] / d['rps']:.2f}")
 PY
+done
