@@ -106,6 +106,47 @@ fn fsync_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
+/// Config reloads (SIGHUP, `POST /-/reload`), named as Prometheus names its own.
+pub struct ReloadMetrics {
+    /// 1 when the last reload (or the start) applied the file, 0 when it was refused.
+    pub successful: Gauge,
+    /// Unix time of the last applied config, the start's included.
+    pub success_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl ReloadMetrics {
+    fn new(registry: &mut Registry) -> ReloadMetrics {
+        let metrics = ReloadMetrics {
+            successful: Gauge::default(),
+            success_timestamp: Gauge::default(),
+        };
+        registry.register(
+            "promgate_config_last_reload_successful",
+            "Whether the last configuration reload attempt was successful",
+            metrics.successful.clone(),
+        );
+        registry.register(
+            "promgate_config_last_reload_success_timestamp_seconds",
+            "Timestamp of the last successful configuration reload",
+            metrics.success_timestamp.clone(),
+        );
+        metrics
+    }
+
+    /// The config in force was applied now.
+    pub fn succeeded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |elapsed| elapsed.as_secs_f64());
+        self.successful.set(1);
+        self.success_timestamp.set(now);
+    }
+
+    pub fn failed(&self) {
+        self.successful.set(0);
+    }
+}
+
 /// The durable delivery queues of queued backends (DESIGN §9), by backend. The gauges
 /// are read off the queues when `/metrics` is scraped.
 pub struct QueueMetrics {
@@ -243,6 +284,7 @@ pub struct Metrics {
     pub in_flight_requests: Gauge,
     pub in_flight_decoded_bytes: Gauge,
     pub queue: QueueMetrics,
+    pub reload: ReloadMetrics,
 }
 
 impl Default for Metrics {
@@ -271,6 +313,7 @@ impl Metrics {
             in_flight_requests: Gauge::default(),
             in_flight_decoded_bytes: Gauge::default(),
             queue: QueueMetrics::new(&mut registry),
+            reload: ReloadMetrics::new(&mut registry),
             registry: Registry::default(),
         };
         registry.register(

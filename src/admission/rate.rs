@@ -47,6 +47,8 @@ struct BucketKey {
     requests_per_second: u64,
     read_requests_per_second: u64,
     read_requests_burst: u64,
+    query_requests_per_second: u64,
+    query_requests_burst: u64,
 }
 
 struct TenantBuckets<C: Clock> {
@@ -54,6 +56,7 @@ struct TenantBuckets<C: Clock> {
     samples: Option<Bucket<C>>,
     requests: Option<Bucket<C>>,
     reads: Option<Bucket<C>>,
+    queries: Option<Bucket<C>>,
     /// Until when the tenant was told to wait after its last sample throttle: writes
     /// before then are refused before their bodies are read, so a flood costs headers only.
     samples_blocked_until: parking_lot::Mutex<Option<C::Instant>>,
@@ -88,6 +91,16 @@ impl<C: Clock + Clone> RateLimits<C> {
     pub fn check_read_request(&self, tenant: &str, limits: &Limits) -> Verdict {
         let buckets = self.buckets(tenant, limits);
         self.take(buckets.reads.as_ref(), 1, limits.read_requests_per_second)
+    }
+
+    /// One query API request of `tenant` against its query-requests-per-second bucket.
+    pub fn check_query_request(&self, tenant: &str, limits: &Limits) -> Verdict {
+        let buckets = self.buckets(tenant, limits);
+        self.take(
+            buckets.queries.as_ref(),
+            1,
+            limits.query_requests_per_second,
+        )
     }
 
     /// `samples` (samples + histogram samples + exemplars) of one write request.
@@ -150,6 +163,8 @@ impl<C: Clock + Clone> RateLimits<C> {
             requests_per_second: limits.requests_per_second,
             read_requests_per_second: limits.read_requests_per_second,
             read_requests_burst: limits.read_requests_burst,
+            query_requests_per_second: limits.query_requests_per_second,
+            query_requests_burst: limits.query_requests_burst,
         };
         if let Some(existing) = self.tenants.get(tenant) {
             if existing.key == key {
@@ -172,6 +187,10 @@ impl<C: Clock + Clone> RateLimits<C> {
             reads: bucket(
                 key.read_requests_per_second,
                 key.read_requests_burst.max(key.read_requests_per_second),
+            ),
+            queries: bucket(
+                key.query_requests_per_second,
+                key.query_requests_burst.max(key.query_requests_per_second),
             ),
             samples_blocked_until: parking_lot::Mutex::new(None),
         });

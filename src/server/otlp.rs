@@ -37,6 +37,7 @@ use super::SharedState;
 use crate::admission::{BudgetError, Verdict};
 use crate::codec::otlp::{self, Caps, Enforced};
 use crate::codec::{snappy, CodecError};
+use crate::config::OtlpConfig;
 use crate::error::AppError;
 use crate::telemetry::{TenantLabel, TenantOutcome};
 use crate::tenant::TenantEntry;
@@ -274,19 +275,29 @@ async fn handle(
             },
         )
     })?;
+    // One view of the config in force (`[otlp]` and the backends) for the whole request,
+    // whatever a reload does meanwhile.
+    let live = state.live.load_full();
     let now = now_ms();
     let (compressed, enforced) = if gzip || claimed > OFFLOAD_DECODED_BYTES {
         let job_tenant = Arc::clone(&tenant);
-        let job_state = Arc::clone(state);
+        let job_live = Arc::clone(&live);
         state
             .cpu
             .run(&tenant.tenant.id, move || {
-                prepare(&body, gzip, claimed, &job_state, &job_tenant, now)
+                prepare(
+                    &body,
+                    gzip,
+                    claimed,
+                    &job_live.config.otlp,
+                    &job_tenant,
+                    now,
+                )
             })
             .await
             .map_err(|err| cpu_unavailable(&tenant, err))?
     } else {
-        prepare(&body, gzip, claimed, state, &tenant, now)
+        prepare(&body, gzip, claimed, &live.config.otlp, &tenant, now)
     }
     .map_err(codec_failure)?;
     if enforced.accepted_points == 0 && enforced.rejected_points > 0 {
@@ -348,9 +359,15 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    forward(state, &tenant, Bodies::v1(compressed), &enforced.stats)
-        .await
-        .map_err(|error| Failure::new(&tenant, "backend", error))?;
+    forward(
+        state,
+        &live,
+        &tenant,
+        Bodies::v1(compressed),
+        &enforced.stats,
+    )
+    .await
+    .map_err(|error| Failure::new(&tenant, "backend", error))?;
     Ok((tenant, enforced))
 }
 
@@ -361,7 +378,7 @@ fn prepare(
     body: &[u8],
     gzip: bool,
     claimed: u64,
-    state: &SharedState,
+    config: &OtlpConfig,
     tenant: &TenantEntry,
     now_ms: i64,
 ) -> Result<(Option<Bytes>, Enforced), CodecError> {
@@ -374,7 +391,7 @@ fn prepare(
     };
     let request = otlp::decode(decoded)?;
     let limits = &tenant.limits;
-    let translated = otlp::translate(&request, &state.config.otlp, Caps::of(limits))?;
+    let translated = otlp::translate(&request, config, Caps::of(limits))?;
     drop(request);
     let enforced = otlp::enforce(translated, &tenant.policy, limits, now_ms)?;
     let compressed = (!enforced.request.timeseries.is_empty())

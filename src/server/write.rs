@@ -19,7 +19,7 @@ use super::common::{
     authenticate, budget_exhausted, count_request, cpu_unavailable, deadline_exceeded, global_slot,
     read_body_capped, require_backends, throttled, within_deadline, Endpoint, Failure,
 };
-use super::SharedState;
+use super::{Live, SharedState};
 use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
 use crate::codec::splice::{self, Rewritten};
@@ -159,7 +159,9 @@ async fn handle(
             },
         )
     })?;
-    let targets = Targets::of(state, &tenant);
+    // One view of the backends for the whole request, whatever a reload does meanwhile.
+    let live = state.live.load_full();
+    let targets = Targets::of(&live, &tenant);
     let now = now_ms();
     let prepare = move |compressed: &[u8], tenant: &TenantEntry| match protocol {
         WriteProtocol::V1 => rewrite_body(compressed, tenant, targets.any_by_label, now),
@@ -220,7 +222,7 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    let written = forward(state, &tenant, bodies, &stats)
+    let written = forward(state, &live, &tenant, bodies, &stats)
         .await
         .map_err(|error| Failure::new(&tenant, "backend", error))?;
     Ok((tenant, stats, written))
@@ -241,18 +243,14 @@ struct Targets {
 }
 
 impl Targets {
-    fn of(state: &SharedState, tenant: &TenantEntry) -> Targets {
+    fn of(live: &Live, tenant: &TenantEntry) -> Targets {
         let mut targets = Targets {
             v1_by_header: false,
             v1_by_label: false,
             v2: false,
             any_by_label: false,
         };
-        for backend in tenant
-            .backends
-            .iter()
-            .filter_map(|&index| state.backends.get(index))
-        {
+        for backend in live.backends_of(tenant) {
             targets.any_by_label |= backend.config.tenant_header.is_none();
             match (
                 backend.config.protocol,
@@ -478,6 +476,7 @@ impl Bodies {
 /// 503 before any backend is asked.
 pub(super) async fn forward(
     state: &SharedState,
+    live: &Live,
     tenant: &TenantEntry,
     bodies: Bodies,
     stats: &WriteStats,
@@ -488,16 +487,21 @@ pub(super) async fn forward(
         exemplars: stats.exemplars as u64,
     };
     let tenant_id = tenant.tenant.id.as_str();
+    if live.backends_of(tenant).next().is_none() {
+        // A reload took the tenant's last backend away after it was admitted: never
+        // answer 2xx for data that goes nowhere (DESIGN §9).
+        return Err(AppError::Unavailable {
+            message: "no configured backend serves this tenant".into(),
+            retry_after_seconds: 30,
+        });
+    }
     let mut sync = Vec::new();
     let mut queued = Vec::new();
-    for &index in &tenant.backends {
-        let Some(backend) = state.backends.get(index) else {
-            continue;
-        };
+    for backend in live.backends_of(tenant) {
         let Some((protocol, body)) = bodies.for_backend(&backend.config) else {
             continue;
         };
-        match state.queued.get(index) {
+        match state.queued.named(&backend.config.name) {
             Some(queue) => queued.push((queue, protocol, body)),
             None => sync.push((backend, protocol, body)),
         }

@@ -135,9 +135,8 @@ fn not_found_as(err: StoreError, what: impl FnOnce() -> String) -> RegistryError
 
 pub struct Registry {
     store: Store,
-    tenancy: TenancyConfig,
-    default_limits: Limits,
-    backend_names: Vec<String>,
+    /// What tenants' entries are worked out from; replaced by a config reload.
+    settings: parking_lot::RwLock<Settings>,
     tenants: DashMap<String, Arc<TenantEntry>>,
     /// Tokens by id (`jti`), revoked ones included so they can be listed.
     tokens: DashMap<String, TokenRecord>,
@@ -154,6 +153,23 @@ pub struct Registry {
     live_replicas: AtomicUsize,
 }
 
+/// The parts of the config a tenant's entry is worked out from.
+struct Settings {
+    tenancy: TenancyConfig,
+    default_limits: Limits,
+    backend_names: Vec<String>,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Settings {
+        Settings {
+            tenancy: config.tenancy.clone(),
+            default_limits: config.limits.clone(),
+            backend_names: config.backend_names().map(str::to_string).collect(),
+        }
+    }
+}
+
 /// A replica silent for this long no longer counts as live.
 pub const REPLICA_EXPIRY_SECONDS: i64 = 5;
 
@@ -162,9 +178,7 @@ impl Registry {
     pub async fn load(store: Store, config: &Config) -> Result<Registry, StoreError> {
         let registry = Registry {
             store,
-            tenancy: config.tenancy.clone(),
-            default_limits: config.limits.clone(),
-            backend_names: config.backend_names().map(str::to_string).collect(),
+            settings: parking_lot::RwLock::new(Settings::of(config)),
             tenants: DashMap::new(),
             tokens: DashMap::new(),
             identities: DashMap::new(),
@@ -239,6 +253,21 @@ impl Registry {
         }
         self.tokens.retain(|id, _| token_ids.contains(id));
         Ok(())
+    }
+
+    /// Takes a reloaded config's tenancy, default limits and backends: every cached
+    /// tenant's entry is worked out again, so new requests see them.
+    pub async fn reconfigure(&self, config: &Config) {
+        let _guard = self.admin_writes.lock().await;
+        *self.settings.write() = Settings::of(config);
+        let tenants: Vec<Tenant> = self
+            .tenants
+            .iter()
+            .map(|entry| entry.tenant.clone())
+            .collect();
+        for tenant in tenants {
+            self.cache_tenant(tenant);
+        }
     }
 
     /// Reloads and sends this replica's heartbeat every `interval` for as long as the
@@ -435,12 +464,14 @@ impl Registry {
     /// tenant whose backend left the config can still be disabled or relabelled.
     fn validate(&self, tenant: &Tenant, current: Option<&Tenant>) -> Result<(), RegistryError> {
         let backends_changed = current.is_none_or(|current| current.backends != tenant.backends);
+        let settings = self.settings.read();
         let names: Vec<&str> = if backends_changed {
-            self.backend_names.iter().map(String::as_str).collect()
+            settings.backend_names.iter().map(String::as_str).collect()
         } else {
             tenant.backends.iter().map(String::as_str).collect()
         };
-        let mut problems = validate_tenant(tenant, &self.tenancy.label, &names);
+        let mut problems = validate_tenant(tenant, &settings.tenancy.label, &names);
+        drop(settings);
         let mut unique = tenant.identities.clone();
         unique.sort();
         unique.dedup();
@@ -455,13 +486,17 @@ impl Registry {
     }
 
     fn cache_tenant(&self, tenant: Tenant) {
+        let settings = self.settings.read();
         let policy = LabelPolicy::new(
-            &self.tenancy.label,
+            &settings.tenancy.label,
             &tenant.label_value,
             tenant.extra_labels.clone(),
-            self.tenancy.on_conflict,
+            settings.tenancy.on_conflict,
         );
-        let (backends, unknown_backends) = resolve_backends(&tenant.backends, &self.backend_names);
+        let (backends, unknown_backends) =
+            resolve_backends(&tenant.backends, &settings.backend_names);
+        let limits = settings.default_limits.with(&tenant.limits);
+        drop(settings);
         if !unknown_backends.is_empty() {
             if backends.is_empty() {
                 tracing::error!(
@@ -484,7 +519,7 @@ impl Registry {
             self.identities.insert(identity.clone(), tenant.id.clone());
         }
         let entry = TenantEntry {
-            limits: self.default_limits.with(&tenant.limits),
+            limits,
             policy,
             backends,
             unknown_backends,
