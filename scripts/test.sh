@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs promgate's whole test suite: unit, router, golden, property and end-to-end tests.
 # The end-to-end tests start real Prometheus 2.42, VictoriaMetrics and PostgreSQL
-# processes from Debian's packages (and one TLS test runs openssl); this script installs
+# processes from Debian's packages (one TLS test runs openssl; the OTLP test a Python
+# virtualenv); this script installs
 # them when missing (as root, or with sudo), and the tests fail loudly if they still
 # cannot be found.
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v victoria-metrics >/dev/null 2>&1 || missing+=(victoria-metrics)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+# tests/otlp_e2e.rs makes a virtualenv with the OpenTelemetry Python SDK from PyPI.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -33,6 +33,10 @@ pub enum AppError {
     /// 415: a Content-Encoding or Content-Type promgate does not speak.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 422: a well-formed request that cannot be answered as asked (a query whose answer
+    /// is over the size cap).
+    #[error("{0}")]
+    Unprocessable(String),
     /// 429 + Retry-After: the tenant is over one of its limits.
     #[error("{message}")]
     TooManyRequests {
@@ -67,6 +71,7 @@ impl AppError {
             AppError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             AppError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -76,7 +81,7 @@ impl AppError {
     }
 
     /// The one-line text a client sees. 5xx from promgate itself stay generic.
-    fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         match self {
             AppError::Internal(_) => "internal error".to_string(),
             other => other.to_string(),
@@ -105,6 +110,31 @@ impl From<AppError> for JsonError {
 impl IntoResponse for JsonError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.0.public_message() });
+        let mut response = (self.0.status(), Json(body)).into_response();
+        decorate(&self.0, &mut response);
+        response
+    }
+}
+
+/// The query API answers errors as Prometheus does (DESIGN §13):
+/// `{"status":"error","errorType":…,"error":…}`, so Grafana shows the reason.
+pub struct PrometheusError(pub AppError);
+
+impl IntoResponse for PrometheusError {
+    fn into_response(self) -> Response {
+        let error_type = match self.0.status().as_u16() {
+            404 => "not_found",
+            422 => "execution",
+            429 | 503 => "unavailable",
+            504 => "timeout",
+            400..=499 => "bad_data",
+            _ => "internal",
+        };
+        let body = serde_json::json!({
+            "status": "error",
+            "errorType": error_type,
+            "error": self.0.public_message(),
+        });
         let mut response = (self.0.status(), Json(body)).into_response();
         decorate(&self.0, &mut response);
         response

@@ -11,11 +11,13 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod backend;
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod proto;
+pub mod query;
 pub mod read;
 pub mod server;
 pub mod telemetry;
@@ -34,7 +36,7 @@ use crate::auth::Authenticator;
 use crate::backend::BackendClient;
 use crate::config::{Config, ConnectionLimits};
 use crate::delivery::queued::QueuedBackends;
-use crate::server::{AppState, SharedState};
+use crate::server::{AppState, Live, SharedState};
 use crate::tenant::store::Store;
 use crate::tenant::Registry;
 
@@ -85,6 +87,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         .live_replicas
         .set(i64::try_from(registry.live_replicas()).unwrap_or(1));
     let metrics = Arc::new(metrics);
+    // The config in force was applied now (as Prometheus counts its start).
+    metrics.reload.succeeded();
     let queued = QueuedBackends::open(&config, &metrics).await?;
     let state = Arc::new(AppState {
         auth: Authenticator::new(
@@ -93,11 +97,16 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
             Arc::clone(&registry),
         ),
         registry,
-        backends,
+        live: arc_swap::ArcSwap::from_pointee(Live {
+            config: config.clone(),
+            backends,
+        }),
+        reloader: server::reload::Reloader::default(),
         queued,
         metrics,
         admin_token_digest: admin::admin_token_digest(&admin_token),
         read_gate: admission::ReadGate::default(),
+        query_gate: admission::ReadGate::default(),
         rate_limits: admission::RateLimits::default(),
         tenant_budgets: admission::TenantBudgets::default(),
         cpu: admission::CpuPool::for_this_machine(MAX_QUEUED_CPU_JOBS_PER_TENANT),
@@ -127,8 +136,30 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_reloadable(listeners, config, None, shutdown).await
+}
+
+/// As [`run`], for a config read from `config_path`: SIGHUP and `POST /-/reload` read
+/// the file again and apply it without a restart (`server::reload`).
+pub async fn run_from_file(
+    listeners: Listeners,
+    config: Config,
+    config_path: std::path::PathBuf,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_reloadable(listeners, config, Some(config_path), shutdown).await
+}
+
+async fn run_reloadable(
+    listeners: Listeners,
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let state = build_state(config).await?;
-    let workers = state.queued.start_workers(&state.backends, &state.metrics);
+    let workers = state
+        .queued
+        .start_workers(&state.live.load().backends, &state.metrics);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let data_addr = listeners.data.local_addr()?;
@@ -140,6 +171,7 @@ pub async fn run(
                 .map_err(|err| anyhow::anyhow!("TLS: {err}"))?;
             tls.report_expiry(state.metrics.tls.for_listener("data"));
             tls.spawn_reload();
+            state.reloader.set_tls(Arc::clone(&tls));
             Some(tls)
         }
         None => None,
@@ -178,8 +210,14 @@ pub async fn run(
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         let _ = stop_tx.send(true);
     });
+    if let Some(path) = config_path {
+        state.reloader.set_path(path);
+    }
+    // Also without a file: a SIGHUP is then logged, never the end of the process.
+    server::reload::spawn_on_sighup(Arc::clone(&state))
+        .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;
     state.ready.store(true, Ordering::Relaxed);
-    tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.backends.len(), "promgate is serving");
+    tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.config.backends.len(), "promgate is serving");
     let (data_result, admin_result) = tokio::join!(data, admin);
     // Every acknowledged write is on disk by now; deliver what the deadline allows.
     workers

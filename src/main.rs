@@ -1,4 +1,5 @@
-//! The `promgate` command: `serve`, `check-config` and `queue inspect|verify` (DESIGN §2).
+//! The `promgate` command: `serve`, `check-config`, `queue inspect|verify` and the admin
+//! client `tenant …` / `token …` (DESIGN §2; the client itself is `promgate::cli`).
 //! The only place that exits the process. `check-config` also warns, without failing,
 //! about tenants in the registry that name backends the config does not have (DESIGN §9).
 //! `queue inspect|verify` read the durable queues offline and never change them.
@@ -22,11 +23,14 @@ use promgate::tenant::store::Store;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    admin: promgate::cli::AdminArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the relay (on built-in defaults when no config file is given).
+    /// Run the relay (on built-in defaults when no config file is given). SIGHUP, or
+    /// `POST /-/reload` on the admin listener, re-reads the config file.
     Serve {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -40,6 +44,16 @@ enum Command {
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
+    },
+    /// Manage tenants through the admin API of a running promgate.
+    Tenant {
+        #[command(subcommand)]
+        command: promgate::cli::TenantCommand,
+    },
+    /// Issue, list and revoke a tenant's tokens through the admin API.
+    Token {
+        #[command(subcommand)]
+        command: promgate::cli::TokenCommand,
     },
 }
 
@@ -60,6 +74,12 @@ enum QueueCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Tenant { command } => {
+            admin_command(&cli.admin, promgate::cli::AdminCommand::Tenant(command))
+        }
+        Command::Token { command } => {
+            admin_command(&cli.admin, promgate::cli::AdminCommand::Token(command))
+        }
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(loaded) => {
                 println!("{}: OK", config.display());
@@ -81,9 +101,9 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             promgate::telemetry::init_logging();
-            let config = match config {
+            let (config, path) = match config {
                 Some(path) => match Config::load(&path) {
-                    Ok(config) => config,
+                    Ok(config) => (config, Some(path)),
                     Err(errors) => {
                         for problem in &errors.problems {
                             tracing::error!(config = %path.display(), problem = %problem, "invalid configuration");
@@ -91,15 +111,29 @@ fn main() -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 },
-                None => Config::defaults(),
+                None => (Config::defaults(), None),
             };
-            match serve(config) {
+            match serve(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!(error = %format!("{err:#}"), "promgate stopped with an error");
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Exit 0, or 1 with the one-line reason on stderr.
+fn admin_command(
+    args: &promgate::cli::AdminArgs,
+    command: promgate::cli::AdminCommand,
+) -> ExitCode {
+    match promgate::cli::run(args, command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -279,13 +313,16 @@ fn describe_queue(inspection: &QueueInspection) -> String {
     )
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         let listeners = promgate::bind(&config).await?;
-        promgate::run(listeners, config, shutdown_signal()).await
+        match path {
+            Some(path) => promgate::run_from_file(listeners, config, path, shutdown_signal()).await,
+            None => promgate::run(listeners, config, shutdown_signal()).await,
+        }
     })
 }
 

@@ -61,6 +61,13 @@ pub struct TenantLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantOutcome {
+    pub tenant: String,
+    /// `accepted` or `rejected`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabel {
     pub cause: String,
 }
@@ -111,6 +118,47 @@ fn duration_histogram() -> Histogram {
 /// saturated disk).
 fn fsync_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+/// Config reloads (SIGHUP, `POST /-/reload`), named as Prometheus names its own.
+pub struct ReloadMetrics {
+    /// 1 when the last reload (or the start) applied the file, 0 when it was refused.
+    pub successful: Gauge,
+    /// Unix time of the last applied config, the start's included.
+    pub success_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl ReloadMetrics {
+    fn new(registry: &mut Registry) -> ReloadMetrics {
+        let metrics = ReloadMetrics {
+            successful: Gauge::default(),
+            success_timestamp: Gauge::default(),
+        };
+        registry.register(
+            "promgate_config_last_reload_successful",
+            "Whether the last configuration reload attempt was successful",
+            metrics.successful.clone(),
+        );
+        registry.register(
+            "promgate_config_last_reload_success_timestamp_seconds",
+            "Timestamp of the last successful configuration reload",
+            metrics.success_timestamp.clone(),
+        );
+        metrics
+    }
+
+    /// The config in force was applied now.
+    pub fn succeeded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |elapsed| elapsed.as_secs_f64());
+        self.successful.set(1);
+        self.success_timestamp.set(now);
+    }
+
+    pub fn failed(&self) {
+        self.successful.set(0);
+    }
 }
 
 /// The durable delivery queues of queued backends (DESIGN §9), by backend. The gauges
@@ -339,6 +387,8 @@ pub struct Metrics {
     pub read_foreign_series: Family<TenantBackend, Counter>,
     pub samples_received: Family<TenantLabel, Counter>,
     pub samples_forwarded: Family<TenantLabel, Counter>,
+    /// OTLP data points translated and forwarded, or refused point by point.
+    pub otlp_data_points: Family<TenantOutcome, Counter>,
     pub auth_failures: Family<CauseLabel, Counter>,
     pub backend_requests: Family<BackendOutcome, Counter>,
     pub backend_duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
@@ -349,6 +399,7 @@ pub struct Metrics {
     pub in_flight_decoded_bytes: Gauge,
     pub queue: QueueMetrics,
     pub tls: TlsMetrics,
+    pub reload: ReloadMetrics,
 }
 
 impl Default for Metrics {
@@ -368,6 +419,7 @@ impl Metrics {
             read_foreign_series: Family::default(),
             samples_received: Family::default(),
             samples_forwarded: Family::default(),
+            otlp_data_points: Family::default(),
             auth_failures: Family::default(),
             backend_requests: Family::default(),
             backend_duration: Family::new_with_constructor(duration_histogram),
@@ -378,6 +430,7 @@ impl Metrics {
             in_flight_decoded_bytes: Gauge::default(),
             queue: QueueMetrics::new(&mut registry),
             tls: TlsMetrics::default(),
+            reload: ReloadMetrics::new(&mut registry),
             registry: Registry::default(),
         };
         registry.register(
@@ -414,6 +467,12 @@ impl Metrics {
             "promgate_write_forwarded_samples",
             "Samples, histogram samples and exemplars every backend accepted",
             metrics.samples_forwarded.clone(),
+        );
+        registry.register(
+            "promgate_otlp_data_points",
+            "OTLP data points in valid requests, by tenant and outcome (accepted, or rejected alone and \
+             reported in partial_success)",
+            metrics.otlp_data_points.clone(),
         );
         registry.register(
             "promgate_auth_failures",

@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, OriginalUri, Query, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -39,8 +39,16 @@ pub fn admin_router(state: SharedState) -> Router {
             state.clone(),
             require_admin_token,
         ));
+    // Prometheus serves this behind --web.enable-lifecycle; here the admin token guards it.
+    let lifecycle = Router::new()
+        .route("/-/reload", post(reload).put(reload))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_token,
+        ));
     Router::new()
         .nest("/admin", api)
+        .merge(lifecycle)
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
@@ -176,6 +184,19 @@ async fn list_audit(
             }
         })?;
     Ok(axum::Json(serde_json::json!({ "entries": entries })).into_response())
+}
+
+/// `POST /-/reload`: reads the config file again (as SIGHUP does). 200 once applied; 500
+/// with every problem, one a line, when refused (Prometheus answers the same way).
+async fn reload(State(state): State<SharedState>) -> Response {
+    match crate::server::reload::reload(&state).await {
+        Ok(()) => (StatusCode::OK, "configuration reloaded\n").into_response(),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload the configuration: {err}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn openapi() -> Response {

@@ -345,7 +345,7 @@ async fn issue_token(
     }
     let ttl = spec
         .ttl
-        .map_or(state.config.tokens.default_ttl, |ttl| ttl.0);
+        .map_or(state.live.load().config.tokens.default_ttl, |ttl| ttl.0);
     if ttl < Duration::from_secs(60) || ttl > Duration::from_secs(10 * 365 * 86_400) {
         return Err(AppError::BadRequest("ttl must be between 1m and 10y".into()).into());
     }

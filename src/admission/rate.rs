@@ -145,6 +145,8 @@ struct BucketKey {
     requests_per_second: u64,
     read_requests_per_second: u64,
     read_requests_burst: u64,
+    query_requests_per_second: u64,
+    query_requests_burst: u64,
     /// Live replicas the rates are shared among.
     replicas: usize,
 }
@@ -157,6 +159,8 @@ impl BucketKey {
             requests_per_second: limits.requests_per_second,
             read_requests_per_second: limits.read_requests_per_second,
             read_requests_burst: limits.read_requests_burst,
+            query_requests_per_second: limits.query_requests_per_second,
+            query_requests_burst: limits.query_requests_burst,
             replicas: replicas.max(1),
         }
     }
@@ -175,6 +179,7 @@ struct TenantBuckets<C: Clock> {
     samples: Option<Bucket<C>>,
     requests: Option<Bucket<C>>,
     reads: Option<Bucket<C>>,
+    queries: Option<Bucket<C>>,
     /// Until when the tenant was told to wait after its last sample throttle: writes
     /// before then are refused before their bodies are read, so a flood costs headers only.
     samples_blocked_until: parking_lot::Mutex<Option<C::Instant>>,
@@ -213,6 +218,13 @@ impl<C: Clock + Clone> RateLimits<C> {
         let buckets = self.buckets(tenant, limits, replicas);
         let burst = buckets.reads.as_ref().map_or(0, |bucket| bucket.burst);
         self.take(buckets.reads.as_ref(), 1, burst)
+    }
+
+    /// One query API request of `tenant` against its query-requests-per-second bucket.
+    pub fn check_query_request(&self, tenant: &str, limits: &Limits, replicas: usize) -> Verdict {
+        let buckets = self.buckets(tenant, limits, replicas);
+        let burst = buckets.queries.as_ref().map_or(0, |bucket| bucket.burst);
+        self.take(buckets.queries.as_ref(), 1, burst)
     }
 
     /// `samples` (samples + histogram samples + exemplars) of one write request.
@@ -316,6 +328,13 @@ impl<C: Clock + Clone> RateLimits<C> {
                     .read_requests_burst
                     .max(shared.read_requests_per_second),
                 before.and_then(|b| b.reads.as_ref()),
+            ),
+            queries: bucket(
+                shared.query_requests_per_second,
+                shared
+                    .query_requests_burst
+                    .max(shared.query_requests_per_second),
+                before.and_then(|b| b.queries.as_ref()),
             ),
             // A wait the tenant was told stays told when only the share changed.
             samples_blocked_until: parking_lot::Mutex::new(

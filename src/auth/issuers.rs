@@ -126,12 +126,17 @@ impl Issuer {
         }
     }
 
-    /// Refreshes every `jwks_refresh` for as long as the process runs.
+    /// Refreshes every `jwks_refresh` for as long as the issuer is in use; ends once the
+    /// issuer is dropped (a config reload replaced it).
     pub fn spawn_refresh(self: &Arc<Self>) {
-        let issuer = Arc::clone(self);
+        let weak = Arc::downgrade(self);
+        let interval = self.config.jwks_refresh;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(issuer.config.jwks_refresh).await;
+                tokio::time::sleep(interval).await;
+                let Some(issuer) = weak.upgrade() else {
+                    return;
+                };
                 let _ = issuer.refresh().await;
             }
         });
@@ -359,6 +364,29 @@ impl Issuers {
             issuer.spawn_refresh();
             by_name.insert(config.issuer.clone(), issuer);
         }
+        Issuers { by_name }
+    }
+
+    /// The issuers of a reloaded config. One whose settings did not change is kept with
+    /// the keys it holds (a `jwks_file` is read again; a `jwks_url` is left to its refresh),
+    /// so a reload while an identity provider is down loses nothing; the others start as
+    /// at start-up, and those no longer configured stop refreshing once unused.
+    pub async fn restart(configs: &[IssuerConfig], running: &Issuers) -> Issuers {
+        let mut fresh = Vec::new();
+        let mut by_name = HashMap::new();
+        for config in configs {
+            match running.by_name.get(&config.issuer) {
+                Some(issuer) if issuer.config == *config => {
+                    if matches!(config.jwks, JwksSource::File(_)) {
+                        // A failure is logged and keeps the keys already known.
+                        let _ = issuer.refresh().await;
+                    }
+                    by_name.insert(config.issuer.clone(), Arc::clone(issuer));
+                }
+                _ => fresh.push(config.clone()),
+            }
+        }
+        by_name.extend(Issuers::start(&fresh).await.by_name);
         Issuers { by_name }
     }
 

@@ -117,7 +117,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 
 pub struct Authenticator {
     signer: TokenSigner,
-    issuers: Issuers,
+    /// Replaced by a config reload.
+    issuers: arc_swap::ArcSwap<Issuers>,
     registry: Arc<Registry>,
     /// Tokens whose signature and claims already verified, by SHA-256 of the whole token:
     /// a signature check per request would cost more than decoding a small write.
@@ -150,7 +151,7 @@ impl Authenticator {
     pub fn new(signer: TokenSigner, issuers: Issuers, registry: Arc<Registry>) -> Authenticator {
         Authenticator {
             signer,
-            issuers,
+            issuers: arc_swap::ArcSwap::from_pointee(issuers),
             registry,
             verified: DashMap::new(),
             verifying: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
@@ -159,6 +160,18 @@ impl Authenticator {
 
     pub fn signer(&self) -> &TokenSigner {
         &self.signer
+    }
+
+    /// The issuers in force.
+    pub fn issuers(&self) -> Arc<Issuers> {
+        self.issuers.load_full()
+    }
+
+    /// Takes a reloaded config's issuers. Every remembered verification is forgotten, so a
+    /// token of an issuer now gone, or checked against an old audience, is checked again.
+    pub fn replace_issuers(&self, issuers: Issuers) {
+        self.issuers.store(std::sync::Arc::new(issuers));
+        self.verified.clear();
     }
 
     /// Maps the request's credentials (a bearer token, a verified client certificate, or
@@ -321,7 +334,8 @@ impl Authenticator {
                 expires_at: claims.exp,
             });
         }
-        let Some(external) = self.issuers.get(&issuer) else {
+        let external = self.issuers.load().get(&issuer).cloned();
+        let Some(external) = external else {
             return Err(AuthError::InvalidToken(format!(
                 "unknown issuer {issuer:?}"
             )));

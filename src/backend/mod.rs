@@ -11,7 +11,12 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::config::{BackendConfig, WriteProtocol};
 use crate::error::AppError;
+
+pub mod tls;
 use crate::telemetry::Metrics;
+
+mod query;
+pub use query::{QueryAnswer, QueryCall, QueryError};
 
 /// What one backend did with one write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub struct BackendClient {
     /// For remote read: no whole-request timeout (a stream may run long); the wait for
     /// the response head and every pause between body chunks are bounded instead.
     read_http: reqwest::Client,
+    /// For the query API: bounded by the tenant's `query_timeout` per request instead.
+    query_http: reqwest::Client,
     /// Static headers: promgate's credentials for this backend.
     auth_headers: HeaderMap,
 }
@@ -59,16 +66,11 @@ impl BackendClient {
             name: config.name.clone(),
             message,
         };
-        let certificate = match &config.ca_file {
-            Some(ca_file) => {
-                let pem =
-                    std::fs::read(ca_file).map_err(|err| invalid(format!("ca_file: {err}")))?;
-                Some(
-                    reqwest::Certificate::from_pem(&pem)
-                        .map_err(|err| invalid(format!("ca_file: {err}")))?,
-                )
-            }
-            None => None,
+        // Read once: both clients share the files as they were at this moment.
+        let tls = if tls::is_customised(&config) {
+            Some(tls::client_config(&config).map_err(invalid)?)
+        } else {
+            None
         };
         let builder = || {
             let builder = reqwest::Client::builder()
@@ -76,8 +78,8 @@ impl BackendClient {
                 .redirect(reqwest::redirect::Policy::none())
                 .user_agent(concat!("promgate/", env!("CARGO_PKG_VERSION")))
                 .pool_idle_timeout(Duration::from_secs(90));
-            match &certificate {
-                Some(certificate) => builder.add_root_certificate(certificate.clone()),
+            match &tls {
+                Some(tls) => builder.use_preconfigured_tls(tls.clone()),
                 None => builder,
             }
         };
@@ -114,10 +116,12 @@ impl BackendClient {
             .read_timeout(config.timeout)
             .build()
             .map_err(|err| invalid(err.to_string()))?;
+        let query_http = builder().build().map_err(|err| invalid(err.to_string()))?;
         Ok(BackendClient {
             config,
             http,
             read_http,
+            query_http,
             auth_headers,
         })
     }
@@ -370,7 +374,14 @@ async fn quoted_body(response: reqwest::Response) -> String {
 }
 
 fn describe_transport_error(err: &reqwest::Error) -> String {
-    if err.is_timeout() {
+    if let Some(tls) = tls_cause(err) {
+        let stage = if err.is_connect() {
+            "connection failed"
+        } else {
+            "request failed"
+        };
+        format!("{stage}: {tls}")
+    } else if err.is_timeout() {
         "timed out".into()
     } else if err.is_connect() {
         "connection failed".into()
@@ -379,6 +390,30 @@ fn describe_transport_error(err: &reqwest::Error) -> String {
     } else {
         "request failed".into()
     }
+}
+
+/// The TLS error behind a transport error, if one is (a certificate not trusted, a
+/// client certificate the backend refused), so the answer and the log say which.
+fn tls_cause(err: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(cause) = source {
+        // io::Error hides what it wraps from `source()`: look inside, however deep.
+        let mut inner: &(dyn std::error::Error + 'static) = cause;
+        loop {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(format!("TLS: {tls}"));
+            }
+            match inner
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(wrapped) => inner = wrapped,
+                None => break,
+            }
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// One answer for the sender from every backend's outcome: 2xx only when all accepted.

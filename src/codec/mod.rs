@@ -1,8 +1,10 @@
-//! Wire formats: snappy with caps checked before allocating, remote-write decoding,
+//! Wire formats: snappy (and, for OTLP, gzip) with caps checked before allocating,
+//! remote-write decoding, OTLP translation,
 //! validation, tenant-label enforcement and re-encoding (DESIGN §6 steps 4, 5, 7;
 //! PROTOCOL.md §2). Pure and synchronous: no I/O, no clocks (callers pass `now`).
 
 pub mod oracle;
+pub mod otlp;
 pub mod rw2;
 pub mod snappy;
 pub mod splice;
@@ -22,6 +24,8 @@ pub enum CodecError {
     Snappy(String),
     #[error("decoded body would be {claimed} bytes, over the {limit}-byte limit")]
     DecodedTooLarge { claimed: u64, limit: u64 },
+    #[error("gzip: {0}")]
+    Gzip(String),
     #[error("protobuf: {0}")]
     Protobuf(String),
     #[error("{0}")]
@@ -36,6 +40,7 @@ impl CodecError {
             CodecError::FramedSnappy => "framed_snappy",
             CodecError::Snappy(_) => "bad_snappy",
             CodecError::DecodedTooLarge { .. } => "decoded_too_large",
+            CodecError::Gzip(_) => "bad_gzip",
             CodecError::Protobuf(_) => "bad_protobuf",
             CodecError::Invalid(_) => "invalid_series",
         }

@@ -124,7 +124,9 @@ pub fn validate_and_enforce(
     Ok(stats)
 }
 
-fn enforce_series(
+/// Checks one series and enforces the tenant's labels on it (shared with the OTLP
+/// path, which translates into series first).
+pub(crate) fn enforce_series(
     series: &mut TimeSeries,
     policy: &LabelPolicy,
     limits: &Limits,

@@ -85,6 +85,19 @@ limit_keys! {
     /// Decoded write bodies a tenant may hold at once, by their announced size; at least
     /// `max_decoded_bytes`, so that every request fits.
     max_in_flight_decoded_bytes: u64 = 64 * 1024 * 1024, written as HumanSize;
+    /// Query API requests (DESIGN §13) per second, and at once before that rate applies:
+    /// a dashboard opening sends dozens of queries together.
+    query_requests_per_second: u64 = 20, written as u64;
+    query_requests_burst: u64 = 200, written as u64;
+    /// Query API requests a tenant may have at the backend at once.
+    max_concurrent_queries: usize = 8, written as usize;
+    /// Query API requests a tenant may have waiting for a slot; more get a throttle answer.
+    max_queued_queries: usize = 100, written as usize;
+    /// The longest a query may run (Prometheus' `--query.timeout` default); also caps the
+    /// `timeout` parameter passed to the backend.
+    query_timeout: Duration = Duration::from_secs(120), written as HumanDuration;
+    /// A query API answer from the backend, as received (422 above).
+    max_query_response_bytes: u64 = 64 * 1024 * 1024, written as HumanSize;
     /// 429 (default) or 503 for senders that never retry 429.
     throttle_status: u16 = 429, written as u16;
 }
@@ -116,6 +129,7 @@ impl Limits {
             samples_per_second: share(self.samples_per_second),
             requests_per_second: share(self.requests_per_second),
             read_requests_per_second: share(self.read_requests_per_second),
+            query_requests_per_second: share(self.query_requests_per_second),
             ..self.clone()
         }
     }
@@ -130,6 +144,7 @@ impl Limits {
             ("max_read_response_bytes", self.max_read_response_bytes),
             ("max_read_frame_bytes", self.max_read_frame_bytes),
             ("max_read_regex_bytes", self.max_read_regex_bytes),
+            ("max_query_response_bytes", self.max_query_response_bytes),
         ] {
             if value == 0 || value > MAX_CONFIGURABLE_BYTES {
                 problems.push(format!("limits.{key} must be between 1 byte and 256MiB"));
@@ -142,6 +157,7 @@ impl Limits {
             ("max_label_value_bytes", self.max_label_value_bytes),
             ("max_concurrent_reads", self.max_concurrent_reads),
             ("max_concurrent_writes", self.max_concurrent_writes),
+            ("max_concurrent_queries", self.max_concurrent_queries),
         ] {
             if value == 0 {
                 problems.push(format!("limits.{key} must be at least 1"));
@@ -160,6 +176,9 @@ impl Limits {
                 "limits.max_labels_per_series must leave room for __name__ and the tenant label"
                     .into(),
             );
+        }
+        if self.query_timeout < Duration::from_secs(1) {
+            problems.push("limits.query_timeout must be at least 1s".into());
         }
         if self.max_read_range.is_zero() {
             problems.push("limits.max_read_range must be longer than 0s".into());

@@ -4,6 +4,7 @@
 
 pub mod limits;
 pub mod network;
+pub mod otlp;
 pub mod units;
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 pub use limits::{LimitOverrides, Limits};
 pub use network::{IpNetwork, NetworkError, TrustedProxies};
+pub use otlp::{OtlpConfig, Promotion, TranslationStrategy};
 use units::HumanDuration;
 
 /// Prometheus' default `remote_timeout` is 30 s: a backend timeout must stay below it
@@ -39,9 +41,11 @@ pub struct Config {
     pub limits: Limits,
     pub backends: Vec<BackendConfig>,
     pub queue: QueueConfig,
+    /// `[otlp]`: how OpenTelemetry metrics are translated (DESIGN §12).
+    pub otlp: OtlpConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
     /// TLS on the data listener; `None` serves plain HTTP.
@@ -69,7 +73,7 @@ pub struct ServerConfig {
 }
 
 /// TLS on the data listener (DESIGN §4c; SECURITY.md T6–T8, T22).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -176,7 +180,7 @@ fn validate_tls(raw: RawTls, problems: &mut Vec<String>) -> TlsConfig {
 }
 
 /// Connection-level protection of a listener (SECURITY.md T13).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
     /// From the connection's first byte (or the end of the previous response) to the end
     /// of the request headers; also closes idle keep-alive connections.
@@ -202,7 +206,7 @@ impl Default for ConnectionLimits {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Holds the admin bearer token; generated (mode 0600) when missing.
@@ -215,7 +219,7 @@ pub struct AdminConfig {
     pub proxy_protocol: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageConfig {
     pub database_url: String,
     /// How often each replica reads the registry's changes and sends its heartbeat, so
@@ -242,7 +246,7 @@ pub struct TenancyConfig {
 }
 
 /// An external identity provider whose JWTs name a tenant (DESIGN §4b).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IssuerConfig {
     /// The exact `iss` of its tokens.
     pub issuer: String,
@@ -267,18 +271,21 @@ pub enum JwksSource {
     Url(url::Url),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenConfig {
     /// PKCS#8 PEM Ed25519 key that signs the tokens promgate issues; generated when missing.
     pub signing_key_file: PathBuf,
     pub default_ttl: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
     pub name: String,
     pub write_url: url::Url,
     pub read_url: Option<url::Url>,
+    /// The root of the backend's Prometheus HTTP API (DESIGN §13): `/api/v1/query` and
+    /// the rest are resolved under it.
+    pub query_url: Option<url::Url>,
     /// When set, promgate sends the tenant id in this header (Mimir/Cortex `X-Scope-OrgID`,
     /// Thanos `THANOS-TENANT`); such backends also receive metadata-only requests.
     pub tenant_header: Option<http::HeaderName>,
@@ -286,6 +293,11 @@ pub struct BackendConfig {
     pub bearer_token_file: Option<PathBuf>,
     pub basic_auth: Option<BasicAuth>,
     pub ca_file: Option<PathBuf>,
+    /// promgate's client certificate (PEM chain) and key towards this backend.
+    pub client_cert: Option<ClientCertFiles>,
+    /// The name the backend's certificate must carry (and the SNI sent), when it is not
+    /// the URL's host.
+    pub server_name: Option<String>,
     /// The remote-write version the backend accepts: 2.0 requests are converted to 1.0
     /// for a 1.0 backend; a 1.0 request stays 1.0 for a 2.0 backend.
     pub protocol: WriteProtocol,
@@ -313,7 +325,7 @@ pub enum WriteProtocol {
 }
 
 /// The durable per-backend delivery queues of `delivery = "queued"` backends (DESIGN §9).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
     /// Holds one sub-folder per queued backend, named after it.
     pub directory: PathBuf,
@@ -338,7 +350,14 @@ impl QueueConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+/// A client certificate promgate presents to a backend (mutual TLS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BasicAuth {
     pub username: String,
     pub password_file: PathBuf,
@@ -428,18 +447,23 @@ struct RawBackend {
     name: Option<String>,
     write_url: Option<String>,
     read_url: Option<String>,
+    query_url: Option<String>,
     tenant_header: Option<String>,
     timeout: Option<HumanDuration>,
     bearer_token_file: Option<PathBuf>,
     basic_auth_username: Option<String>,
     basic_auth_password_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    server_name: Option<String>,
+    insecure_skip_verify: Option<bool>,
     protocol: Option<String>,
     delivery: Option<String>,
 }
 
-const SECTIONS: [&str; 8] = [
-    "server", "admin", "storage", "tenancy", "auth", "limits", "backends", "queue",
+const SECTIONS: [&str; 9] = [
+    "server", "admin", "storage", "tenancy", "auth", "limits", "backends", "queue", "otlp",
 ];
 
 /// Every problem found in a config, one line each.
@@ -498,6 +522,8 @@ impl Config {
         let limit_overrides: LimitOverrides = section(&root, "limits", &mut problems);
         let raw_backends: Vec<RawBackend> = section_list(&root, "backends", &mut problems);
         let raw_queue: RawQueue = section(&root, "queue", &mut problems);
+        let raw_otlp: otlp::RawOtlp = section(&root, "otlp", &mut problems);
+        let otlp = raw_otlp.validate(&mut problems);
 
         let storage = StorageConfig {
             database_url: storage
@@ -612,6 +638,7 @@ impl Config {
                 limits,
                 backends,
                 queue,
+                otlp,
             })
         } else {
             Err(ConfigErrors { problems })
@@ -993,11 +1020,14 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             read_url: Some(
                 url::Url::parse("http://127.0.0.1:9090/api/v1/read").expect("static URL"),
             ),
+            query_url: Some(url::Url::parse("http://127.0.0.1:9090/").expect("static URL")),
             tenant_header: None,
             timeout: DEFAULT_BACKEND_TIMEOUT,
             bearer_token_file: None,
             basic_auth: None,
             ca_file: None,
+            client_cert: None,
+            server_name: None,
             protocol: WriteProtocol::V1,
             delivery: Delivery::Sync,
         }];
@@ -1029,6 +1059,16 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             .read_url
             .as_deref()
             .map(|text| parse_url(&format!("{context}.read_url"), Some(text), problems));
+        let query_url = backend.query_url.as_deref().map(|text| {
+            parse_url(&format!("{context}.query_url"), Some(text), problems).map(|mut url| {
+                // A root: paths are resolved under it, so it must end with a slash.
+                if !url.path().ends_with('/') {
+                    let path = format!("{}/", url.path());
+                    url.set_path(&path);
+                }
+                url
+            })
+        });
         let tenant_header = backend.tenant_header.as_deref().and_then(|text| {
             match http::HeaderName::from_bytes(text.as_bytes()) {
                 Ok(header) if !RESERVED_HEADERS.contains(&header.as_str()) => Some(header),
@@ -1093,9 +1133,48 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 "{context}: choose bearer_token_file or basic auth, not both"
             ));
         }
+        let client_cert = match (backend.cert_file, backend.key_file) {
+            (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            _ => {
+                problems.push(format!("{context}: cert_file and key_file go together"));
+                None
+            }
+        };
+        if backend.insecure_skip_verify.is_some() {
+            problems.push(format!(
+                "{context}.insecure_skip_verify: promgate always verifies a backend's certificate; \
+                 give the backend's CA in ca_file (and server_name when the certificate names another host)"
+            ));
+        }
+        let server_name = backend.server_name.filter(|name| {
+            let valid = rustls::pki_types::ServerName::try_from(name.as_str()).is_ok();
+            if !valid {
+                problems.push(format!(
+                    "{context}.server_name: {name:?} is not a DNS name or IP address"
+                ));
+            }
+            valid
+        });
+        let tls_keys_set =
+            backend.ca_file.is_some() || client_cert.is_some() || server_name.is_some();
+        if tls_keys_set
+            && write_url
+                .as_ref()
+                .is_some_and(|url| url.scheme() != "https")
+        {
+            problems.push(format!(
+                "{context}: ca_file, cert_file, key_file and server_name need an https:// write_url"
+            ));
+        }
         for (key, file) in [
             ("bearer_token_file", backend.bearer_token_file.as_ref()),
             ("ca_file", backend.ca_file.as_ref()),
+            ("cert_file", client_cert.as_ref().map(|c| &c.cert_file)),
+            ("key_file", client_cert.as_ref().map(|c| &c.key_file)),
             (
                 "basic_auth_password_file",
                 basic_auth.as_ref().map(|b| &b.password_file),
@@ -1115,11 +1194,14 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 name,
                 write_url,
                 read_url: read_url.flatten(),
+                query_url: query_url.flatten(),
                 tenant_header,
                 timeout,
                 bearer_token_file: backend.bearer_token_file,
                 basic_auth,
                 ca_file: backend.ca_file,
+                client_cert,
+                server_name,
                 protocol,
                 delivery,
             });
@@ -1308,6 +1390,51 @@ mod tests {
     }
 
     #[test]
+    fn the_otlp_section_is_checked() {
+        let defaults = Config::defaults().otlp;
+        assert_eq!(defaults, OtlpConfig::default());
+        assert_eq!(
+            defaults.translation_strategy,
+            TranslationStrategy::UnderscoreEscapingWithSuffixes
+        );
+        let config = parse(
+            "[otlp]\ntranslation_strategy = \"NoUTF8EscapingWithSuffixes\"\n\
+             promote_resource_attributes = [\"k8s.namespace.name\", \" region \"]\n\
+             keep_identifying_resource_attributes = true\nallow_delta_temporality = true\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.otlp.translation_strategy,
+            TranslationStrategy::NoUtf8EscapingWithSuffixes
+        );
+        assert!(config.otlp.promotion.promotes("region"));
+        assert!(config.otlp.promotion.promotes("k8s.namespace.name"));
+        assert!(!config.otlp.promotion.promotes("host.name"));
+        assert!(config.otlp.keep_identifying_resource_attributes);
+        assert!(config.otlp.allow_delta_temporality);
+        let errors = parse(
+            "[otlp]\ntranslation_strategy = \"Underscores\"\npromote_resource_attributes = [\"a\", \"a\", \"\"]\n\
+             promote_all_resource_attributes = true\nconvert_histograms_to_nhcb = true\n",
+        )
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "otlp.translation_strategy",
+            "cannot both be set",
+            "convert_histograms_to_nhcb",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        let errors = parse("[otlp]\npromote_resource_attributes = [\"a\", \"a\", \" \"]\n")
+            .expect_err("invalid");
+        let text = errors.to_string();
+        assert!(
+            text.contains("listed twice") && text.contains("is empty"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn secrets_default_next_to_the_database() {
         let config =
             parse("[storage]\ndatabase_url = \"sqlite:///var/lib/promgate/db.sqlite?mode=rwc\"\n")
@@ -1325,6 +1452,39 @@ mod tests {
             PathBuf::from("/var/lib/promgate/promgate-queue")
         );
         assert_eq!(config.queue.max_bytes, DEFAULT_QUEUE_BYTES);
+    }
+
+    #[test]
+    fn backend_tls_keys_are_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "-").expect("file");
+        let pem = pem.display();
+        let config = parse(&format!(
+            "[[backends]]\nname = \"b\"\nwrite_url = \"https://127.0.0.1:9/w\"\nca_file = \"{pem}\"\n\
+             cert_file = \"{pem}\"\nkey_file = \"{pem}\"\nserver_name = \"tsdb.internal\"\n"
+        ))
+        .expect("valid");
+        let backend = &config.backends[0];
+        assert_eq!(backend.server_name.as_deref(), Some("tsdb.internal"));
+        assert!(backend.client_cert.is_some());
+
+        let errors = parse(&format!(
+            "[[backends]]\nname = \"a\"\nwrite_url = \"https://127.0.0.1:9/w\"\ninsecure_skip_verify = true\n\
+             cert_file = \"{pem}\"\nserver_name = \"not a name\"\n\
+             [[backends]]\nname = \"b\"\nwrite_url = \"http://127.0.0.1:9/w\"\nca_file = \"{pem}\"\n"
+        ))
+        .expect_err("invalid");
+        let text = errors.to_string();
+        for needle in [
+            "backends[0].insecure_skip_verify: promgate always verifies",
+            "backends[0]: cert_file and key_file go together",
+            "backends[0].server_name: \"not a name\"",
+            "backends[1]: ca_file, cert_file, key_file and server_name need an https:// write_url",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert_eq!(errors.problems.len(), 4, "{text}");
     }
 
     #[test]

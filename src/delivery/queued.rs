@@ -102,6 +102,11 @@ impl QueuedBackends {
         self.by_backend.get(index)?.as_ref()
     }
 
+    /// The queue of the backend called `name`, when it is a queued one.
+    pub fn named(&self, name: &str) -> Option<&QueuedBackend> {
+        self.iter().find(|queued| queued.name == name)
+    }
+
     fn iter(&self) -> impl Iterator<Item = &QueuedBackend> {
         self.by_backend.iter().flatten()
     }

@@ -31,6 +31,9 @@ use crate::tenant::TenantEntry;
 pub enum Endpoint {
     Write,
     Read,
+    Query,
+    /// OTLP/HTTP metrics (DESIGN §12).
+    Otlp,
 }
 
 impl Endpoint {
@@ -38,6 +41,8 @@ impl Endpoint {
         match self {
             Endpoint::Write => "write",
             Endpoint::Read => "read",
+            Endpoint::Query => "query",
+            Endpoint::Otlp => "otlp",
         }
     }
 }
@@ -70,6 +75,11 @@ impl Failure {
 
     /// Logs one line, counts the request and the refusal, and answers.
     pub fn respond(self, state: &SharedState, endpoint: Endpoint) -> Response {
+        self.record(state, endpoint).into_response()
+    }
+
+    /// Logs one line and counts the request and the refusal; the error to answer with.
+    pub fn record(self, state: &SharedState, endpoint: Endpoint) -> AppError {
         let tenant = self
             .tenant
             .as_ref()
@@ -94,7 +104,7 @@ impl Failure {
                 reason: self.reason.to_string(),
             })
             .inc();
-        self.error.into_response()
+        self.error
     }
 }
 

@@ -23,7 +23,7 @@ use super::common::{
     observe_duration, read_body_capped, require_backends, throttled, within_deadline, Endpoint,
     Failure,
 };
-use super::SharedState;
+use super::{Live, SharedState};
 use crate::admission::{ReadGateError, Verdict};
 use crate::backend::{self, BackendClient, ReadBody};
 use crate::codec::snappy;
@@ -130,10 +130,11 @@ async fn handle(
     let global = global_slot(state, &tenant).await?;
     let body =
         read_body_capped(state, &tenant, headers, body, limits.max_read_request_bytes).await?;
+    let live = state.live.load_full();
     let scope = ReadScope {
-        label: state.config.tenancy.label.clone(),
+        label: live.config.tenancy.label.clone(),
         value: tenant.tenant.label_value.clone(),
-        strip: state.config.tenancy.strip_label_on_read,
+        strip: live.config.tenancy.strip_label_on_read,
     };
     let scoped = {
         let (limits, label, value) = (limits.clone(), scope.label.clone(), scope.value.clone());
@@ -146,7 +147,7 @@ async fn handle(
             .map_err(|err| cpu_unavailable(&tenant, err))?
             .map_err(|err| Failure::new(&tenant, "invalid_read", read_error(err)))?
     };
-    let backend = read_backend(state, &tenant).ok_or_else(|| {
+    let backend = read_backend(&live, &tenant).ok_or_else(|| {
         Failure::new(
             &tenant,
             "no_read_backend",
@@ -209,11 +210,9 @@ fn read_error(err: ReadError) -> AppError {
 }
 
 /// The first of the tenant's backends that has a read URL.
-fn read_backend<'a>(state: &'a SharedState, tenant: &TenantEntry) -> Option<&'a BackendClient> {
-    tenant
-        .backends
-        .iter()
-        .filter_map(|&index| state.backends.get(index).map(|backend| &**backend))
+fn read_backend<'a>(live: &'a Live, tenant: &'a TenantEntry) -> Option<&'a BackendClient> {
+    live.backends_of(tenant)
+        .map(|backend| &**backend)
         .find(|backend| backend.config.read_url.is_some())
 }
 

@@ -19,7 +19,8 @@ use crate::config::{ClientAuth, TlsConfig};
 pub use crate::telemetry::TlsMetrics;
 
 pub struct TlsState {
-    config: TlsConfig,
+    /// Replaced by a config reload (`apply`).
+    config: RwLock<TlsConfig>,
     current: RwLock<Arc<rustls::ServerConfig>>,
     /// Modification times of the files the current configuration was built from.
     built_from: Mutex<Vec<Option<SystemTime>>>,
@@ -80,7 +81,7 @@ impl TlsState {
         let server_config = build(&config)?;
         let expiry = expiry_of(&config);
         Ok(Arc::new(TlsState {
-            config,
+            config: RwLock::new(config),
             current: RwLock::new(server_config),
             built_from: Mutex::new(built_from),
             expiry: Mutex::new(expiry),
@@ -105,7 +106,36 @@ impl TlsState {
     }
 
     pub fn handshake_timeout(&self) -> std::time::Duration {
-        self.config.handshake_timeout
+        self.config.read().handshake_timeout
+    }
+
+    /// Reads and checks the files `config` names, without applying them: a config reload
+    /// prepares first and applies only once every part of the new config is good.
+    pub fn prepare(config: &TlsConfig) -> Result<PreparedTls, String> {
+        let built_from = file_times(config);
+        let server_config = build(config)?;
+        Ok(PreparedTls {
+            config: config.clone(),
+            server_config,
+            built_from,
+        })
+    }
+
+    /// Serves new connections with a prepared configuration (a config reload).
+    pub fn apply(&self, prepared: PreparedTls) {
+        *self.current.write() = prepared.server_config;
+        *self.built_from.lock() = prepared.built_from;
+        self.refresh_expiry(&prepared.config);
+        *self.config.write() = prepared.config;
+    }
+
+    /// Reads the expiry times of the files `config` names and sets the gauges.
+    fn refresh_expiry(&self, config: &TlsConfig) {
+        let expiry = expiry_of(config);
+        if let Some(metrics) = self.metrics.lock().as_ref() {
+            metrics.set(expiry.certificate_not_after, &expiry.crl_next_update);
+        }
+        *self.expiry.lock() = expiry;
     }
 
     /// Checks the files every `reload_interval`; a change rebuilds the configuration for
@@ -114,26 +144,24 @@ impl TlsState {
         let state = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(state.config.reload_interval).await;
+                let interval = state.config.read().reload_interval;
+                tokio::time::sleep(interval).await;
                 state.reload_if_changed();
             }
         });
     }
 
     pub fn reload_if_changed(&self) {
-        let times = file_times(&self.config);
+        let config = self.config.read().clone();
+        let times = file_times(&config);
         if *self.built_from.lock() == times {
             return;
         }
-        match build(&self.config) {
+        match build(&config) {
             Ok(server_config) => {
                 *self.current.write() = server_config;
                 *self.built_from.lock() = times;
-                let expiry = expiry_of(&self.config);
-                if let Some(metrics) = self.metrics.lock().as_ref() {
-                    metrics.set(expiry.certificate_not_after, &expiry.crl_next_update);
-                }
-                *self.expiry.lock() = expiry;
+                self.refresh_expiry(&config);
                 tracing::info!("reloaded TLS certificate, client CA and revocation lists");
             }
             Err(err) => {
@@ -141,6 +169,13 @@ impl TlsState {
             }
         }
     }
+}
+
+/// A data-listener TLS configuration built from its files, ready to serve.
+pub struct PreparedTls {
+    config: TlsConfig,
+    server_config: Arc<rustls::ServerConfig>,
+    built_from: Vec<Option<SystemTime>>,
 }
 
 fn file_times(config: &TlsConfig) -> Vec<Option<SystemTime>> {

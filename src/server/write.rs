@@ -20,7 +20,7 @@ use super::common::{
     failure_tenant, global_slot, observe_duration, read_body_capped, require_backends, throttled,
     within_deadline, Endpoint, Failure,
 };
-use super::SharedState;
+use super::{Live, SharedState};
 use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
 use crate::codec::splice::{self, Rewritten};
@@ -88,7 +88,7 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
 /// Bodies decoding to more than this are decompressed and rewritten on the CPU pool;
 /// smaller ones (Prometheus' usual batches: ≈ 350 KiB for 2000 samples) cost well under
 /// a millisecond and stay on the async worker, where the hand-off would cost more.
-const OFFLOAD_DECODED_BYTES: u64 = 1 << 20;
+pub(super) const OFFLOAD_DECODED_BYTES: u64 = 1 << 20;
 
 async fn handle(
     state: &SharedState,
@@ -167,7 +167,9 @@ async fn handle(
             },
         )
     })?;
-    let targets = Targets::of(state, &tenant);
+    // One view of the backends for the whole request, whatever a reload does meanwhile.
+    let live = state.live.load_full();
+    let targets = Targets::of(&live, &tenant);
     let now = now_ms();
     let prepare = move |compressed: &[u8], tenant: &TenantEntry| match protocol {
         WriteProtocol::V1 => rewrite_body(compressed, tenant, targets.any_by_label, now),
@@ -228,7 +230,7 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    let written = forward(state, &tenant, bodies, &stats)
+    let written = forward(state, &live, &tenant, bodies, &stats)
         .await
         .map_err(|error| Failure::new(&tenant, "backend", error))?;
     Ok((tenant, stats, written))
@@ -249,18 +251,14 @@ struct Targets {
 }
 
 impl Targets {
-    fn of(state: &SharedState, tenant: &TenantEntry) -> Targets {
+    fn of(live: &Live, tenant: &TenantEntry) -> Targets {
         let mut targets = Targets {
             v1_by_header: false,
             v1_by_label: false,
             v2: false,
             any_by_label: false,
         };
-        for backend in tenant
-            .backends
-            .iter()
-            .filter_map(|&index| state.backends.get(index))
-        {
+        for backend in live.backends_of(tenant) {
             targets.any_by_label |= backend.config.tenant_header.is_none();
             match (
                 backend.config.protocol,
@@ -344,7 +342,7 @@ fn rewrite_body(
 }
 
 /// A share of the process-wide decoded-bytes budget, shown in the in-flight gauge while held.
-struct DecodedBudget {
+pub(super) struct DecodedBudget {
     state: SharedState,
     bytes: i64,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -352,7 +350,10 @@ struct DecodedBudget {
 
 impl DecodedBudget {
     /// The process-wide share, after the tenant's own.
-    async fn take(state: &SharedState, bytes: u64) -> Result<DecodedBudget, BudgetError> {
+    pub(super) async fn take(
+        state: &SharedState,
+        bytes: u64,
+    ) -> Result<DecodedBudget, BudgetError> {
         let permit = state.in_flight.decoded_bytes(bytes).await?;
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         state.metrics.in_flight_decoded_bytes.inc_by(bytes);
@@ -422,7 +423,7 @@ fn check_media_type(headers: &HeaderMap) -> Result<WriteProtocol, AppError> {
 /// The compressed request for the backends, in each form they need: 1.0 whole and (when
 /// it carries metadata and series) 1.0 series alone; 2.0 for 2.0 backends when the
 /// request came as 2.0. A form no backend needs is not made.
-struct Bodies {
+pub(super) struct Bodies {
     full: Option<Bytes>,
     series_only: Option<Bytes>,
     has_metadata: bool,
@@ -430,6 +431,17 @@ struct Bodies {
 }
 
 impl Bodies {
+    /// One 1.0 body for every backend (a request that carries no metadata and did not
+    /// come as 2.0, such as a translated OTLP request).
+    pub(super) fn v1(compressed: Bytes) -> Bodies {
+        Bodies {
+            full: Some(compressed),
+            series_only: None,
+            has_metadata: false,
+            v2: None,
+        }
+    }
+
     /// The form `backend` gets, and its protocol; `None` when it needs none (a
     /// metadata-only request for a backend that cannot be given metadata).
     fn for_backend(&self, backend: &BackendConfig) -> Option<(WriteProtocol, Bytes)> {
@@ -470,8 +482,9 @@ impl Bodies {
 /// once every sync backend accepted: a sync backend's outage answers 503 without
 /// queueing a copy the sender's retry would queue again. A queue without room answers
 /// 503 before any backend is asked.
-async fn forward(
+pub(super) async fn forward(
     state: &SharedState,
+    live: &Live,
     tenant: &TenantEntry,
     bodies: Bodies,
     stats: &WriteStats,
@@ -482,16 +495,21 @@ async fn forward(
         exemplars: stats.exemplars as u64,
     };
     let tenant_id = tenant.tenant.id.as_str();
+    if live.backends_of(tenant).next().is_none() {
+        // A reload took the tenant's last backend away after it was admitted: never
+        // answer 2xx for data that goes nowhere (DESIGN §9).
+        return Err(AppError::Unavailable {
+            message: "no configured backend serves this tenant".into(),
+            retry_after_seconds: 30,
+        });
+    }
     let mut sync = Vec::new();
     let mut queued = Vec::new();
-    for &index in &tenant.backends {
-        let Some(backend) = state.backends.get(index) else {
-            continue;
-        };
+    for backend in live.backends_of(tenant) {
         let Some((protocol, body)) = bodies.for_backend(&backend.config) else {
             continue;
         };
-        match state.queued.get(index) {
+        match state.queued.named(&backend.config.name) {
             Some(queue) => queued.push((queue, protocol, body)),
             None => sync.push((backend, protocol, body)),
         }
@@ -574,7 +592,7 @@ const QUEUE_FULL_RETRY_AFTER_SECONDS: u64 = 10;
 /// A queue stopped by a failed write or fsync needs an operator (and a restart).
 const QUEUE_BROKEN_RETRY_AFTER_SECONDS: u64 = 30;
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {

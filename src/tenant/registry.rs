@@ -150,9 +150,8 @@ fn not_found_as(err: StoreError, what: impl FnOnce() -> String) -> RegistryError
 
 pub struct Registry {
     store: Store,
-    tenancy: TenancyConfig,
-    default_limits: Limits,
-    backend_names: Vec<String>,
+    /// What tenants' entries are worked out from; replaced by a config reload.
+    settings: parking_lot::RwLock<Settings>,
     tenants: DashMap<String, Arc<TenantEntry>>,
     /// Tokens by id (`jti`), revoked ones included so they can be listed.
     tokens: DashMap<Arc<str>, Arc<TokenRecord>>,
@@ -205,6 +204,23 @@ fn gauge_value(count: usize) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
+/// The parts of the config a tenant's entry is worked out from.
+struct Settings {
+    tenancy: TenancyConfig,
+    default_limits: Limits,
+    backend_names: Vec<String>,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Settings {
+        Settings {
+            tenancy: config.tenancy.clone(),
+            default_limits: config.limits.clone(),
+            backend_names: config.backend_names().map(str::to_string).collect(),
+        }
+    }
+}
+
 impl Registry {
     /// Loads every tenant and token from `store` into memory.
     pub async fn load(store: Store, config: &Config) -> Result<Registry, StoreError> {
@@ -214,9 +230,7 @@ impl Registry {
         };
         let registry = Registry {
             store,
-            tenancy: config.tenancy.clone(),
-            default_limits: config.limits.clone(),
-            backend_names: config.backend_names().map(str::to_string).collect(),
+            settings: parking_lot::RwLock::new(Settings::of(config)),
             tenants: DashMap::new(),
             tokens: DashMap::new(),
             tokens_by_tenant: DashMap::new(),
@@ -357,6 +371,21 @@ impl Registry {
         }
         self.revision.store(snapshot.revision, Ordering::Relaxed);
         self.update_gauges();
+    }
+
+    /// Takes a reloaded config's tenancy, default limits and backends: every cached
+    /// tenant's entry is worked out again, so new requests see them.
+    pub async fn reconfigure(&self, config: &Config) {
+        let _guard = self.admin_writes.lock().await;
+        *self.settings.write() = Settings::of(config);
+        let tenants: Vec<Tenant> = self
+            .tenants
+            .iter()
+            .map(|entry| entry.tenant.clone())
+            .collect();
+        for tenant in tenants {
+            self.cache_tenant(tenant);
+        }
     }
 
     fn update_gauges(&self) {
@@ -650,12 +679,14 @@ impl Registry {
     /// tenant whose backend left the config can still be disabled or relabelled.
     fn validate(&self, tenant: &Tenant, current: Option<&Tenant>) -> Result<(), RegistryError> {
         let backends_changed = current.is_none_or(|current| current.backends != tenant.backends);
+        let settings = self.settings.read();
         let names: Vec<&str> = if backends_changed {
-            self.backend_names.iter().map(String::as_str).collect()
+            settings.backend_names.iter().map(String::as_str).collect()
         } else {
             tenant.backends.iter().map(String::as_str).collect()
         };
-        let mut problems = validate_tenant(tenant, &self.tenancy.label, &names);
+        let mut problems = validate_tenant(tenant, &settings.tenancy.label, &names);
+        drop(settings);
         let mut unique = tenant.identities.clone();
         unique.sort();
         unique.dedup();
@@ -670,13 +701,17 @@ impl Registry {
     }
 
     fn cache_tenant(&self, tenant: Tenant) {
+        let settings = self.settings.read();
         let policy = LabelPolicy::new(
-            &self.tenancy.label,
+            &settings.tenancy.label,
             &tenant.label_value,
             tenant.extra_labels.clone(),
-            self.tenancy.on_conflict,
+            settings.tenancy.on_conflict,
         );
-        let (backends, unknown_backends) = resolve_backends(&tenant.backends, &self.backend_names);
+        let (backends, unknown_backends) =
+            resolve_backends(&tenant.backends, &settings.backend_names);
+        let limits = settings.default_limits.with(&tenant.limits);
+        drop(settings);
         if !unknown_backends.is_empty() {
             if backends.is_empty() {
                 tracing::error!(
@@ -699,7 +734,7 @@ impl Registry {
             self.identities.insert(identity.clone(), tenant.id.clone());
         }
         let entry = TenantEntry {
-            limits: self.default_limits.with(&tenant.limits),
+            limits,
             policy,
             backends,
             unknown_backends,

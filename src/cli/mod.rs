@@ -1,0 +1,560 @@
+//! `promgate tenant …` and `promgate token …` (DESIGN §2): a small client of the admin
+//! API (DESIGN §5), never a second way into the registry database. A readable table by
+//! default, the API's JSON with `--output json`; `token issue` prints the secret alone on
+//! stdout (so `… > alpha.token` works) and what it is on stderr. Any refusal is the API's
+//! one-line message on stderr and exit status 1 (the caller, `main`, exits).
+
+mod client;
+mod table;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+
+pub use client::{AdminClient, CallError};
+
+/// Where the admin API is and how to talk to it; accepted anywhere on the line.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// The admin listener of a running promgate.
+    #[arg(
+        long,
+        global = true,
+        env = "PROMGATE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9202",
+        help_heading = "Admin client"
+    )]
+    pub admin_url: String,
+    /// The file holding the admin token (`admin.token_file` of that promgate).
+    #[arg(
+        long,
+        global = true,
+        env = "PROMGATE_ADMIN_TOKEN_FILE",
+        default_value = "promgate-admin.token",
+        help_heading = "Admin client"
+    )]
+    pub admin_token_file: PathBuf,
+    /// `table` for people, `json` (the API's own JSON) for scripts.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Output::Table,
+        help_heading = "Admin client"
+    )]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Register a tenant (active unless --disabled).
+    Create {
+        id: String,
+        #[command(flatten)]
+        fields: CreateFields,
+    },
+    /// Every tenant.
+    List,
+    /// One tenant.
+    Get { id: String },
+    /// Change some of a tenant's fields; the others stay as they are.
+    Update {
+        id: String,
+        #[command(flatten)]
+        change: UpdateFields,
+    },
+    /// Refuse the tenant's requests (403) until it is enabled again.
+    Disable { id: String },
+    /// Accept the tenant's requests again.
+    Enable { id: String },
+    /// Delete the tenant with its identities and tokens.
+    Delete { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateFields {
+    /// The tenant label's value on its series (default: the id).
+    #[arg(long)]
+    label_value: Option<String>,
+    /// A further label enforced on every series, as NAME=VALUE (repeatable).
+    #[arg(long = "extra-label", value_name = "NAME=VALUE")]
+    extra_labels: Vec<String>,
+    /// A limit override, as KEY=VALUE with the keys of `[limits]` (repeatable).
+    #[arg(long = "limit", value_name = "KEY=VALUE")]
+    limits: Vec<String>,
+    /// An mTLS identity (URI or DNS SAN) of this tenant (repeatable).
+    #[arg(long = "identity", value_name = "SAN")]
+    identities: Vec<String>,
+    /// A backend this tenant writes to (repeatable; default: every backend).
+    #[arg(long = "backend", value_name = "NAME")]
+    backends: Vec<String>,
+    /// Create it disabled.
+    #[arg(long)]
+    disabled: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateFields {
+    #[arg(long)]
+    label_value: Option<String>,
+    /// Add or replace an extra label, as NAME=VALUE (repeatable).
+    #[arg(long = "extra-label", value_name = "NAME=VALUE")]
+    extra_labels: Vec<String>,
+    /// Remove an extra label (repeatable).
+    #[arg(long = "remove-extra-label", value_name = "NAME")]
+    remove_extra_labels: Vec<String>,
+    /// Set a limit override, as KEY=VALUE (repeatable).
+    #[arg(long = "limit", value_name = "KEY=VALUE")]
+    limits: Vec<String>,
+    /// Remove a limit override: the config default applies again (repeatable).
+    #[arg(long = "unset-limit", value_name = "KEY")]
+    unset_limits: Vec<String>,
+    /// Add an mTLS identity (repeatable).
+    #[arg(long = "identity", value_name = "SAN")]
+    identities: Vec<String>,
+    /// Remove an mTLS identity (repeatable).
+    #[arg(long = "remove-identity", value_name = "SAN")]
+    remove_identities: Vec<String>,
+    /// Restrict the tenant to these backends (repeatable; replaces the list).
+    #[arg(long = "backend", value_name = "NAME", conflicts_with = "all_backends")]
+    backends: Vec<String>,
+    /// Let the tenant write to every configured backend.
+    #[arg(long)]
+    all_backends: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue a token: the secret alone on stdout, what it is on stderr.
+    Issue {
+        tenant: String,
+        /// Lifetime such as 30d (default: auth.tokens.default_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// A tenant's tokens (metadata; secrets are never stored).
+    List { tenant: String },
+    /// Revoke a token at once, on every replica.
+    Revoke { tenant: String, token_id: String },
+}
+
+/// A tenant or token command.
+#[derive(Debug)]
+pub enum AdminCommand {
+    Tenant(TenantCommand),
+    Token(TokenCommand),
+}
+
+/// How often `tenant update` reads and writes again when another change landed between.
+const UPDATE_ATTEMPTS: usize = 3;
+
+/// Runs one command against the admin API; `Err` is the one line to print.
+pub fn run(args: &AdminArgs, command: AdminCommand) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start: {err}"))?;
+    runtime.block_on(async {
+        let client = AdminClient::new(&args.admin_url, &args.admin_token_file)?;
+        match command {
+            AdminCommand::Tenant(command) => tenant(&client, args.output, command).await,
+            AdminCommand::Token(command) => token(&client, args.output, command).await,
+        }
+        .map_err(|err| err.to_string())
+    })
+}
+
+async fn tenant(
+    client: &AdminClient,
+    output: Output,
+    command: TenantCommand,
+) -> Result<(), CallError> {
+    match command {
+        TenantCommand::Create { id, fields } => {
+            let mut body = Map::new();
+            body.insert("id".into(), json!(id));
+            if let Some(label_value) = fields.label_value {
+                body.insert("label_value".into(), json!(label_value));
+            }
+            if !fields.extra_labels.is_empty() {
+                body.insert(
+                    "extra_labels".into(),
+                    Value::Object(pairs(&fields.extra_labels, "--extra-label", string_value)?),
+                );
+            }
+            if !fields.limits.is_empty() {
+                body.insert(
+                    "limits".into(),
+                    Value::Object(pairs(&fields.limits, "--limit", limit_value)?),
+                );
+            }
+            if !fields.identities.is_empty() {
+                body.insert("identities".into(), json!(fields.identities));
+            }
+            if !fields.backends.is_empty() {
+                body.insert("backends".into(), json!(fields.backends));
+            }
+            if fields.disabled {
+                body.insert("status".into(), json!("disabled"));
+            }
+            let answer = client
+                .call(
+                    Method::POST,
+                    "admin/v1/tenants",
+                    Some(&Value::Object(body)),
+                    None,
+                )
+                .await?;
+            show_tenant(output, &answer.body);
+        }
+        TenantCommand::List => {
+            let answer = client
+                .call(Method::GET, "admin/v1/tenants", None, None)
+                .await?;
+            match output {
+                Output::Json => print_json(&answer.body),
+                Output::Table => print!("{}", table::tenants(&answer.body)),
+            }
+        }
+        TenantCommand::Get { id } => {
+            let answer = client
+                .call(Method::GET, &tenant_path(&id), None, None)
+                .await?;
+            show_tenant(output, &answer.body);
+        }
+        TenantCommand::Update { id, change } => {
+            let updated = update(client, &id, &change).await?;
+            show_tenant(output, &updated);
+        }
+        TenantCommand::Disable { id } => set_status(client, output, &id, "disabled").await?,
+        TenantCommand::Enable { id } => set_status(client, output, &id, "active").await?,
+        TenantCommand::Delete { id } => {
+            client
+                .call(Method::DELETE, &tenant_path(&id), None, None)
+                .await?;
+            match output {
+                Output::Json => print_json(&json!({ "deleted": id })),
+                Output::Table => println!("tenant {id} deleted"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn set_status(
+    client: &AdminClient,
+    output: Output,
+    id: &str,
+    status: &str,
+) -> Result<(), CallError> {
+    let answer = client
+        .call(
+            Method::PATCH,
+            &tenant_path(id),
+            Some(&json!({ "status": status })),
+            None,
+        )
+        .await?;
+    show_tenant(output, &answer.body);
+    Ok(())
+}
+
+/// Reads the tenant, applies the change to what it holds, and writes back onto that
+/// version (`If-Match`), so a change made meanwhile by someone else is never undone.
+async fn update(client: &AdminClient, id: &str, change: &UpdateFields) -> Result<Value, CallError> {
+    let path = tenant_path(id);
+    let mut last_error = None;
+    for _ in 0..UPDATE_ATTEMPTS {
+        let current = client.call(Method::GET, &path, None, None).await?;
+        let body = patch_body(&current.body, change)?;
+        match client
+            .call(Method::PATCH, &path, Some(&body), current.etag.as_deref())
+            .await
+        {
+            Ok(answer) => return Ok(answer.body),
+            Err(CallError::Api {
+                status: StatusCode::PRECONDITION_FAILED,
+                message,
+            }) => {
+                last_error = Some(CallError::Api {
+                    status: StatusCode::PRECONDITION_FAILED,
+                    message,
+                })
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| CallError::Other("tenant kept changing; retry".into())))
+}
+
+/// The PATCH body: only the fields the command changes, merged into the current ones.
+fn patch_body(current: &Value, change: &UpdateFields) -> Result<Value, CallError> {
+    let mut body = Map::new();
+    if let Some(label_value) = &change.label_value {
+        body.insert("label_value".into(), json!(label_value));
+    }
+    if !change.extra_labels.is_empty() || !change.remove_extra_labels.is_empty() {
+        let mut labels = current["extra_labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        labels.extend(pairs(&change.extra_labels, "--extra-label", string_value)?);
+        for name in &change.remove_extra_labels {
+            labels.remove(name);
+        }
+        body.insert("extra_labels".into(), Value::Object(labels));
+    }
+    if !change.limits.is_empty() || !change.unset_limits.is_empty() {
+        let mut limits = current["limits"].as_object().cloned().unwrap_or_default();
+        limits.extend(pairs(&change.limits, "--limit", limit_value)?);
+        for key in &change.unset_limits {
+            limits.remove(key);
+        }
+        body.insert("limits".into(), Value::Object(limits));
+    }
+    if !change.identities.is_empty() || !change.remove_identities.is_empty() {
+        let mut identities: Vec<String> = current["identities"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for identity in &change.identities {
+            if !identities.contains(identity) {
+                identities.push(identity.clone());
+            }
+        }
+        identities.retain(|identity| !change.remove_identities.contains(identity));
+        body.insert("identities".into(), json!(identities));
+    }
+    if change.all_backends {
+        body.insert("backends".into(), json!([]));
+    } else if !change.backends.is_empty() {
+        body.insert("backends".into(), json!(change.backends));
+    }
+    if body.is_empty() {
+        return Err(CallError::Other(
+            "nothing to change: give at least one option (see --help)".into(),
+        ));
+    }
+    Ok(Value::Object(body))
+}
+
+async fn token(
+    client: &AdminClient,
+    output: Output,
+    command: TokenCommand,
+) -> Result<(), CallError> {
+    match command {
+        TokenCommand::Issue {
+            tenant,
+            ttl,
+            description,
+        } => {
+            let mut body = Map::new();
+            if let Some(ttl) = ttl {
+                body.insert("ttl".into(), json!(ttl));
+            }
+            if let Some(description) = description {
+                body.insert("description".into(), json!(description));
+            }
+            let answer = client
+                .call(
+                    Method::POST,
+                    &format!("{}/tokens", tenant_path(&tenant)),
+                    Some(&Value::Object(body)),
+                    None,
+                )
+                .await?;
+            match output {
+                Output::Json => print_json(&answer.body),
+                Output::Table => {
+                    let field = |name: &str| answer.body[name].as_str().unwrap_or_default();
+                    eprintln!(
+                        "token {} for tenant {} expires {}",
+                        table::clean(field("id")),
+                        table::clean(field("tenant_id")),
+                        table::clean(field("expires_at"))
+                    );
+                    println!("{}", field("token"));
+                }
+            }
+        }
+        TokenCommand::List { tenant } => {
+            let answer = client
+                .call(
+                    Method::GET,
+                    &format!("{}/tokens", tenant_path(&tenant)),
+                    None,
+                    None,
+                )
+                .await?;
+            match output {
+                Output::Json => print_json(&answer.body),
+                Output::Table => print!("{}", table::tokens(&answer.body)),
+            }
+        }
+        TokenCommand::Revoke { tenant, token_id } => {
+            client
+                .call(
+                    Method::DELETE,
+                    &format!(
+                        "{}/tokens/{}",
+                        tenant_path(&tenant),
+                        path_segment(&token_id)
+                    ),
+                    None,
+                    None,
+                )
+                .await?;
+            match output {
+                Output::Json => print_json(&json!({ "revoked": token_id, "tenant_id": tenant })),
+                Output::Table => println!("token {token_id} of tenant {tenant} revoked"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn show_tenant(output: Output, tenant: &Value) {
+    match output {
+        Output::Json => print_json(tenant),
+        Output::Table => print!("{}", table::tenant(tenant)),
+    }
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+fn tenant_path(id: &str) -> String {
+    format!("admin/v1/tenants/{}", path_segment(id))
+}
+
+/// Percent-encodes everything but unreserved characters: an id can never add a path
+/// segment or a query (the API refuses such ids anyway).
+fn path_segment(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// `NAME=VALUE` arguments as a JSON object, the values made by `value`.
+fn pairs(
+    items: &[String],
+    flag: &str,
+    value: fn(&str) -> Value,
+) -> Result<Map<String, Value>, CallError> {
+    let mut map = BTreeMap::new();
+    for item in items {
+        let Some((name, text)) = item.split_once('=') else {
+            return Err(CallError::Other(format!(
+                "{flag} {item:?}: write NAME=VALUE"
+            )));
+        };
+        map.insert(name.trim().to_string(), value(text.trim()));
+    }
+    Ok(map.into_iter().collect())
+}
+
+fn string_value(text: &str) -> Value {
+    Value::String(text.to_string())
+}
+
+/// A limit as the API takes it: counts as numbers, sizes and durations (`32MiB`, `10m`)
+/// as strings.
+fn limit_value(text: &str) -> Value {
+    match text.parse::<u64>() {
+        Ok(number) => Value::from(number),
+        Err(_) => Value::String(text.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change() -> UpdateFields {
+        UpdateFields {
+            label_value: None,
+            extra_labels: vec![],
+            remove_extra_labels: vec![],
+            limits: vec![],
+            unset_limits: vec![],
+            identities: vec![],
+            remove_identities: vec![],
+            backends: vec![],
+            all_backends: false,
+        }
+    }
+
+    #[test]
+    fn an_update_merges_into_what_the_tenant_holds() {
+        let current = json!({
+            "id": "alpha",
+            "extra_labels": {"env": "prod", "team": "a"},
+            "limits": {"requests_per_second": 5, "max_future_skew": "10m"},
+            "identities": ["spiffe://a"],
+            "backends": ["b0"],
+        });
+        let mut update = change();
+        update.extra_labels = vec!["team=b".into()];
+        update.remove_extra_labels = vec!["env".into()];
+        update.limits = vec![
+            "samples_per_second=100".into(),
+            "max_request_bytes=4MiB".into(),
+        ];
+        update.unset_limits = vec!["max_future_skew".into()];
+        update.identities = vec!["spiffe://b".into(), "spiffe://a".into()];
+        let body = patch_body(&current, &update).expect("body");
+        assert_eq!(
+            body,
+            json!({
+                "extra_labels": {"team": "b"},
+                "limits": {"requests_per_second": 5, "samples_per_second": 100, "max_request_bytes": "4MiB"},
+                "identities": ["spiffe://a", "spiffe://b"],
+            })
+        );
+        let mut update = change();
+        update.all_backends = true;
+        assert_eq!(
+            patch_body(&current, &update).expect("body"),
+            json!({"backends": []})
+        );
+        assert!(
+            patch_body(&current, &change()).is_err(),
+            "nothing to change"
+        );
+        let mut update = change();
+        update.limits = vec!["requests_per_second".into()];
+        assert!(patch_body(&current, &update).is_err(), "KEY=VALUE");
+    }
+
+    #[test]
+    fn path_segments_cannot_escape() {
+        assert_eq!(path_segment("alpha-1.b_c"), "alpha-1.b_c");
+        assert_eq!(path_segment("../x?y"), "..%2Fx%3Fy");
+    }
+}

@@ -1,0 +1,376 @@
+//! The backend's query API answers, made the tenant's (DESIGN §13): series whose tenant
+//! label names another tenant are dropped and counted (defence in depth: the backend
+//! ignored the matcher); the tenant label is stripped when `strip_label_on_read`;
+//! label-name answers never list the tenant label, label-value answers never another
+//! tenant's value; `metadata` keeps the metric names the tenant has series of. Error
+//! answers keep Prometheus' JSON shape.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use super::params::Api;
+
+/// How answers are made the tenant's.
+#[derive(Clone, Debug)]
+pub struct ResponseScope {
+    pub label: String,
+    pub value: String,
+    pub strip: bool,
+}
+
+/// What filtering saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filtered {
+    /// Series of another tenant the backend returned, dropped.
+    pub foreign_series: u64,
+}
+
+/// The backend's successful answer is not what the endpoint returns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backend answer is not a Prometheus API response: {0}")]
+pub struct UnexpectedAnswer(pub String);
+
+impl ResponseScope {
+    /// Keeps a label set of the tenant's (stripping the tenant label when asked);
+    /// `false` for another tenant's series.
+    fn own_labels(&self, labels: &mut Map<String, Value>) -> bool {
+        match labels.get(&self.label) {
+            Some(Value::String(value)) if value != &self.value => return false,
+            Some(Value::String(_)) | None => {}
+            Some(_) => return false,
+        }
+        if self.strip {
+            labels.remove(&self.label);
+        }
+        true
+    }
+
+    /// Drops the entries of `items` whose label set (under `key`) is another tenant's.
+    fn filter_series(&self, items: &mut Vec<Value>, key: Option<&str>, filtered: &mut Filtered) {
+        items.retain_mut(|item| {
+            let labels = match key {
+                Some(key) => item.get_mut(key),
+                None => Some(item),
+            };
+            let own = match labels {
+                Some(Value::Object(labels)) => self.own_labels(labels),
+                _ => false,
+            };
+            if !own {
+                filtered.foreign_series += 1;
+            }
+            own
+        });
+    }
+}
+
+/// Makes a successful JSON answer of `api` the tenant's. `tenant_names` is the set of
+/// metric names the tenant has series of (`metadata` only).
+pub fn scope_json(
+    api: &Api,
+    body: &[u8],
+    scope: &ResponseScope,
+    tenant_names: Option<&HashSet<String>>,
+) -> Result<(Vec<u8>, Filtered), UnexpectedAnswer> {
+    let mut answer: Value =
+        serde_json::from_slice(body).map_err(|err| UnexpectedAnswer(err.to_string()))?;
+    let mut filtered = Filtered::default();
+    let data = answer
+        .get_mut("data")
+        .ok_or_else(|| UnexpectedAnswer("no \"data\"".into()))?;
+    let unexpected = |what: &str| UnexpectedAnswer(format!("\"data\" is not {what}"));
+    match api {
+        Api::Query | Api::QueryRange => {
+            let vector_like = matches!(
+                data.get("resultType").and_then(Value::as_str),
+                Some("vector" | "matrix")
+            );
+            if vector_like {
+                let result = data
+                    .get_mut("result")
+                    .and_then(Value::as_array_mut)
+                    .ok_or_else(|| unexpected("a result list"))?;
+                scope.filter_series(result, Some("metric"), &mut filtered);
+            }
+        }
+        Api::Series => {
+            let series = data.as_array_mut().ok_or_else(|| unexpected("a list"))?;
+            scope.filter_series(series, None, &mut filtered);
+        }
+        Api::QueryExemplars => {
+            // VictoriaMetrics answers `null` when there is nothing.
+            if let Some(groups) = data.as_array_mut() {
+                scope.filter_series(groups, Some("seriesLabels"), &mut filtered);
+            }
+        }
+        Api::Labels => {
+            let names = data.as_array_mut().ok_or_else(|| unexpected("a list"))?;
+            names.retain(|name| name.as_str() != Some(scope.label.as_str()));
+        }
+        Api::LabelValues(name) if name == &scope.label => {
+            let values = data.as_array_mut().ok_or_else(|| unexpected("a list"))?;
+            let own = |value: &Value| value.as_str() == Some(scope.value.as_str());
+            filtered.foreign_series += values.iter().filter(|value| !own(value)).count() as u64;
+            values.retain(|value| !scope.strip && own(value));
+        }
+        Api::LabelValues(_) => {}
+        Api::Metadata => {
+            let families = data
+                .as_object_mut()
+                .ok_or_else(|| unexpected("an object"))?;
+            let names = tenant_names.ok_or_else(|| unexpected("scoped"))?;
+            families.retain(|name, _| names.contains(name));
+        }
+        Api::Federate | Api::BuildInfo => {}
+    }
+    let body = serde_json::to_vec(&answer).map_err(|err| UnexpectedAnswer(err.to_string()))?;
+    Ok((body, filtered))
+}
+
+/// The metric names in a `label/__name__/values` answer.
+pub fn label_values(body: &[u8]) -> Result<HashSet<String>, UnexpectedAnswer> {
+    let answer: Value =
+        serde_json::from_slice(body).map_err(|err| UnexpectedAnswer(err.to_string()))?;
+    let values = answer
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| UnexpectedAnswer("\"data\" is not a list".into()))?;
+    Ok(values
+        .iter()
+        .filter_map(|value| value.as_str().map(str::to_string))
+        .collect())
+}
+
+/// Whether a backend error body has Prometheus' JSON error shape, so it can be passed on.
+pub fn is_prometheus_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|answer| {
+        answer.get("status").and_then(Value::as_str) == Some("error")
+            && answer.get("error").is_some_and(Value::is_string)
+    })
+}
+
+/// Makes a `/federate` answer (text exposition format) the tenant's: each sample line's
+/// label set is parsed; another tenant's samples, and lines that do not parse, are
+/// dropped; the tenant label is cut out when stripping. `# TYPE` and `# HELP` lines
+/// stay only for families with a sample left.
+pub fn scope_federate(text: &str, scope: &ResponseScope) -> (String, Filtered) {
+    let mut filtered = Filtered::default();
+    let mut kept_lines: Vec<(Option<&str>, String)> = Vec::new();
+    let mut families_with_samples = HashSet::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let mut words = comment.split_whitespace();
+            if let (Some("TYPE" | "HELP"), Some(family)) = (words.next(), words.next()) {
+                kept_lines.push((Some(family), line.to_string()));
+            }
+            continue;
+        }
+        match scope_sample_line(line, scope) {
+            Some((name, kept)) => {
+                families_with_samples.insert(family_of(name).to_string());
+                families_with_samples.insert(name.to_string());
+                kept_lines.push((None, kept));
+            }
+            None => filtered.foreign_series += 1,
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for (family, line) in kept_lines {
+        if family.is_none_or(|family| families_with_samples.contains(family)) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    (out, filtered)
+}
+
+/// A histogram's or summary's series name without its suffix.
+fn family_of(name: &str) -> &str {
+    ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name)
+}
+
+/// One sample line, the tenant's: `(metric name, line to emit)`; `None` to drop it.
+fn scope_sample_line<'a>(line: &'a str, scope: &ResponseScope) -> Option<(&'a str, String)> {
+    let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+    let name = &line[..name_end];
+    let rest = &line[name_end..];
+    let Some(labels_text) = rest.strip_prefix('{') else {
+        // No labels: no tenant label, never the tenant's.
+        return None;
+    };
+    let (pairs, after) = parse_label_pairs(labels_text)?;
+    let mut own = false;
+    let mut kept = Vec::with_capacity(pairs.len());
+    for (label, value, raw) in pairs {
+        if label == scope.label {
+            if value != scope.value || own {
+                return None;
+            }
+            own = true;
+            if scope.strip {
+                continue;
+            }
+        }
+        kept.push(raw);
+    }
+    if !own {
+        return None;
+    }
+    Some((name, format!("{name}{{{}}}{after}", kept.join(","))))
+}
+
+/// A label pair of a sample line: name, unescaped value, raw text.
+type LabelPair<'a> = (&'a str, String, &'a str);
+
+/// Parses `k="v",…}` up to the closing brace: each pair's name, unescaped value and raw
+/// text, and what follows the brace.
+fn parse_label_pairs(text: &str) -> Option<(Vec<LabelPair<'_>>, &str)> {
+    let mut pairs = Vec::new();
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if let Some(after) = rest.strip_prefix('}') {
+            return Some((pairs, after));
+        }
+        let start = rest;
+        let eq = rest.find('=')?;
+        let name = rest[..eq].trim();
+        rest = rest[eq + 1..].strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                // The exposition format's only escapes; anything else drops the line.
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    escaped @ ('\\' | '"') => value.push(escaped),
+                    _ => return None,
+                },
+                (_, other) => value.push(other),
+            }
+        };
+        rest = &rest[end + 1..];
+        let raw = &start[..start.len() - rest.len()];
+        pairs.push((name, value, raw));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scope(strip: bool) -> ResponseScope {
+        ResponseScope {
+            label: "tenant_id".into(),
+            value: "alpha".into(),
+            strip,
+        }
+    }
+
+    fn run(api: Api, answer: Value, strip: bool) -> (Value, u64) {
+        let (body, filtered) = scope_json(&api, answer.to_string().as_bytes(), &scope(strip), None)
+            .expect("valid in this test");
+        (
+            serde_json::from_slice(&body).expect("valid in this test"),
+            filtered.foreign_series,
+        )
+    }
+
+    #[test]
+    fn vectors_drop_foreign_series_and_strip_the_label() {
+        let answer = json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"__name__": "up", "tenant_id": "alpha"}, "value": [1, "1"]},
+            {"metric": {"__name__": "up", "tenant_id": "beta"}, "value": [1, "2"]},
+            {"metric": {}, "value": [1, "3"]},
+        ]}});
+        let (scoped, foreign) = run(Api::Query, answer, true);
+        assert_eq!(foreign, 1);
+        assert_eq!(
+            scoped["data"]["result"],
+            json!([{"metric": {"__name__": "up"}, "value": [1, "1"]}, {"metric": {}, "value": [1, "3"]}])
+        );
+    }
+
+    #[test]
+    fn label_answers_never_show_the_tenant_label_or_other_values() {
+        let answer = json!({"status": "success", "data": ["__name__", "job", "tenant_id"]});
+        assert_eq!(
+            run(Api::Labels, answer, false).0["data"],
+            json!(["__name__", "job"])
+        );
+        let values = json!({"status": "success", "data": ["alpha", "beta"]});
+        let (scoped, foreign) = run(Api::LabelValues("tenant_id".into()), values.clone(), false);
+        assert_eq!((scoped["data"].clone(), foreign), (json!(["alpha"]), 1));
+        assert_eq!(
+            run(Api::LabelValues("tenant_id".into()), values, true).0["data"],
+            json!([])
+        );
+    }
+
+    #[test]
+    fn series_and_exemplars_are_filtered() {
+        let series = json!({"status": "success", "data": [
+            {"__name__": "a", "tenant_id": "beta"}, {"__name__": "a", "tenant_id": "alpha"}]});
+        assert_eq!(
+            run(Api::Series, series, true).0["data"],
+            json!([{"__name__": "a"}])
+        );
+        let exemplars = json!({"status": "success", "data": [
+            {"seriesLabels": {"__name__": "a", "tenant_id": "beta"}, "exemplars": []},
+            {"seriesLabels": {"__name__": "a", "tenant_id": "alpha"}, "exemplars": []}]});
+        let (scoped, foreign) = run(Api::QueryExemplars, exemplars, false);
+        assert_eq!(foreign, 1);
+        assert_eq!(scoped["data"][0]["seriesLabels"]["tenant_id"], "alpha");
+    }
+
+    #[test]
+    fn metadata_keeps_the_tenants_names() {
+        let answer = json!({"status": "success", "data": {"a": [{}], "b": [{}]}});
+        let names = HashSet::from(["a".to_string()]);
+        let (body, _) = scope_json(
+            &Api::Metadata,
+            answer.to_string().as_bytes(),
+            &scope(true),
+            Some(&names),
+        )
+        .expect("valid in this test");
+        let scoped: Value = serde_json::from_slice(&body).expect("valid in this test");
+        assert_eq!(scoped["data"], json!({"a": [{}]}));
+    }
+
+    #[test]
+    fn federate_lines() {
+        let text = "# TYPE up untyped\nup{instance=\"a\",tenant_id=\"alpha\"} 1 1000\n\
+                    up{instance=\"b\",tenant_id=\"beta\"} 1 1000\n# TYPE other untyped\n\
+                    other{tenant_id=\"beta\"} 2 1000\nweird{a=\"x\\\",tenant_id=\\\"alpha\"} 3\n\
+                    h_bucket{le=\"1\",tenant_id=\"alpha\"} 4\n# TYPE h histogram\n";
+        let (out, filtered) = scope_federate(text, &scope(true));
+        assert_eq!(
+            out,
+            "# TYPE up untyped\nup{instance=\"a\"} 1 1000\nh_bucket{le=\"1\"} 4\n# TYPE h histogram\n"
+        );
+        assert_eq!(filtered.foreign_series, 3);
+        let (out, _) = scope_federate(
+            "up{tenant_id=\"alpha\",tenant_id=\"beta\"} 1\n",
+            &scope(false),
+        );
+        assert_eq!(out, "");
+    }
+
+    #[test]
+    fn error_shape() {
+        assert!(is_prometheus_error(
+            br#"{"status":"error","errorType":"bad_data","error":"x"}"#
+        ));
+        assert!(!is_prometheus_error(b"nope"));
+    }
+}

@@ -1,0 +1,449 @@
+//! `POST /otlp/v1/metrics` and `POST /api/v1/otlp/v1/metrics`: OpenTelemetry metrics over
+//! OTLP/HTTP (DESIGN §12). The same pipeline as remote write, in the same order:
+//! headers → authenticate → the tenant's request rate → its write slot and the global
+//! in-flight cap → the body under `max_request_bytes` → the decoded size (a gzip
+//! trailer's claim, or the body itself) under `max_decoded_bytes` and the decoded-bytes
+//! budgets → inflate, decode, translate ([`crate::codec::otlp`]) and enforce the tenant's
+//! labels on the CPU pool → the tenant's sample rate (a data point counts as a sample)
+//! → the same fan-out as remote write
+//! (each backend in its protocol, queued copies after the sync backends accepted).
+//!
+//! Answers follow the OTLP/HTTP specification: 200 with a protobuf
+//! `ExportMetricsServiceResponse` (with `partial_success` when points were rejected
+//! alone), 400 when nothing of the request can be accepted, 415 for a content type or
+//! encoding other than protobuf and gzip, 429 (or 503) with `Retry-After` when throttled,
+//! 503 with `Retry-After` when a backend is unavailable. Refusals carry a protobuf
+//! `google.rpc.Status` body.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use prost::Message;
+
+use super::common::{
+    authenticate, budget_exhausted, count_request, cpu_unavailable, deadline_exceeded, global_slot,
+    read_body_capped, require_backends, throttled, within_deadline, Endpoint, Failure,
+};
+use super::write::{forward, now_ms, Bodies, DecodedBudget};
+use super::SharedState;
+use crate::admission::{BudgetError, Verdict};
+use crate::codec::otlp::{self, Caps, Enforced};
+use crate::codec::{snappy, CodecError};
+use crate::config::OtlpConfig;
+use crate::error::AppError;
+use crate::telemetry::{TenantLabel, TenantOutcome};
+use crate::tenant::TenantEntry;
+
+const PROTOBUF: &str = "application/x-protobuf";
+
+/// Decoded bodies over this are inflated and translated on the CPU pool, and every
+/// gzip body is: translation costs more per byte than the remote-write splice.
+const OFFLOAD_DECODED_BYTES: u64 = 256 << 10;
+
+/// `google.rpc.Status`, the body of an OTLP/HTTP refusal.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+pub async fn export_metrics(State(state): State<SharedState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let gzip = match check_media_type(&parts.headers) {
+        Ok(gzip) => gzip,
+        Err(error) => return refusal(&state, Failure::anonymous("unsupported_media_type", error)),
+    };
+    let mut caller = None;
+    let handled = within_deadline(&state, handle(&state, &parts, body, gzip, &mut caller))
+        .await
+        .unwrap_or_else(|| Err(deadline_exceeded(&state, caller.take())));
+    match handled {
+        Ok((tenant, enforced)) => {
+            let id = &tenant.tenant.id;
+            state
+                .metrics
+                .samples_forwarded
+                .get_or_create(&TenantLabel { tenant: id.clone() })
+                .inc_by(enforced.stats.total_samples() as u64);
+            count_points(&state, id, &enforced);
+            count_request(&state, Endpoint::Otlp, id, StatusCode::OK);
+            if enforced.rejected_points > 0 {
+                tracing::warn!(
+                    endpoint = Endpoint::Otlp.as_str(),
+                    tenant = %id,
+                    rejected_points = enforced.rejected_points,
+                    reason = %enforced.message,
+                    "data points rejected"
+                );
+            }
+            let answer = ExportMetricsServiceResponse {
+                partial_success: (enforced.rejected_points > 0).then(|| {
+                    ExportMetricsPartialSuccess {
+                        rejected_data_points: i64::try_from(enforced.rejected_points)
+                            .unwrap_or(i64::MAX),
+                        error_message: enforced.message.clone(),
+                    }
+                }),
+            };
+            protobuf_response(StatusCode::OK, answer.encode_to_vec())
+        }
+        Err(failure) => refusal(&state, failure),
+    }
+}
+
+fn count_points(state: &SharedState, tenant: &str, enforced: &Enforced) {
+    for (outcome, points) in [
+        ("accepted", enforced.accepted_points),
+        ("rejected", enforced.rejected_points),
+    ] {
+        if points > 0 {
+            state
+                .metrics
+                .otlp_data_points
+                .get_or_create(&TenantOutcome {
+                    tenant: tenant.to_string(),
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(points);
+        }
+    }
+}
+
+fn protobuf_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, Body::from(body)).into_response();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(PROTOBUF),
+    );
+    response
+}
+
+/// Logs, counts and answers a refusal with its status and headers (`Retry-After`,
+/// `WWW-Authenticate`) and a `google.rpc.Status` body.
+fn refusal(state: &SharedState, failure: Failure) -> Response {
+    let message = failure.error.public_message();
+    let mut response = failure.respond(state, Endpoint::Otlp);
+    let code = grpc_code(response.status());
+    let body = RpcStatus { code, message }.encode_to_vec();
+    *response.body_mut() = Body::from(body);
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(PROTOBUF),
+    );
+    response
+}
+
+/// The gRPC status code matching an HTTP refusal (the OTLP/HTTP specification's
+/// `Status.code`).
+fn grpc_code(status: StatusCode) -> i32 {
+    match status.as_u16() {
+        400 | 413 | 415 => 3, // INVALID_ARGUMENT
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        429 => 8,             // RESOURCE_EXHAUSTED
+        501 => 12,            // UNIMPLEMENTED
+        502..=504 => 14,      // UNAVAILABLE
+        _ => 13,              // INTERNAL
+    }
+}
+
+/// Content-Type must be `application/x-protobuf` (OTLP/JSON is not accepted: 415);
+/// Content-Encoding `gzip`, `identity` or absent. Returns whether the body is gzip.
+fn check_media_type(headers: &HeaderMap) -> Result<bool, AppError> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|value| value.to_str().unwrap_or_default())
+        .unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    if !media_type.eq_ignore_ascii_case(PROTOBUF) {
+        return Err(AppError::UnsupportedMediaType(format!(
+            "Content-Type {media_type:?} is not supported; send OTLP/HTTP protobuf ({PROTOBUF})"
+        )));
+    }
+    match headers.get(http::header::CONTENT_ENCODING) {
+        None => Ok(false),
+        Some(encoding) => {
+            let encoding = encoding.to_str().unwrap_or_default().trim();
+            if encoding.eq_ignore_ascii_case("gzip") {
+                Ok(true)
+            } else if encoding.is_empty() || encoding.eq_ignore_ascii_case("identity") {
+                Ok(false)
+            } else {
+                Err(AppError::UnsupportedMediaType(format!(
+                    "Content-Encoding {encoding:?} is not supported; send gzip or no encoding"
+                )))
+            }
+        }
+    }
+}
+
+async fn handle(
+    state: &SharedState,
+    parts: &Parts,
+    body: Body,
+    gzip: bool,
+    caller: &mut Option<Arc<TenantEntry>>,
+) -> Result<(Arc<TenantEntry>, Enforced), Failure> {
+    let tenant = authenticate(state, parts).await?;
+    *caller = Some(Arc::clone(&tenant));
+    require_backends(&tenant)?;
+    let limits = &tenant.limits;
+    // This replica enforces its share of the tenant's rates.
+    let replicas = state.registry.live_replicas();
+    for (verdict, limit) in [
+        (
+            state
+                .rate_limits
+                .check_write_request(&tenant.tenant.id, limits, replicas),
+            "requests",
+        ),
+        (
+            state
+                .rate_limits
+                .check_samples_blocked(&tenant.tenant.id, limits, replicas),
+            "samples",
+        ),
+    ] {
+        if let Verdict::Throttled { retry_after } = verdict {
+            let seconds = Verdict::retry_after_seconds(retry_after);
+            return Err(throttled(state, Endpoint::Otlp, &tenant, limit, seconds));
+        }
+    }
+    let wait = state.config.server.in_flight_wait;
+    let _tenant_slot = state
+        .tenant_budgets
+        .write_slot(
+            &tenant.tenant.id,
+            limits.max_concurrent_writes,
+            limits.max_in_flight_decoded_bytes,
+            wait,
+        )
+        .await
+        .map_err(|_: BudgetError| budget_exhausted(&tenant, "concurrent_writes"))?;
+    let _global_slot = global_slot(state, &tenant).await?;
+    let body = read_body_capped(
+        state,
+        &tenant,
+        &parts.headers,
+        body,
+        limits.max_request_bytes,
+    )
+    .await?;
+    let codec_failure = |err: CodecError| {
+        Failure::new(&tenant, err.reason(), AppError::BadRequest(err.to_string()))
+    };
+    // The decoded size, checked before anything is inflated or allocated from it.
+    let claimed = if gzip {
+        otlp::gzip_claimed_len(&body, limits.max_decoded_bytes).map_err(codec_failure)?
+    } else {
+        let length = body.len() as u64;
+        if length > limits.max_decoded_bytes {
+            return Err(codec_failure(CodecError::DecodedTooLarge {
+                claimed: length,
+                limit: limits.max_decoded_bytes,
+            }));
+        }
+        length
+    };
+    let _tenant_bytes = state
+        .tenant_budgets
+        .decoded_bytes(
+            &tenant.tenant.id,
+            limits.max_concurrent_writes,
+            limits.max_in_flight_decoded_bytes,
+            claimed,
+            wait,
+        )
+        .await
+        .map_err(|_: BudgetError| budget_exhausted(&tenant, "in_flight_decoded_bytes"))?;
+    let _decoded_budget = DecodedBudget::take(state, claimed).await.map_err(|_| {
+        Failure::new(
+            &tenant,
+            "decoded_budget",
+            AppError::Unavailable {
+                message: "promgate is at its in-flight decoded-bytes budget; retry later".into(),
+                retry_after_seconds: 1,
+            },
+        )
+    })?;
+    // One view of the config in force (`[otlp]` and the backends) for the whole request,
+    // whatever a reload does meanwhile.
+    let live = state.live.load_full();
+    let now = now_ms();
+    let (compressed, enforced) = if gzip || claimed > OFFLOAD_DECODED_BYTES {
+        let job_tenant = Arc::clone(&tenant);
+        let job_live = Arc::clone(&live);
+        state
+            .cpu
+            .run(&tenant.tenant.id, move || {
+                prepare(
+                    &body,
+                    gzip,
+                    claimed,
+                    &job_live.config.otlp,
+                    &job_tenant,
+                    now,
+                )
+            })
+            .await
+            .map_err(|err| cpu_unavailable(&tenant, err))?
+    } else {
+        prepare(&body, gzip, claimed, &live.config.otlp, &tenant, now)
+    }
+    .map_err(codec_failure)?;
+    if enforced.accepted_points == 0 && enforced.rejected_points > 0 {
+        count_points(state, &tenant.tenant.id, &enforced);
+        return Err(Failure::new(
+            &tenant,
+            "points_rejected",
+            AppError::BadRequest(format!(
+                "all {} data points were rejected: {}",
+                enforced.rejected_points, enforced.message
+            )),
+        ));
+    }
+    let Some(compressed) = compressed else {
+        // Nothing to forward (an empty export).
+        return Ok((tenant, enforced));
+    };
+    // Each data point counts as one sample against the tenant's sample rate (a
+    // histogram point too, however many series it makes).
+    let points = enforced.accepted_points;
+    let samples = enforced.stats.total_samples() as u64;
+    match state
+        .rate_limits
+        .check_samples(&tenant.tenant.id, limits, replicas, points)
+    {
+        Verdict::Allowed => {}
+        Verdict::Throttled { retry_after } => {
+            state
+                .metrics
+                .throttled_samples
+                .get_or_create(&TenantLabel {
+                    tenant: tenant.tenant.id.clone(),
+                })
+                .inc_by(samples);
+            let seconds = Verdict::retry_after_seconds(retry_after);
+            return Err(throttled(
+                state,
+                Endpoint::Otlp,
+                &tenant,
+                "samples",
+                seconds,
+            ));
+        }
+        Verdict::NeverFits { burst } => {
+            return Err(Failure::new(
+                &tenant,
+                "over_burst",
+                AppError::BadRequest(format!(
+                    "request holds {points} data points, more than the tenant's burst of {burst} samples: \
+                     it can never be accepted; export smaller batches"
+                )),
+            ));
+        }
+    }
+    state
+        .metrics
+        .samples_received
+        .get_or_create(&TenantLabel {
+            tenant: tenant.tenant.id.clone(),
+        })
+        .inc_by(samples);
+    forward(
+        state,
+        &live,
+        &tenant,
+        Bodies::v1(compressed),
+        &enforced.stats,
+    )
+    .await
+    .map_err(|error| Failure::new(&tenant, "backend", error))?;
+    Ok((tenant, enforced))
+}
+
+/// Inflates (under the checked claim), decodes, translates and scopes to the tenant;
+/// the snappy-compressed remote write 1.0 body for the backends, `None` when there
+/// is no series to send.
+fn prepare(
+    body: &[u8],
+    gzip: bool,
+    claimed: u64,
+    config: &OtlpConfig,
+    tenant: &TenantEntry,
+    now_ms: i64,
+) -> Result<(Option<Bytes>, Enforced), CodecError> {
+    let inflated;
+    let decoded = if gzip {
+        inflated = otlp::gunzip(body, claimed)?;
+        &inflated[..]
+    } else {
+        body
+    };
+    let request = otlp::decode(decoded)?;
+    let limits = &tenant.limits;
+    let translated = otlp::translate(&request, config, Caps::of(limits))?;
+    drop(request);
+    let enforced = otlp::enforce(translated, &tenant.policy, limits, now_ms)?;
+    let compressed = (!enforced.request.timeseries.is_empty())
+        .then(|| Bytes::from(snappy::compress(&enforced.request.encode_to_vec())));
+    Ok((compressed, enforced))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(content_type: Option<&str>, encoding: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = content_type {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_str(value).expect("ascii"),
+            );
+        }
+        if let Some(value) = encoding {
+            headers.insert(
+                http::header::CONTENT_ENCODING,
+                HeaderValue::from_str(value).expect("ascii"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            check_media_type(&headers(Some(PROTOBUF), None)).ok(),
+            Some(false)
+        );
+        assert_eq!(
+            check_media_type(&headers(Some("Application/X-Protobuf"), Some("GZIP"))).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            check_media_type(&headers(Some(PROTOBUF), Some("identity"))).ok(),
+            Some(false)
+        );
+        for bad in [
+            headers(Some("application/json"), None),
+            headers(None, None),
+            headers(Some("text/plain"), Some("gzip")),
+            headers(Some(PROTOBUF), Some("snappy")),
+            headers(Some(PROTOBUF), Some("zstd")),
+        ] {
+            let err = check_media_type(&bad).expect_err("415");
+            assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{bad:?}");
+        }
+    }
+}
