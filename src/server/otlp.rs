@@ -29,12 +29,12 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use prost::Message;
 
 use super::common::{
-    authenticate, budget_exhausted, count_request, cpu_unavailable, deadline_exceeded, global_slot,
-    read_body_capped, require_backends, throttled, within_deadline, Endpoint, Failure,
+    count_request, cpu_unavailable, deadline_exceeded, throttled, within_deadline, Endpoint,
+    Failure,
 };
-use super::write::{forward, now_ms, Bodies, DecodedBudget};
+use super::write::{admit_write, forward, now_ms, reserve_decoded, Bodies};
 use super::SharedState;
-use crate::admission::{BudgetError, Verdict};
+use crate::admission::Verdict;
 use crate::codec::otlp::{self, Caps, Enforced};
 use crate::codec::{snappy, CodecError};
 use crate::config::OtlpConfig;
@@ -194,51 +194,9 @@ async fn handle(
     gzip: bool,
     caller: &mut Option<Arc<TenantEntry>>,
 ) -> Result<(Arc<TenantEntry>, Enforced), Failure> {
-    let tenant = authenticate(state, parts).await?;
-    *caller = Some(Arc::clone(&tenant));
-    require_backends(&tenant)?;
+    let (tenant, _admission, body) =
+        admit_write(state, parts, body, Endpoint::Otlp, caller).await?;
     let limits = &tenant.limits;
-    // This replica enforces its share of the tenant's rates.
-    let replicas = state.registry.live_replicas();
-    for (verdict, limit) in [
-        (
-            state
-                .rate_limits
-                .check_write_request(&tenant.tenant.id, limits, replicas),
-            "requests",
-        ),
-        (
-            state
-                .rate_limits
-                .check_samples_blocked(&tenant.tenant.id, limits, replicas),
-            "samples",
-        ),
-    ] {
-        if let Verdict::Throttled { retry_after } = verdict {
-            let seconds = Verdict::retry_after_seconds(retry_after);
-            return Err(throttled(state, Endpoint::Otlp, &tenant, limit, seconds));
-        }
-    }
-    let wait = state.config.server.in_flight_wait;
-    let _tenant_slot = state
-        .tenant_budgets
-        .write_slot(
-            &tenant.tenant.id,
-            limits.max_concurrent_writes,
-            limits.max_in_flight_decoded_bytes,
-            wait,
-        )
-        .await
-        .map_err(|_: BudgetError| budget_exhausted(&tenant, "concurrent_writes"))?;
-    let _global_slot = global_slot(state, &tenant).await?;
-    let body = read_body_capped(
-        state,
-        &tenant,
-        &parts.headers,
-        body,
-        limits.max_request_bytes,
-    )
-    .await?;
     let codec_failure = |err: CodecError| {
         Failure::new(&tenant, err.reason(), AppError::BadRequest(err.to_string()))
     };
@@ -255,27 +213,7 @@ async fn handle(
         }
         length
     };
-    let _tenant_bytes = state
-        .tenant_budgets
-        .decoded_bytes(
-            &tenant.tenant.id,
-            limits.max_concurrent_writes,
-            limits.max_in_flight_decoded_bytes,
-            claimed,
-            wait,
-        )
-        .await
-        .map_err(|_: BudgetError| budget_exhausted(&tenant, "in_flight_decoded_bytes"))?;
-    let _decoded_budget = DecodedBudget::take(state, claimed).await.map_err(|_| {
-        Failure::new(
-            &tenant,
-            "decoded_budget",
-            AppError::Unavailable {
-                message: "promgate is at its in-flight decoded-bytes budget; retry later".into(),
-                retry_after_seconds: 1,
-            },
-        )
-    })?;
+    let _decoded = reserve_decoded(state, &tenant, claimed).await?;
     // One view of the config in force (`[otlp]` and the backends) for the whole request,
     // whatever a reload does meanwhile.
     let live = state.live.load_full();
@@ -320,10 +258,12 @@ async fn handle(
     // histogram point too, however many series it makes).
     let points = enforced.accepted_points;
     let samples = enforced.stats.total_samples() as u64;
-    match state
-        .rate_limits
-        .check_samples(&tenant.tenant.id, limits, replicas, points)
-    {
+    match state.rate_limits.check_samples(
+        &tenant.tenant.id,
+        limits,
+        state.registry.live_replicas(),
+        points,
+    ) {
         Verdict::Allowed => {}
         Verdict::Throttled { retry_after } => {
             state

@@ -97,76 +97,15 @@ async fn handle(
     protocol: WriteProtocol,
     caller: &mut Option<Arc<TenantEntry>>,
 ) -> Result<(Arc<TenantEntry>, WriteStats, Written), Failure> {
-    let headers = &parts.headers;
-    let tenant = authenticate(state, parts).await?;
-    *caller = Some(Arc::clone(&tenant));
-    require_backends(&tenant)?;
+    let (tenant, _admission, compressed) =
+        admit_write(state, parts, body, Endpoint::Write, caller).await?;
     let limits = &tenant.limits;
-    // This replica enforces its share of the tenant's rates.
-    let replicas = state.registry.live_replicas();
-    // Throttles that need no body first: the request rate, and a tenant still inside the
-    // wait it was given for its samples (a flood then costs headers only).
-    for (verdict, limit) in [
-        (
-            state
-                .rate_limits
-                .check_write_request(&tenant.tenant.id, limits, replicas),
-            "requests",
-        ),
-        (
-            state
-                .rate_limits
-                .check_samples_blocked(&tenant.tenant.id, limits, replicas),
-            "samples",
-        ),
-    ] {
-        if let Verdict::Throttled { retry_after } = verdict {
-            let seconds = Verdict::retry_after_seconds(retry_after);
-            return Err(throttled(state, Endpoint::Write, &tenant, limit, seconds));
-        }
-    }
-    // The tenant's own share first, then the process-wide one: a tenant that fills its
-    // share waits on it without holding anything another tenant needs.
-    let wait = state.config.server.in_flight_wait;
-    let _tenant_slot = state
-        .tenant_budgets
-        .write_slot(
-            &tenant.tenant.id,
-            limits.max_concurrent_writes,
-            limits.max_in_flight_decoded_bytes,
-            wait,
-        )
-        .await
-        .map_err(|_: BudgetError| budget_exhausted(&tenant, "concurrent_writes"))?;
-    let _global_slot = global_slot(state, &tenant).await?;
-    let compressed =
-        read_body_capped(state, &tenant, headers, body, limits.max_request_bytes).await?;
     let codec_failure = |err: CodecError| {
         Failure::new(&tenant, err.reason(), AppError::BadRequest(err.to_string()))
     };
     let claimed = snappy::checked_decoded_len(&compressed, limits.max_decoded_bytes)
         .map_err(codec_failure)?;
-    let _tenant_bytes = state
-        .tenant_budgets
-        .decoded_bytes(
-            &tenant.tenant.id,
-            limits.max_concurrent_writes,
-            limits.max_in_flight_decoded_bytes,
-            claimed,
-            wait,
-        )
-        .await
-        .map_err(|_: BudgetError| budget_exhausted(&tenant, "in_flight_decoded_bytes"))?;
-    let _decoded_budget = DecodedBudget::take(state, claimed).await.map_err(|_| {
-        Failure::new(
-            &tenant,
-            "decoded_budget",
-            AppError::Unavailable {
-                message: "promgate is at its in-flight decoded-bytes budget; retry later".into(),
-                retry_after_seconds: 1,
-            },
-        )
-    })?;
+    let _decoded = reserve_decoded(state, &tenant, claimed).await?;
     // One view of the backends for the whole request, whatever a reload does meanwhile.
     let live = state.live.load_full();
     let targets = Targets::of(&live, &tenant);
@@ -190,10 +129,12 @@ async fn handle(
     };
     let (bodies, stats) = prepared.map_err(codec_failure)?;
     let samples = stats.total_samples() as u64;
-    match state
-        .rate_limits
-        .check_samples(&tenant.tenant.id, limits, replicas, samples)
-    {
+    match state.rate_limits.check_samples(
+        &tenant.tenant.id,
+        limits,
+        state.registry.live_replicas(),
+        samples,
+    ) {
         Verdict::Allowed => {}
         Verdict::Throttled { retry_after } => {
             state
@@ -341,8 +282,123 @@ fn rewrite_body(
     })
 }
 
+/// What a write-like request (remote write, OTLP) holds once admitted: its tenant's write
+/// slot and a process-wide in-flight place, until dropped.
+pub(super) struct WriteAdmission<'a> {
+    _tenant_slot: tokio::sync::OwnedSemaphorePermit,
+    _global_slot: super::common::InFlightGauge<'a>,
+}
+
+/// The admission every write-like request passes, in this order (DESIGN §6 steps 2–4,
+/// SECURITY.md T23): authentication (nothing shared is held yet); the throttles that need
+/// no body (the request rate, and a tenant still inside the wait it was given for its
+/// samples, so a flood costs headers only); the tenant's own write slot, then the
+/// process-wide one (a tenant that fills its share waits on it without holding anything
+/// another tenant needs); the body under `max_request_bytes`. `caller` names the tenant as
+/// soon as it is known, for the deadline's answer.
+pub(super) async fn admit_write<'a>(
+    state: &'a SharedState,
+    parts: &Parts,
+    body: Body,
+    endpoint: Endpoint,
+    caller: &mut Option<Arc<TenantEntry>>,
+) -> Result<(Arc<TenantEntry>, WriteAdmission<'a>, Bytes), Failure> {
+    let tenant = authenticate(state, parts).await?;
+    *caller = Some(Arc::clone(&tenant));
+    require_backends(&tenant)?;
+    let limits = &tenant.limits;
+    // This replica enforces its share of the tenant's rates.
+    let replicas = state.registry.live_replicas();
+    for (verdict, limit) in [
+        (
+            state
+                .rate_limits
+                .check_write_request(&tenant.tenant.id, limits, replicas),
+            "requests",
+        ),
+        (
+            state
+                .rate_limits
+                .check_samples_blocked(&tenant.tenant.id, limits, replicas),
+            "samples",
+        ),
+    ] {
+        if let Verdict::Throttled { retry_after } = verdict {
+            let seconds = Verdict::retry_after_seconds(retry_after);
+            return Err(throttled(state, endpoint, &tenant, limit, seconds));
+        }
+    }
+    let tenant_slot = state
+        .tenant_budgets
+        .write_slot(
+            &tenant.tenant.id,
+            limits.max_concurrent_writes,
+            limits.max_in_flight_decoded_bytes,
+            state.config.server.in_flight_wait,
+        )
+        .await
+        .map_err(|_: BudgetError| budget_exhausted(&tenant, "concurrent_writes"))?;
+    let global_slot = global_slot(state, &tenant).await?;
+    let body = read_body_capped(
+        state,
+        &tenant,
+        &parts.headers,
+        body,
+        limits.max_request_bytes,
+    )
+    .await?;
+    Ok((
+        tenant,
+        WriteAdmission {
+            _tenant_slot: tenant_slot,
+            _global_slot: global_slot,
+        },
+        body,
+    ))
+}
+
+/// A write's decoded bytes, reserved by their checked claim before anything is inflated.
+pub(super) struct DecodedReservation {
+    _tenant_bytes: tokio::sync::OwnedSemaphorePermit,
+    _process: DecodedBudget,
+}
+
+/// Reserves `claimed` decoded bytes in the tenant's budget, then in the process-wide one.
+pub(super) async fn reserve_decoded(
+    state: &SharedState,
+    tenant: &Arc<TenantEntry>,
+    claimed: u64,
+) -> Result<DecodedReservation, Failure> {
+    let limits = &tenant.limits;
+    let tenant_bytes = state
+        .tenant_budgets
+        .decoded_bytes(
+            &tenant.tenant.id,
+            limits.max_concurrent_writes,
+            limits.max_in_flight_decoded_bytes,
+            claimed,
+            state.config.server.in_flight_wait,
+        )
+        .await
+        .map_err(|_: BudgetError| budget_exhausted(tenant, "in_flight_decoded_bytes"))?;
+    let process = DecodedBudget::take(state, claimed).await.map_err(|_| {
+        Failure::new(
+            tenant,
+            "decoded_budget",
+            AppError::Unavailable {
+                message: "promgate is at its in-flight decoded-bytes budget; retry later".into(),
+                retry_after_seconds: 1,
+            },
+        )
+    })?;
+    Ok(DecodedReservation {
+        _tenant_bytes: tenant_bytes,
+        _process: process,
+    })
+}
+
 /// A share of the process-wide decoded-bytes budget, shown in the in-flight gauge while held.
-pub(super) struct DecodedBudget {
+struct DecodedBudget {
     state: SharedState,
     bytes: i64,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -350,10 +406,7 @@ pub(super) struct DecodedBudget {
 
 impl DecodedBudget {
     /// The process-wide share, after the tenant's own.
-    pub(super) async fn take(
-        state: &SharedState,
-        bytes: u64,
-    ) -> Result<DecodedBudget, BudgetError> {
+    async fn take(state: &SharedState, bytes: u64) -> Result<DecodedBudget, BudgetError> {
         let permit = state.in_flight.decoded_bytes(bytes).await?;
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         state.metrics.in_flight_decoded_bytes.inc_by(bytes);
