@@ -29,12 +29,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use prost::Message;
 
 use super::common::{
-    count_request, cpu_unavailable, deadline_exceeded, throttled, within_deadline, Endpoint,
-    Failure,
+    count_request, cpu_unavailable, deadline_exceeded, within_deadline, Endpoint, Failure,
 };
-use super::write::{admit_write, forward, now_ms, reserve_decoded, Bodies};
+use super::write::{admit_samples, admit_write, forward, now_ms, reserve_decoded, Bodies};
 use super::SharedState;
-use crate::admission::Verdict;
 use crate::codec::otlp::{self, Caps, Enforced};
 use crate::codec::{snappy, CodecError};
 use crate::config::OtlpConfig;
@@ -258,41 +256,12 @@ async fn handle(
     // histogram point too, however many series it makes).
     let points = enforced.accepted_points;
     let samples = enforced.stats.total_samples() as u64;
-    match state.rate_limits.check_samples(
-        &tenant.tenant.id,
-        limits,
-        state.registry.live_replicas(),
-        points,
-    ) {
-        Verdict::Allowed => {}
-        Verdict::Throttled { retry_after } => {
-            state
-                .metrics
-                .throttled_samples
-                .get_or_create(&TenantLabel {
-                    tenant: tenant.tenant.id.clone(),
-                })
-                .inc_by(samples);
-            let seconds = Verdict::retry_after_seconds(retry_after);
-            return Err(throttled(
-                state,
-                Endpoint::Otlp,
-                &tenant,
-                "samples",
-                seconds,
-            ));
-        }
-        Verdict::NeverFits { burst } => {
-            return Err(Failure::new(
-                &tenant,
-                "over_burst",
-                AppError::BadRequest(format!(
-                    "request holds {points} data points, more than the tenant's burst of {burst} samples: \
-                     it can never be accepted; export smaller batches"
-                )),
-            ));
-        }
-    }
+    admit_samples(state, Endpoint::Otlp, &tenant, points, samples, |burst| {
+        format!(
+            "request holds {points} data points, more than the tenant's burst of {burst} samples: \
+             it can never be accepted; export smaller batches"
+        )
+    })?;
     state
         .metrics
         .samples_received

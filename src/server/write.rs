@@ -129,41 +129,12 @@ async fn handle(
     };
     let (bodies, stats) = prepared.map_err(codec_failure)?;
     let samples = stats.total_samples() as u64;
-    match state.rate_limits.check_samples(
-        &tenant.tenant.id,
-        limits,
-        state.registry.live_replicas(),
-        samples,
-    ) {
-        Verdict::Allowed => {}
-        Verdict::Throttled { retry_after } => {
-            state
-                .metrics
-                .throttled_samples
-                .get_or_create(&TenantLabel {
-                    tenant: tenant.tenant.id.clone(),
-                })
-                .inc_by(samples);
-            let seconds = Verdict::retry_after_seconds(retry_after);
-            return Err(throttled(
-                state,
-                Endpoint::Write,
-                &tenant,
-                "samples",
-                seconds,
-            ));
-        }
-        Verdict::NeverFits { burst } => {
-            return Err(Failure::new(
-                &tenant,
-                "over_burst",
-                AppError::BadRequest(format!(
-                    "request holds {samples} samples, more than the tenant's burst of {burst}: it can never be \
-                     accepted; send smaller batches (queue_config.max_samples_per_send)"
-                )),
-            ));
-        }
-    }
+    admit_samples(state, Endpoint::Write, &tenant, samples, samples, |burst| {
+        format!(
+            "request holds {samples} samples, more than the tenant's burst of {burst}: it can never be \
+             accepted; send smaller batches (queue_config.max_samples_per_send)"
+        )
+    })?;
     state
         .metrics
         .samples_received
@@ -355,6 +326,42 @@ pub(super) async fn admit_write<'a>(
         },
         body,
     ))
+}
+
+/// The tenant's samples rate (DESIGN §6 step 6): `charged` against its bucket (throttle
+/// answer when over, with `samples` counted as throttled), or 400 with `never_fits`'s
+/// reason when the request is larger than the whole burst and no wait could admit it.
+pub(super) fn admit_samples(
+    state: &SharedState,
+    endpoint: Endpoint,
+    tenant: &Arc<TenantEntry>,
+    charged: u64,
+    samples: u64,
+    never_fits: impl FnOnce(u64) -> String,
+) -> Result<(), Failure> {
+    let replicas = state.registry.live_replicas();
+    match state
+        .rate_limits
+        .check_samples(&tenant.tenant.id, &tenant.limits, replicas, charged)
+    {
+        Verdict::Allowed => Ok(()),
+        Verdict::Throttled { retry_after } => {
+            state
+                .metrics
+                .throttled_samples
+                .get_or_create(&TenantLabel {
+                    tenant: tenant.tenant.id.clone(),
+                })
+                .inc_by(samples);
+            let seconds = Verdict::retry_after_seconds(retry_after);
+            Err(throttled(state, endpoint, tenant, "samples", seconds))
+        }
+        Verdict::NeverFits { burst } => Err(Failure::new(
+            tenant,
+            "over_burst",
+            AppError::BadRequest(never_fits(burst)),
+        )),
+    }
 }
 
 /// A write's decoded bytes, reserved by their checked claim before anything is inflated.
