@@ -162,6 +162,7 @@ async fn run_reloadable(
         .start_workers(&state.live.load().backends, &state.metrics);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reload_stop = stop_rx.clone();
     let data_addr = listeners.data.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let connection_limits = state.config.server.connections;
@@ -214,7 +215,7 @@ async fn run_reloadable(
         state.reloader.set_path(path);
     }
     // Also without a file: a SIGHUP is then logged, never the end of the process.
-    server::reload::spawn_on_sighup(Arc::clone(&state))
+    server::reload::spawn_on_sighup(&state, reload_stop)
         .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.config.backends.len(), "promgate is serving");

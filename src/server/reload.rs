@@ -317,16 +317,34 @@ fn keep_restart_only(running: &Config, mut new: Config) -> Config {
     new
 }
 
-/// Reloads on every SIGHUP for as long as the process runs. Installed before the relay
-/// reports ready, so a SIGHUP never finds the default action (which ends the process).
-pub fn spawn_on_sighup(state: SharedState) -> std::io::Result<()> {
+/// Reloads on every SIGHUP until shutdown begins (`stop` turns true). Installed before the
+/// relay reports ready, so a SIGHUP never finds the default action (which ends the
+/// process). It holds the state weakly and ends at shutdown, so a stopped relay lets go of
+/// everything the state owns (its queues' locks among them).
+pub fn spawn_on_sighup(
+    state: &SharedState,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let state = std::sync::Arc::downgrade(state);
     tokio::spawn(async move {
-        while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the configuration");
-            // A refused file is logged and in the metrics already.
-            if let Err(ReloadError::NoFile) = reload(&state).await {
-                tracing::warn!(reason = %ReloadError::NoFile, "SIGHUP ignored");
+        loop {
+            tokio::select! {
+                signal = hangup.recv() => {
+                    let (Some(()), Some(state)) = (signal, state.upgrade()) else {
+                        return;
+                    };
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    // A refused file is logged and in the metrics already.
+                    if let Err(ReloadError::NoFile) = reload(&state).await {
+                        tracing::warn!(reason = %ReloadError::NoFile, "SIGHUP ignored");
+                    }
+                }
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
             }
         }
     });

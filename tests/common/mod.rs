@@ -424,6 +424,10 @@ impl Relay {
                     .into();
                 return relay;
             }
+            if relay.task.as_ref().is_some_and(|task| task.is_finished()) {
+                let ended = relay.task.take().expect("task").await;
+                panic!("promgate ended before it became ready: {ended:?}");
+            }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
         panic!("promgate did not become ready");
