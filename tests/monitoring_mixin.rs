@@ -346,15 +346,7 @@ async fn every_metric_the_mixin_uses_is_exported() {
         .await;
     assert_eq!(status(read), 200, "a read is answered");
 
-    let exposition = promgate
-        .http
-        .get(format!("{}/metrics", promgate.admin_url))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics");
+    let exposition = promgate.metrics().await;
     let exported: BTreeSet<String> = exposition
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())

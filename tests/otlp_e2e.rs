@@ -310,15 +310,7 @@ async fn the_python_sdk_exports_through_promgate_into_prometheus_and_victoria_me
     until_equal(&mut stack, &prometheus, all, &want_after).await;
     until_equal(&mut stack, &victoria, all, &want_after).await;
 
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.promgate.admin_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.promgate.metrics().await;
     for needle in [
         r#"promgate_requests_total{endpoint="otlp",tenant="alpha",code="200"} 2"#,
         r#"promgate_requests_total{endpoint="otlp",tenant="alpha",code="400"} 1"#,

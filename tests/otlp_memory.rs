@@ -102,15 +102,7 @@ async fn gzip_bombs_cost_their_checked_claim_at_most() {
         "peak RSS {peak:.0} MiB over the {budget} MiB budget"
     );
     assert!(backend.requests().is_empty());
-    let metrics = promgate
-        .http
-        .get(format!("{}/metrics", promgate.admin_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = promgate.metrics().await;
     for needle in [
         r#"promgate_rejected_requests_total{endpoint="otlp",tenant="alpha",reason="decoded_too_large"} 150"#,
         r#"promgate_rejected_requests_total{endpoint="otlp",tenant="alpha",reason="bad_gzip"} 150"#,

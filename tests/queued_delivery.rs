@@ -629,15 +629,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let metrics = promgate
-        .http
-        .get(format!("{}/metrics", promgate.admin_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = promgate.metrics().await;
     assert_eq!(
         metric(&metrics, "promgate_queue_records", &["backend=\"queued\""]),
         0.0
@@ -731,15 +723,7 @@ async fn a_queued_prometheus_down_for_a_minute_gets_every_sample_the_sender_scra
         .expect("backend port");
     assert!(stack.backend.terminate(Duration::from_secs(20)));
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let metrics = stack
-        .http
-        .get(format!("{}/metrics", stack.promgate.admin_url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = stack.promgate.metrics().await;
     assert!(
         metric(
             &metrics,
@@ -766,15 +750,7 @@ async fn a_queued_prometheus_down_for_a_minute_gets_every_sample_the_sender_scra
             "prometheus_remote_storage_queue_highest_sent_timestamp_seconds",
         )
         .await;
-        let metrics = stack
-            .http
-            .get(format!("{}/metrics", stack.promgate.admin_url))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = stack.promgate.metrics().await;
         if sent_through > until_time + 2.0
             && metric(
                 &metrics,

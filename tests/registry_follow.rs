@@ -350,15 +350,7 @@ async fn a_pruning_backlog_goes_in_batches() {
 
 /// The live replica count of a running promgate, from its `/metrics`.
 async fn live_replicas(replica: &common::binary::PromgateBinary) -> f64 {
-    let text = replica
-        .http
-        .get(format!("{}/metrics", replica.admin_url))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("metrics");
+    let text = replica.metrics().await;
     text.lines()
         .find_map(|line| line.strip_prefix("promgate_registry_live_replicas "))
         .and_then(|value| value.trim().parse().ok())

@@ -68,16 +68,7 @@ impl Harness {
     /// `promgate_config_last_reload_successful` and `…_success_timestamp_seconds`, from
     /// one scrape so the two belong together.
     async fn reload_state(&self) -> (f64, f64) {
-        let text = self
-            .promgate
-            .http
-            .get(format!("{}/metrics", self.promgate.admin_url))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let text = self.promgate.metrics().await;
         let metric = |name: &str| -> f64 {
             text.lines()
                 .find_map(|line| line.strip_prefix(&format!("{name} ")))

@@ -78,6 +78,18 @@ impl PromgateBinary {
         self.process = spawn_ready(&self.config_path, &self.root, &name, &self.admin_url).await;
     }
 
+    /// The relay's `/metrics` exposition, from its admin listener.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin_url))
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub fn write_url(&self) -> String {
         format!("{}/api/v1/write", self.data_url)
     }
