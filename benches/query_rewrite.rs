@@ -4,11 +4,17 @@
 //! Grafana dashboards send. Also the parameters of a typical `query_range` form body read
 //! and scoped whole.
 //!
+//! And the largest queries `query::guard` lets through (its size, nesting and regex
+//! bounds): how long one of them holds a CPU-pool thread.
+//!
 //! Run: `cargo bench --bench query_rewrite`
 
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use promgate::query::guard::{
+    MAX_QUERY_BYTES, MAX_QUERY_NESTING, MAX_QUERY_REGEX_BYTES, MAX_QUERY_REGEX_MATCHERS,
+};
 use promgate::query::params::{self, Api};
 use promgate::query::promql::{scope_expression, TenantScope};
 
@@ -73,5 +79,52 @@ fn rewrite(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rewrite);
+/// The most expensive texts within the guard's bounds, each refused or scoped whole.
+fn worst_cases() -> Vec<(&'static str, String)> {
+    // Selectors with long values, as many as the size and operator bounds allow.
+    let value = "x".repeat(120);
+    let term = format!(r#"up{{job="{value}"}}"#);
+    let terms = (MAX_QUERY_BYTES / (term.len() + 4)).min(MAX_QUERY_NESTING - 1);
+    let selectors = vec![term.as_str(); terms].join(" or ");
+    // Regex matchers: as many as allowed, sharing the regex byte budget.
+    let each = MAX_QUERY_REGEX_BYTES / MAX_QUERY_REGEX_MATCHERS - 1;
+    let alternation = (0..each / 4)
+        .map(|i| format!("{:03}", i % 1000))
+        .collect::<Vec<_>>()
+        .join("|");
+    let regex_term = format!(
+        r#"up{{job=~"{}"}}"#,
+        &alternation[..alternation.len().min(each)]
+    );
+    let regexes =
+        vec![regex_term.as_str(); MAX_QUERY_REGEX_MATCHERS.min(MAX_QUERY_NESTING - 1)].join(" or ");
+    // The same selectors ending in a syntax error.
+    let syntax_error = format!("{selectors} or )");
+    let deepest = format!(
+        "{}up{}",
+        "(".repeat(MAX_QUERY_NESTING - 1),
+        ")".repeat(MAX_QUERY_NESTING - 1)
+    );
+    vec![
+        ("largest_selectors", selectors),
+        ("most_regexes", regexes),
+        ("largest_syntax_error", syntax_error),
+        ("deepest_parentheses", deepest),
+    ]
+}
+
+fn worst(c: &mut Criterion) {
+    let mut group = c.benchmark_group("query_worst_case");
+    group.measurement_time(Duration::from_secs(5));
+    group.sample_size(20);
+    for (name, text) in worst_cases() {
+        assert!(text.len() <= MAX_QUERY_BYTES, "{name}: {}", text.len());
+        group.bench_function(name, |b| {
+            b.iter(|| std::hint::black_box(scope_expression(&text, &SCOPE).is_ok()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rewrite, worst);
 criterion_main!(benches);

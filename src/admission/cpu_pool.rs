@@ -26,6 +26,12 @@ pub enum PoolError {
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// The stack of each worker thread. Parsing, printing, comparing and dropping a PromQL
+/// tree recurse once per level, a few hundred bytes a level in release builds and a
+/// few kilobytes in debug builds; this is more than ten times what the deepest query
+/// `query::guard` lets through takes in either. Untouched stack costs no memory.
+pub const STACK_BYTES: usize = 64 * 1024 * 1024;
+
 pub struct CpuPool {
     shared: Arc<Shared>,
     max_queued_per_tenant: usize,
@@ -87,6 +93,7 @@ impl CpuPool {
             let shared = Arc::clone(&shared);
             let spawned = thread::Builder::new()
                 .name(format!("promgate-cpu-{index}"))
+                .stack_size(STACK_BYTES)
                 .spawn(move || work(&shared));
             if let Err(err) = spawned {
                 tracing::error!(error = %err, "could not start a CPU worker thread");

@@ -4,6 +4,7 @@
 //! made the tenant's ([`response`]). Pure and synchronous; the handler is
 //! `server::query`. Remote read lives in `read`.
 
+pub mod guard;
 pub mod params;
 pub mod promql;
 pub mod response;

@@ -10,10 +10,20 @@
 //!   reads only one group would leave the others unscoped;
 //! - `info(v)` without its data-label selector: it fetches `target_info` series that no
 //!   selector of the user names; `info(v, {…})` is scoped like any selector;
-//! - anything that does not print back to the same tree.
+//! - anything that does not print back to the same tree;
+//! - a text over the bounds of [`super::guard`] (size, nesting, regex matchers), before
+//!   it is parsed.
+//!
+//! Regex matcher values are parsed, scoped and printed as placeholders and put back
+//! into the printed text at the end ([`super::guard::Prepared`]), so no regex is
+//! compiled here, once or twice.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::{self, Expr, VectorSelector};
+
+use super::guard::{self, Prepared, TooComplex};
 
 /// The tenant an expression is scoped to.
 #[derive(Clone, Copy, Debug)]
@@ -44,20 +54,34 @@ pub enum ScopeError {
     TenantMatcher { label: String },
     #[error("the expression cannot be rewritten faithfully; simplify it")]
     NotReprintable,
+    #[error("{0}")]
+    TooComplex(TooComplex),
+}
+
+impl From<TooComplex> for ScopeError {
+    fn from(refused: TooComplex) -> ScopeError {
+        match refused {
+            // What the lexer refuses is a syntax error like any other.
+            TooComplex::Lex(message) => ScopeError::Parse(message),
+            other => ScopeError::TooComplex(other),
+        }
+    }
 }
 
 /// Scopes a whole PromQL expression (`query` of `/api/v1/query`, `query_range`,
 /// `query_exemplars`) and returns the text to send to the backend.
 pub fn scope_expression(text: &str, scope: &TenantScope<'_>) -> Result<String, ScopeError> {
-    let mut expr = parser::parse(text).map_err(|err| ScopeError::Parse(one_line(&err)))?;
+    let prepared = guard::prepare(text)?;
+    let mut expr = parse(&prepared.text).map_err(ScopeError::Parse)?;
     scope_expr(&mut expr, scope)?;
-    reprint(&expr, scope)
+    reprint(&expr, &prepared, scope)
 }
 
 /// Scopes one series selector (`match[]`): a plain vector selector, without offset or
 /// `@`, as Prometheus' own `ParseMetricSelector` accepts.
 pub fn scope_selector(text: &str, scope: &TenantScope<'_>) -> Result<String, ScopeError> {
-    let expr = parser::parse(text).map_err(|err| ScopeError::NotSelector(one_line(&err)))?;
+    let prepared = guard::prepare(text)?;
+    let expr = parse(&prepared.text).map_err(ScopeError::NotSelector)?;
     let Expr::VectorSelector(mut selector) = expr else {
         return Err(ScopeError::NotSelector(format!(
             "{text:?} is not a series selector"
@@ -69,7 +93,17 @@ pub fn scope_selector(text: &str, scope: &TenantScope<'_>) -> Result<String, Sco
         ));
     }
     scope_vector(&mut selector, scope)?;
-    reprint(&Expr::VectorSelector(selector), scope)
+    reprint(&Expr::VectorSelector(selector), &prepared, scope)
+}
+
+/// promql-parser's `parse`, with a panic inside it (a bug of the parser's on input the
+/// guard did not foresee) taken as a parse error: the query can never succeed, so it is
+/// a 400, and the thread lives on.
+fn parse(text: &str) -> Result<Expr, String> {
+    match catch_unwind(AssertUnwindSafe(|| parser::parse(text))) {
+        Ok(parsed) => parsed.map_err(|err| one_line(&err)),
+        Err(_) => Err("the query parser failed on this expression".into()),
+    }
 }
 
 /// The selector for "all of the tenant's series": a missing `match[]`.
@@ -132,14 +166,19 @@ fn scope_vector(selector: &mut VectorSelector, scope: &TenantScope<'_>) -> Resul
 }
 
 /// Prints the scoped tree and proves the text means that tree: it must parse back to the
-/// same tree, in which every selector carries the tenant matcher once.
-fn reprint(expr: &Expr, scope: &TenantScope<'_>) -> Result<String, ScopeError> {
+/// same tree, in which every selector carries the tenant matcher once. Then the regex
+/// values go back in place of their placeholders.
+fn reprint(
+    expr: &Expr,
+    prepared: &Prepared,
+    scope: &TenantScope<'_>,
+) -> Result<String, ScopeError> {
     let printed = expr.to_string();
-    let reparsed = parser::parse(&printed).map_err(|_| ScopeError::NotReprintable)?;
+    let reparsed = parse(&printed).map_err(|_| ScopeError::NotReprintable)?;
     if &reparsed != expr || !every_selector_scoped(&reparsed, scope) {
         return Err(ScopeError::NotReprintable);
     }
-    Ok(printed)
+    prepared.restore(&printed).ok_or(ScopeError::NotReprintable)
 }
 
 /// Whether `text` parses and every selector in it is scoped (fuzzing and tests).

@@ -9,14 +9,10 @@ use super::ReadError;
 use crate::codec::snappy;
 use crate::config::Limits;
 use crate::proto::{label_matcher, read_request, LabelMatcher, ReadRequest};
+use crate::query::guard::check_regex;
 
 /// A matcher value longer than this is refused (SECURITY.md §4: 4 KiB per matcher).
 pub const MAX_MATCHER_VALUE_BYTES: usize = 4096;
-/// Ceiling for one regex matcher's size once repetitions are expanded (in pattern
-/// elements: `a{100}` counts 100): what a regex engine would have to build for it.
-const MAX_REGEX_EXPANDED_SIZE: u64 = 1 << 17;
-/// Nesting depth of groups and repetitions in one regex matcher.
-const MAX_REGEX_NESTING: u32 = 64;
 /// Queries one request may carry.
 pub const MAX_QUERIES: usize = 64;
 
@@ -111,6 +107,7 @@ fn validate_matcher(matcher: &LabelMatcher) -> Result<(), String> {
     }
     if matches!(kind, label_matcher::Type::Re | label_matcher::Type::Nre) {
         check_regex(&matcher.value)
+            .map(|_matches_empty| ())
             .map_err(|why| format!("regex matcher on {:?} {why}", matcher.name))?;
     }
     Ok(())
@@ -118,54 +115,6 @@ fn validate_matcher(matcher: &LabelMatcher) -> Result<(), String> {
 
 fn is_regex(kind: i32) -> bool {
     kind == label_matcher::Type::Re as i32 || kind == label_matcher::Type::Nre as i32
-}
-
-/// Parses a regex matcher (linear in its length; nothing is compiled: promgate only
-/// forwards it) and refuses one whose expanded size or nesting would make the backend
-/// build something huge.
-fn check_regex(pattern: &str) -> Result<(), String> {
-    let hir = regex_syntax::ParserBuilder::new()
-        .nest_limit(MAX_REGEX_NESTING)
-        .build()
-        .parse(pattern)
-        .map_err(|err| format!("does not parse: {}", first_line(&err.to_string())))?;
-    if expanded_size(&hir) > MAX_REGEX_EXPANDED_SIZE {
-        return Err(format!(
-            "is too large once its repetitions are expanded (over {MAX_REGEX_EXPANDED_SIZE} elements)"
-        ));
-    }
-    Ok(())
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines()
-        .rev()
-        .find(|line| line.starts_with("error:"))
-        .unwrap_or_else(|| text.lines().next().unwrap_or_default())
-}
-
-/// The number of pattern elements with every counted repetition written out; saturates.
-fn expanded_size(hir: &regex_syntax::hir::Hir) -> u64 {
-    use regex_syntax::hir::HirKind;
-    match hir.kind() {
-        HirKind::Empty | HirKind::Look(_) | HirKind::Class(_) => 1,
-        HirKind::Literal(literal) => literal.0.len() as u64,
-        HirKind::Repetition(repetition) => {
-            let times = u64::from(
-                repetition
-                    .max
-                    .unwrap_or(repetition.min)
-                    .max(repetition.min)
-                    .max(1),
-            );
-            expanded_size(&repetition.sub).saturating_mul(times)
-        }
-        HirKind::Capture(capture) => expanded_size(&capture.sub),
-        HirKind::Concat(parts) | HirKind::Alternation(parts) => parts
-            .iter()
-            .map(expanded_size)
-            .fold(0u64, u64::saturating_add),
-    }
 }
 
 /// An empty list means SAMPLES (Prometheus ≤ 2.54); otherwise the first type promgate

@@ -32,6 +32,8 @@ use crate::tenant::TenantEntry;
 
 /// How long a query may wait for one of its tenant's query slots.
 const MAX_QUERY_QUEUE_WAIT: Duration = Duration::from_secs(10);
+/// How far past the tenant's query timeout a query may run before promgate answers.
+const QUERY_DEADLINE_SLACK: Duration = Duration::from_secs(2);
 
 pub async fn query(State(state): State<SharedState>, request: Request) -> Response {
     serve(state, Api::Query, request).await
@@ -97,8 +99,36 @@ async fn handle(
 ) -> Result<(Arc<TenantEntry>, Response), Failure> {
     let tenant = authenticate(state, parts).await?;
     require_backends(&tenant)?;
+    // The whole query, its waits and its CPU-pool work included, runs within the
+    // tenant's query timeout (and a little over it, so the backend's own timeout, which
+    // is the same, answers first when it is the backend that is slow).
+    let deadline = tenant.limits.query_timeout + QUERY_DEADLINE_SLACK;
+    match tokio::time::timeout(deadline, answer(state, api, parts, body, &tenant)).await {
+        Ok(answered) => answered.map(|response| (tenant, response)),
+        Err(_) => Err(Failure::new(
+            &tenant,
+            "query_timeout",
+            AppError::Unavailable {
+                message: format!(
+                    "the query did not finish within {}",
+                    humantime::format_duration(deadline)
+                ),
+                retry_after_seconds: 1,
+            },
+        )),
+    }
+}
+
+/// A tenant's query, from its parameters to its answer.
+async fn answer(
+    state: &SharedState,
+    api: &Api,
+    parts: &Parts,
+    body: Body,
+    tenant: &Arc<TenantEntry>,
+) -> Result<Response, Failure> {
     let invalid = |reason: &'static str, message: String| {
-        Failure::new(&tenant, reason, AppError::BadRequest(message))
+        Failure::new(tenant, reason, AppError::BadRequest(message))
     };
     if let Api::LabelValues(name) = api {
         if !params::valid_label_name(name) {
@@ -110,9 +140,9 @@ async fn handle(
     }
     // One view of the config for the whole request, whatever a reload does meanwhile.
     let live = state.live.load_full();
-    let backend = query_backend(&live, &tenant).ok_or_else(|| {
+    let backend = query_backend(&live, tenant).ok_or_else(|| {
         Failure::new(
-            &tenant,
+            tenant,
             "no_query_backend",
             AppError::NotImplemented("no backend with a query_url serves this tenant".into()),
         )
@@ -128,7 +158,7 @@ async fn handle(
         return Err(throttled(
             state,
             Endpoint::Query,
-            &tenant,
+            tenant,
             "query_requests",
             seconds,
         ));
@@ -144,8 +174,8 @@ async fn handle(
             MAX_QUERY_QUEUE_WAIT,
         )
         .await
-        .map_err(|_: ReadGateError| throttled(state, Endpoint::Query, &tenant, "query_slots", 1))?;
-    let _global = global_slot(state, &tenant).await?;
+        .map_err(|_: ReadGateError| throttled(state, Endpoint::Query, tenant, "query_slots", 1))?;
+    let _global = global_slot(state, tenant).await?;
 
     let url_query = parts.uri.query().map(str::to_string);
     if url_query
@@ -153,7 +183,7 @@ async fn handle(
         .is_some_and(|query| query.len() as u64 > limits.max_request_bytes)
     {
         return Err(Failure::new(
-            &tenant,
+            tenant,
             "body_too_large",
             AppError::PayloadTooLarge("the URL's parameters are over the request limit".into()),
         ));
@@ -161,7 +191,7 @@ async fn handle(
     let form = if parts.method == Method::POST {
         let form = read_body_capped(
             state,
-            &tenant,
+            tenant,
             &parts.headers,
             body,
             limits.max_request_bytes,
@@ -169,7 +199,7 @@ async fn handle(
         .await?;
         if !form.is_empty() && !is_form(&parts.headers) {
             return Err(Failure::new(
-                &tenant,
+                tenant,
                 "unsupported_media_type",
                 AppError::UnsupportedMediaType(
                     "send the parameters as application/x-www-form-urlencoded".into(),
@@ -199,7 +229,7 @@ async fn handle(
                 params::scope(&api, &given, &scope, query_timeout)
             })
             .await
-            .map_err(|err| cpu_unavailable(&tenant, err))?
+            .map_err(|err| cpu_unavailable(tenant, err))?
             .map_err(|err| invalid("invalid_query", err.to_string()))?
     };
 
@@ -215,9 +245,9 @@ async fn handle(
     let answer = backend
         .query(call(&path, api.posts_form(), &scoped), &state.metrics)
         .await
-        .map_err(|err| query_failure(&tenant, err))?;
+        .map_err(|err| query_failure(tenant, err))?;
     if !answer.status.is_success() {
-        return backend_error(&tenant, backend, answer).map(|response| (tenant.clone(), response));
+        return backend_error(tenant, backend, answer);
     }
     // `metadata` is per metric name, not per series: keep the names the tenant has series of.
     let tenant_names = if *api == Api::Metadata {
@@ -233,12 +263,11 @@ async fn handle(
                 &state.metrics,
             )
             .await
-            .map_err(|err| query_failure(&tenant, err))?;
+            .map_err(|err| query_failure(tenant, err))?;
         if !names.status.is_success() {
-            return backend_error(&tenant, backend, names)
-                .map(|response| (tenant.clone(), response));
+            return backend_error(tenant, backend, names);
         }
-        Some(response::label_values(&names.body).map_err(|err| unexpected(&tenant, err))?)
+        Some(response::label_values(&names.body).map_err(|err| unexpected(tenant, err))?)
     } else {
         None
     };
@@ -248,8 +277,8 @@ async fn handle(
         value,
         strip: live.config.tenancy.strip_label_on_read,
     };
-    let response = scoped_answer(state, &tenant, backend, api, answer, scope, tenant_names).await?;
-    Ok((tenant, response))
+    let response = scoped_answer(state, tenant, backend, api, answer, scope, tenant_names).await?;
+    Ok(response)
 }
 
 /// The backend's successful answer, made the tenant's on the CPU pool.
