@@ -19,6 +19,7 @@ pub mod error;
 pub mod proto;
 pub mod query;
 pub mod read;
+pub mod series;
 pub mod server;
 pub mod telemetry;
 pub mod tenant;
@@ -74,6 +75,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
     let admin_token = load_or_create_admin_token(&config.admin.token_file)?;
     let signing_key = load_or_create_signing_key(&config.tokens.signing_key_file)?;
     let signer = TokenSigner::new(&signing_key)?;
+    // Replicas share the signing key, so they give every series the same identity.
+    let series_key = series::SeriesKey::derive(signing_key.private_pem.as_bytes());
     let backends = config
         .backends
         .iter()
@@ -122,6 +125,8 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         ),
         admin_auth_failures: admin::auth_failure_limiter(config.admin.auth_failures_per_minute),
         ready: AtomicBool::new(false),
+        active_series: Arc::new(series::ActiveSeries::new()),
+        series_key,
         config,
     });
     drop(admin_token);
@@ -214,6 +219,7 @@ async fn run_reloadable(
     if let Some(path) = config_path {
         state.reloader.set_path(path);
     }
+    server::series::spawn_sweeper(&state);
     // Also without a file: a SIGHUP is then logged, never the end of the process.
     server::reload::spawn_on_sighup(&state, reload_stop)
         .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;

@@ -61,6 +61,12 @@ pub struct TenantLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantReason {
+    pub tenant: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantOutcome {
     pub tenant: String,
     /// `accepted` or `rejected`.
@@ -394,6 +400,12 @@ pub struct Metrics {
     pub backend_duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
     pub throttled_requests: Family<ThrottleLabels, Counter>,
     pub throttled_samples: Family<TenantLabel, Counter>,
+    /// Samples, histogram samples and exemplars refused alone (the rest of their request
+    /// written), by tenant and reason (`series_limit`).
+    pub refused_samples: Family<TenantReason, Counter>,
+    /// Each tenant's active series and their limit (DESIGN §14).
+    pub tenant_active_series: Family<TenantLabel, Gauge>,
+    pub tenant_active_series_limit: Family<TenantLabel, Gauge>,
     pub connections: Family<ListenerLabel, Gauge>,
     pub in_flight_requests: Gauge,
     pub in_flight_decoded_bytes: Gauge,
@@ -418,6 +430,9 @@ impl Metrics {
             read_samples: Family::default(),
             read_foreign_series: Family::default(),
             samples_received: Family::default(),
+            refused_samples: Family::default(),
+            tenant_active_series: Family::default(),
+            tenant_active_series_limit: Family::default(),
             samples_forwarded: Family::default(),
             otlp_data_points: Family::default(),
             auth_failures: Family::default(),
@@ -498,6 +513,21 @@ impl Metrics {
             "promgate_throttled_samples",
             "Samples, histogram samples and exemplars in write requests refused by a tenant's sample rate",
             metrics.throttled_samples.clone(),
+        );
+        registry.register(
+            "promgate_refused_samples",
+            "Samples, histogram samples and exemplars refused alone while the rest of their request was written, by tenant and reason",
+            metrics.refused_samples.clone(),
+        );
+        registry.register(
+            "promgate_tenant_active_series",
+            "Distinct series each tenant wrote within its active_series_idle_timeout, as this replica counts them",
+            metrics.tenant_active_series.clone(),
+        );
+        registry.register(
+            "promgate_tenant_active_series_limit",
+            "Each tenant's max_active_series (0 = unlimited)",
+            metrics.tenant_active_series_limit.clone(),
         );
         registry.register(
             "promgate_open_connections",

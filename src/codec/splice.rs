@@ -27,6 +27,45 @@ use super::write::{
 use super::CodecError;
 use crate::config::Limits;
 use crate::proto::{Exemplar, Histogram, MetricMetadata, Sample};
+use crate::series::{SeriesKey, SeriesSpan};
+
+impl SeriesLog<'_> {
+    /// Notes the series written as `series` (its `TimeSeries` field) at `start`: its
+    /// identity is the hash of its label fields, which come first.
+    fn note(&mut self, series: &[u8], start: usize, before: &WriteStats, after: &WriteStats) {
+        let identity = self.key.identity(label_fields(series));
+        let count = |after: usize, before: usize| u32::try_from(after - before).unwrap_or(u32::MAX);
+        self.spans.push(SeriesSpan {
+            identity,
+            start,
+            end: start + series.len(),
+            samples: count(after.samples, before.samples),
+            histograms: count(after.histograms, before.histograms),
+            exemplars: count(after.exemplars, before.exemplars),
+        });
+    }
+}
+
+/// The label fields at the start of a written `TimeSeries` field (`0x0a len …`): every
+/// write path writes labels first, each a canonical `Label`.
+pub fn label_fields(series: &[u8]) -> &[u8] {
+    let mut reader = Reader::new(series);
+    let Ok((1, LEN)) = reader.key() else {
+        return series;
+    };
+    let Ok(body) = reader.length_delimited() else {
+        return series;
+    };
+    let mut fields = Reader::new(body);
+    while !fields.is_empty() {
+        let at = fields.pos();
+        match fields.key() {
+            Ok((1, LEN)) if fields.length_delimited().is_ok() => {}
+            _ => return &body[..at],
+        }
+    }
+    body
+}
 
 /// A rewritten request: its counts, and where its series end (the rest is metadata).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +83,28 @@ pub fn rewrite(
     now_ms: i64,
     out: &mut Vec<u8>,
 ) -> Result<Rewritten, CodecError> {
+    rewrite_tracked(decoded, policy, limits, now_ms, out, None)
+}
+
+/// Where [`rewrite_tracked`] notes each written series: its identity under `key` and its
+/// place in the output (DESIGN §14).
+pub struct SeriesLog<'a> {
+    pub key: &'a SeriesKey,
+    pub spans: &'a mut Vec<SeriesSpan>,
+}
+
+/// As [`rewrite`], and with `log` given, each series written is noted in it, in order.
+pub fn rewrite_tracked(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+    mut log: Option<SeriesLog<'_>>,
+) -> Result<Rewritten, CodecError> {
+    if let Some(log) = log.as_mut() {
+        log.spans.clear();
+    }
     out.clear();
     out.reserve(decoded.len() + decoded.len() / 8);
     let mut splicer = Splicer {
@@ -78,8 +139,14 @@ pub fn rewrite(
                 // checked for well-formedness, as prost would decode it.
                 let writing =
                     first_invalid.is_none() && stats.series <= limits.max_series_per_request;
+                let start = out.len();
+                let before = stats;
                 match splicer.series(series, &mut stats, writing.then_some(&mut *out)) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if let (Some(log), true) = (log.as_mut(), out.len() > start) {
+                            log.note(&out[start..], start, &before, &stats);
+                        }
+                    }
                     Err(Refusal::Protobuf(err)) => return Err(protobuf(err)),
                     Err(Refusal::Invalid(err)) => {
                         first_invalid.get_or_insert(err);

@@ -100,6 +100,12 @@ limit_keys! {
     max_query_response_bytes: u64 = 64 * 1024 * 1024, written as HumanSize;
     /// 429 (default) or 503 for senders that never retry 429.
     throttle_status: u16 = 429, written as u16;
+    /// Distinct series (label sets as they reach the backend) the tenant may have
+    /// written within `active_series_idle_timeout` (DESIGN §14; Mimir's
+    /// `max_global_series_per_user`); new series past it are refused. 0 = unlimited.
+    max_active_series: u64 = 150_000, written as u64;
+    /// A series not written for this long stops counting as active.
+    active_series_idle_timeout: Duration = Duration::from_secs(20 * 60), written as HumanDuration;
 }
 
 impl From<HumanSize> for u64 {
@@ -117,6 +123,9 @@ impl From<HumanDuration> for Duration {
 /// The hard ceiling for request and decoded sizes: backends (VictoriaMetrics,
 /// Prometheus 3.x) refuse more than 32 MiB, Mimir 100 MiB; promgate buffers the body.
 const MAX_CONFIGURABLE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The longest idle timeout: the tracker's second stamps wrap after 194 days.
+pub const MAX_ACTIVE_SERIES_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 
 impl Limits {
     /// This replica's share of the tenant's rates when `replicas` share them (the way
@@ -179,6 +188,11 @@ impl Limits {
         }
         if self.query_timeout < Duration::from_secs(1) {
             problems.push("limits.query_timeout must be at least 1s".into());
+        }
+        if self.active_series_idle_timeout < Duration::from_secs(1)
+            || self.active_series_idle_timeout > MAX_ACTIVE_SERIES_IDLE_TIMEOUT
+        {
+            problems.push("limits.active_series_idle_timeout must be between 1s and 30d".into());
         }
         if self.max_read_range.is_zero() {
             problems.push("limits.max_read_range must be longer than 0s".into());

@@ -7,6 +7,7 @@ pub mod otlp;
 pub mod query;
 pub mod read;
 pub mod reload;
+pub mod series;
 pub mod tls;
 pub mod write;
 
@@ -57,6 +58,10 @@ pub struct AppState {
     pub admin_auth_failures: crate::admission::AuthFailureLimiter,
     /// False until the registry is loaded and again once shutdown begins.
     pub ready: AtomicBool,
+    /// Each tenant's active series (DESIGN §14).
+    pub active_series: Arc<crate::series::ActiveSeries>,
+    /// The key of series identities.
+    pub series_key: crate::series::SeriesKey,
 }
 
 pub type SharedState = Arc<AppState>;

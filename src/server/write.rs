@@ -23,14 +23,17 @@ use super::common::{
 use super::{Live, SharedState};
 use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
-use crate::codec::splice::{self, Rewritten};
+use crate::codec::splice::{self, Rewritten, SeriesLog};
 use crate::codec::write::WriteStats;
 use crate::codec::{snappy, splice_v2, CodecError};
 use crate::config::{BackendConfig, WriteProtocol};
 use crate::delivery::envelope::QueuedWrite;
 use crate::delivery::queue::QueueError;
 use crate::error::AppError;
+use crate::series::limit::SeriesLimit;
+use crate::series::{apply_limit, ActiveSeries, SeriesKey, SeriesRefusal, SeriesSpan};
 use crate::telemetry::TenantLabel;
+use crate::telemetry::TenantReason;
 use crate::tenant::TenantEntry;
 
 pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
@@ -50,7 +53,41 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
         .await
         .unwrap_or_else(|| Err(deadline_exceeded(&state, caller.take())));
     let (mut response, written) = match handled {
-        Ok((tenant, stats, written)) => {
+        Ok(Handled {
+            tenant,
+            stats,
+            written,
+            refused: Some(refused),
+        }) => {
+            // The rest is written; the sender must not retry the refused series.
+            state
+                .metrics
+                .samples_forwarded
+                .get_or_create(&TenantLabel {
+                    tenant: tenant.tenant.id.clone(),
+                })
+                .inc_by(stats.total_samples() as u64);
+            tracing::info!(
+                tenant = %tenant.tenant.id,
+                refused_series = refused.refused,
+                limit = refused.limit,
+                "new series refused: the tenant is at its active series limit"
+            );
+            let failure = Failure::new(
+                &tenant,
+                "series_limit",
+                AppError::BadRequest(refused.reason()),
+            );
+            let response = failure.respond(&state, Endpoint::Write);
+            observe_duration(&state, Endpoint::Write, &tenant.tenant.id, started);
+            (response, written)
+        }
+        Ok(Handled {
+            tenant,
+            stats,
+            written,
+            refused: None,
+        }) => {
             state
                 .metrics
                 .samples_forwarded
@@ -96,7 +133,7 @@ async fn handle(
     body: Body,
     protocol: WriteProtocol,
     caller: &mut Option<Arc<TenantEntry>>,
-) -> Result<(Arc<TenantEntry>, WriteStats, Written), Failure> {
+) -> Result<Handled, Failure> {
     let (tenant, _admission, compressed) =
         admit_write(state, parts, body, Endpoint::Write, caller).await?;
     let limits = &tenant.limits;
@@ -110,9 +147,24 @@ async fn handle(
     let live = state.live.load_full();
     let targets = Targets::of(&live, &tenant);
     let now = now_ms();
+    let tracker = Arc::clone(&state.active_series);
+    let key = state.series_key;
     let prepare = move |compressed: &[u8], tenant: &TenantEntry| match protocol {
-        WriteProtocol::V1 => rewrite_body(compressed, tenant, targets.any_by_label, now),
-        WriteProtocol::V2 => prepare_v2(compressed, tenant, targets, now),
+        WriteProtocol::V1 => {
+            let tracking = Tracking {
+                tracker: &tracker,
+                key: &key,
+            };
+            rewrite_body(
+                compressed,
+                tenant,
+                targets.any_by_label,
+                now,
+                Some(tracking),
+            )
+        }
+        WriteProtocol::V2 => prepare_v2(compressed, tenant, targets, now)
+            .map(|(bodies, stats)| (bodies, stats, None)),
     };
     let prepared = if claimed > OFFLOAD_DECODED_BYTES {
         let job_tenant = Arc::clone(&tenant);
@@ -127,7 +179,10 @@ async fn handle(
         drop(compressed);
         prepared
     };
-    let (bodies, stats) = prepared.map_err(codec_failure)?;
+    let (bodies, stats, refused) = prepared.map_err(codec_failure)?;
+    if let Some(refused) = &refused {
+        count_refused_samples(state, &tenant, "series_limit", refused.samples);
+    }
     let samples = stats.total_samples() as u64;
     admit_samples(state, Endpoint::Write, &tenant, samples, samples, |burst| {
         format!(
@@ -142,10 +197,46 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    let written = forward(state, &live, &tenant, bodies, &stats)
-        .await
-        .map_err(|error| Failure::new(&tenant, "backend", error))?;
-    Ok((tenant, stats, written))
+    // A request whose every series was refused has nothing left to write.
+    let written = if refused.is_some() && stats.series == 0 {
+        Written::default()
+    } else {
+        forward(state, &live, &tenant, bodies, &stats)
+            .await
+            .map_err(|error| Failure::new(&tenant, "backend", error))?
+    };
+    Ok(Handled {
+        tenant,
+        stats,
+        written,
+        refused,
+    })
+}
+
+/// A write that reached its backends, whole or with series refused for the tenant's
+/// active series limit.
+struct Handled {
+    tenant: Arc<TenantEntry>,
+    stats: WriteStats,
+    written: Written,
+    refused: Option<SeriesRefusal>,
+}
+
+/// Counts samples refused alone (their request otherwise written).
+pub(super) fn count_refused_samples(
+    state: &SharedState,
+    tenant: &TenantEntry,
+    reason: &'static str,
+    samples: u64,
+) {
+    state
+        .metrics
+        .refused_samples
+        .get_or_create(&TenantReason {
+            tenant: tenant.tenant.id.clone(),
+            reason,
+        })
+        .inc_by(samples);
 }
 
 /// Which bodies the tenant's backends need.
@@ -218,32 +309,68 @@ fn prepare_v2(
 }
 
 thread_local! {
-    /// Each worker thread's decompressed request and rewritten request, reused from one
-    /// request to the next: they are only used between two awaits.
-    static BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Each worker thread's decompressed request, rewritten request and series spans,
+    /// reused from one request to the next: they are only used between two awaits.
+    static BUFFERS: RefCell<(Vec<u8>, Vec<u8>, Vec<SeriesSpan>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Buffers grown past this by a large request are freed rather than kept.
 const KEEP_BUFFER_BYTES: usize = 4 << 20;
 
+/// The active series tracker and the identity key a write is counted with.
+pub(super) struct Tracking<'a> {
+    pub tracker: &'a ActiveSeries,
+    pub key: &'a SeriesKey,
+}
+
 /// Decompresses, rewrites for the tenant and compresses a request body (and, with
-/// `split_metadata`, its series alone when it holds metadata too).
+/// `split_metadata`, its series alone when it holds metadata too). With `tracking`, the
+/// tenant's active series limit applies: new series past it are cut out, and the
+/// refusal says how many.
 fn rewrite_body(
     compressed: &[u8],
     tenant: &TenantEntry,
     split_metadata: bool,
     now_ms: i64,
-) -> Result<(Bodies, WriteStats), CodecError> {
+    tracking: Option<Tracking<'_>>,
+) -> Result<(Bodies, WriteStats, Option<SeriesRefusal>), CodecError> {
     BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
-        let (decoded, encoded) = &mut *buffers;
+        let (decoded, encoded, spans) = &mut *buffers;
         let limits = &tenant.limits;
+        let log = tracking.as_ref().map(|tracking| SeriesLog {
+            key: tracking.key,
+            spans: &mut *spans,
+        });
         let result = snappy::decompress_capped_into(compressed, limits.max_decoded_bytes, decoded)
-            .and_then(|()| splice::rewrite(decoded, &tenant.policy, limits, now_ms, encoded))
-            .map(|rewritten| {
+            .and_then(|()| {
+                splice::rewrite_tracked(decoded, &tenant.policy, limits, now_ms, encoded, log)
+            })
+            .map(|mut rewritten| {
+                let refused = tracking.and_then(|tracking| {
+                    let limit = SeriesLimit {
+                        tracker: tracking.tracker,
+                        tenant: &tenant.tenant.id,
+                        max_active_series: limits.max_active_series,
+                        idle_timeout: limits.active_series_idle_timeout,
+                    };
+                    let (series_end, refused) = apply_limit(
+                        &limit,
+                        spans,
+                        encoded,
+                        rewritten.series_end,
+                        &mut rewritten.stats,
+                    );
+                    rewritten.series_end = series_end;
+                    refused
+                });
                 let bodies = Bodies::compress(encoded, rewritten, split_metadata);
-                (bodies, rewritten.stats)
+                (bodies, rewritten.stats, refused)
             });
+        if spans.capacity() > KEEP_BUFFER_BYTES / std::mem::size_of::<SeriesSpan>() {
+            *spans = Vec::new();
+        }
         for buffer in [decoded, encoded] {
             if buffer.capacity() > KEEP_BUFFER_BYTES {
                 *buffer = Vec::new();

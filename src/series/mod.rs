@@ -1,0 +1,16 @@
+//! Per-series work on the write path, after a request is decoded and its labels are
+//! enforced: which series a tenant has active and whether a new one may be written
+//! (DESIGN §14).
+//!
+//! - [`identity`]: a series' identity, a keyed hash of its labels exactly as they reach
+//!   the backend;
+//! - [`tracker`]: each tenant's active series, their idle expiry and the limit;
+//! - [`limit`]: a rewritten request with the refused series taken out.
+
+pub mod identity;
+pub mod limit;
+pub mod tracker;
+
+pub use identity::{SeriesKey, SeriesSpan};
+pub use limit::{apply_limit, SeriesRefusal};
+pub use tracker::ActiveSeries;

@@ -1,0 +1,321 @@
+//! Each tenant's active series (DESIGN §14): the identities it wrote within its
+//! `active_series_idle_timeout`, and the admission of new ones under its
+//! `max_active_series`.
+//!
+//! A tenant's series live in [`SHARDS`] open-addressing tables of one `u64` each: the
+//! identity's top 40 bits and a 24-bit stamp, the second the series was last written
+//! (since the tracker started; it wraps after 194 days, and entries are swept long
+//! before). That is 8 bytes a slot, about 10 to 18 bytes a series with the tables'
+//! spare room (measured in `benches/active_series.rs`). The count of a tenant's series
+//! is one atomic, and a new series takes its place in it by compare-and-swap, so
+//! concurrent requests of one tenant can never pass the limit together.
+//!
+//! Series already active are always admitted (their stamp refreshed); a new one is
+//! admitted while the tenant is below its limit. Expired series are swept by
+//! [`ActiveSeries::sweep`], which a background task calls every few seconds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+
+/// Tables per tenant: concurrent requests of one tenant rarely wait for each other.
+pub const SHARDS: usize = 16;
+const STAMP_BITS: u32 = 24;
+const STAMP_MASK: u64 = (1 << STAMP_BITS) - 1;
+
+/// Every tenant's active series.
+pub struct ActiveSeries {
+    tenants: DashMap<String, Arc<TenantSeries>>,
+    started: Instant,
+}
+
+/// One tenant's active series.
+pub struct TenantSeries {
+    shards: [Mutex<HashTable<u64>>; SHARDS],
+    count: AtomicU64,
+    /// The limits the last write came with (the sweep uses the idle timeout; the
+    /// gauges show the limit).
+    limit: AtomicU64,
+    idle_seconds: AtomicU64,
+    /// Series that were new when admitted, since the tracker started.
+    created: AtomicU64,
+}
+
+/// What became of one request's series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// Series that were not active and now are.
+    pub new: u64,
+    /// New series refused for the limit.
+    pub refused: u64,
+}
+
+/// A tenant's count and limit, for the gauges and the admin API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantCount {
+    pub active: u64,
+    pub limit: u64,
+}
+
+impl Default for ActiveSeries {
+    fn default() -> Self {
+        ActiveSeries::new()
+    }
+}
+
+impl ActiveSeries {
+    pub fn new() -> ActiveSeries {
+        ActiveSeries {
+            tenants: DashMap::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The stamp of now.
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_secs() & STAMP_MASK
+    }
+
+    fn tenant(&self, tenant: &str) -> Arc<TenantSeries> {
+        if let Some(series) = self.tenants.get(tenant) {
+            return Arc::clone(&series);
+        }
+        Arc::clone(
+            &self
+                .tenants
+                .entry(tenant.to_string())
+                .or_insert_with(|| Arc::new(TenantSeries::new())),
+        )
+    }
+
+    /// Admits a request's series of `tenant` in order: `admit(i)` is called with
+    /// whether series `i` (of `identities`) may be written. `limit` 0 is unlimited.
+    pub fn admit(
+        &self,
+        tenant: &str,
+        limit: u64,
+        idle_timeout: Duration,
+        identities: impl IntoIterator<Item = u64>,
+        mut decided: impl FnMut(bool),
+    ) -> Admitted {
+        let series = self.tenant(tenant);
+        series.limit.store(limit, Ordering::Relaxed);
+        series
+            .idle_seconds
+            .store(idle_timeout.as_secs().max(1), Ordering::Relaxed);
+        let now = self.now();
+        let mut admitted = Admitted::default();
+        for identity in identities {
+            let outcome = series.admit_one(identity, now, limit);
+            match outcome {
+                Outcome::Active => {}
+                Outcome::New => admitted.new += 1,
+                Outcome::Refused => admitted.refused += 1,
+            }
+            decided(outcome != Outcome::Refused);
+        }
+        series.created.fetch_add(admitted.new, Ordering::Relaxed);
+        admitted
+    }
+
+    /// Forgets every tenant's series idle past its timeout; returns each tenant's count
+    /// afterwards. Tenants left with none are dropped.
+    pub fn sweep(&self) -> Vec<(String, TenantCount)> {
+        let now = self.now();
+        let mut counts = Vec::with_capacity(self.tenants.len());
+        for entry in self.tenants.iter() {
+            let series = entry.value();
+            series.sweep(now);
+            counts.push((entry.key().clone(), series.count()));
+        }
+        self.tenants
+            .retain(|_, series| series.count.load(Ordering::Relaxed) > 0);
+        counts
+    }
+
+    /// `tenant`'s active series and limit (zero when it has none).
+    pub fn count(&self, tenant: &str) -> TenantCount {
+        self.tenants
+            .get(tenant)
+            .map(|series| series.count())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Active,
+    New,
+    Refused,
+}
+
+impl TenantSeries {
+    fn new() -> TenantSeries {
+        TenantSeries {
+            shards: std::array::from_fn(|_| Mutex::new(HashTable::new())),
+            count: AtomicU64::new(0),
+            limit: AtomicU64::new(0),
+            idle_seconds: AtomicU64::new(1),
+            created: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self) -> TenantCount {
+        TenantCount {
+            active: self.count.load(Ordering::Relaxed),
+            limit: self.limit.load(Ordering::Relaxed),
+        }
+    }
+
+    fn admit_one(&self, identity: u64, now: u64, limit: u64) -> Outcome {
+        let key = identity >> STAMP_BITS;
+        let mut shard = self.shards[identity as usize % SHARDS].lock();
+        let hash = mix(key);
+        if let Some(entry) = shard.find_mut(hash, |entry| entry >> STAMP_BITS == key) {
+            // Still counted, even when idle past the timeout and not yet swept.
+            *entry = (key << STAMP_BITS) | now;
+            return Outcome::Active;
+        }
+        let reserved = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                (limit == 0 || count < limit).then_some(count + 1)
+            });
+        if reserved.is_err() {
+            return Outcome::Refused;
+        }
+        shard.insert_unique(hash, (key << STAMP_BITS) | now, |entry| {
+            mix(entry >> STAMP_BITS)
+        });
+        Outcome::New
+    }
+
+    fn sweep(&self, now: u64) {
+        let idle = self.idle_seconds.load(Ordering::Relaxed);
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let before = shard.len();
+            shard.retain(|entry| now.wrapping_sub(*entry & STAMP_MASK) & STAMP_MASK <= idle);
+            let removed = (before - shard.len()) as u64;
+            if removed > 0 {
+                self.count.fetch_sub(removed, Ordering::AcqRel);
+            }
+            // Give back the room of a table that shrank a lot (a burst of churn gone idle).
+            let len = shard.len();
+            if shard.capacity() > 64 && len < shard.capacity() / 4 {
+                shard.shrink_to(len * 2, |entry| mix(entry >> STAMP_BITS));
+            }
+        }
+    }
+}
+
+/// The table's hash of a stored key: the key is already uniformly random, but its low
+/// bits chose the shard, so they are mixed back in.
+#[inline]
+fn mix(key: u64) -> u64 {
+    key.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identities(range: std::ops::Range<u64>) -> impl Iterator<Item = u64> {
+        // Spread over the bits as real hashes are.
+        range.map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (i << 40))
+    }
+
+    fn admit(
+        tracker: &ActiveSeries,
+        tenant: &str,
+        limit: u64,
+        range: std::ops::Range<u64>,
+    ) -> (Admitted, Vec<bool>) {
+        let mut decisions = Vec::new();
+        let admitted = tracker.admit(
+            tenant,
+            limit,
+            Duration::from_secs(60),
+            identities(range),
+            |ok| decisions.push(ok),
+        );
+        (admitted, decisions)
+    }
+
+    #[test]
+    fn new_series_past_the_limit_are_refused_and_active_ones_always_admitted() {
+        let tracker = ActiveSeries::new();
+        let (admitted, _) = admit(&tracker, "a", 100, 0..80);
+        assert_eq!(
+            admitted,
+            Admitted {
+                new: 80,
+                refused: 0
+            }
+        );
+        // 60..140: 20 already active, 20 new fit, 40 refused.
+        let (admitted, decisions) = admit(&tracker, "a", 100, 60..140);
+        assert_eq!(
+            admitted,
+            Admitted {
+                new: 20,
+                refused: 40
+            }
+        );
+        assert!(decisions[..40].iter().all(|&ok| ok));
+        assert!(decisions[40..].iter().all(|&ok| !ok));
+        // At the limit, every active series is still written.
+        let (admitted, decisions) = admit(&tracker, "a", 100, 0..100);
+        assert_eq!(admitted, Admitted::default());
+        assert!(decisions.iter().all(|&ok| ok));
+        assert_eq!(
+            tracker.count("a"),
+            TenantCount {
+                active: 100,
+                limit: 100
+            }
+        );
+        // Other tenants and unlimited ones are unaffected.
+        assert_eq!(admit(&tracker, "b", 100, 0..100).0.new, 100);
+        assert_eq!(admit(&tracker, "c", 0, 0..10_000).0.new, 10_000);
+    }
+
+    #[test]
+    fn idle_series_are_swept_and_make_room() {
+        let tracker = ActiveSeries::new();
+        let series = tracker.tenant("a");
+        let now = tracker.now();
+        for identity in identities(0..10) {
+            series.admit_one(identity, now, 10);
+        }
+        assert_eq!(series.admit_one(12345 << 30, now, 10), Outcome::Refused);
+        series.idle_seconds.store(60, Ordering::Relaxed);
+        series.sweep(now + 30);
+        assert_eq!(series.count().active, 10, "not idle long enough");
+        series.sweep(now + 61);
+        assert_eq!(series.count().active, 0);
+        assert_eq!(series.admit_one(12345 << 30, now + 61, 10), Outcome::New);
+        assert!(tracker.sweep().iter().all(|(_, count)| count.active <= 1));
+    }
+
+    #[test]
+    fn concurrent_requests_never_pass_the_limit_together() {
+        let tracker = Arc::new(ActiveSeries::new());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let tracker = Arc::clone(&tracker);
+                std::thread::spawn(move || admit(&tracker, "a", 1000, t * 1000..(t + 1) * 1000).0)
+            })
+            .collect();
+        let new: u64 = threads
+            .into_iter()
+            .map(|t| t.join().expect("joined").new)
+            .sum();
+        assert_eq!(new, 1000);
+        assert_eq!(tracker.count("a").active, 1000);
+    }
+}
