@@ -268,3 +268,53 @@ async fn rc3_created_timestamps_reach_a_v2_backend_as_start_timestamps() {
         now - 60_000
     );
 }
+
+#[tokio::test]
+async fn v2_series_past_the_active_series_limit_are_refused_and_the_rest_written() {
+    let backend = FakeBackend::start().await;
+    let relay = Relay::start(&backends_toml(&[&backend])).await;
+    relay
+        .create_tenant(json!({"id": "alpha", "limits": {"max_active_series": 2}}))
+        .await;
+    let (_, token) = relay.issue_token("alpha").await;
+    let first: Vec<&[(&str, &str)]> = vec![&[("__name__", "a")]];
+    let response = send_v2(
+        &relay,
+        &token,
+        compress(&v2_request(&first, now_ms()).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(response.status(), 204);
+    // `a` is active, `b` fits, `c` and `d` are new past the limit of 2.
+    let four: Vec<&[(&str, &str)]> = vec![
+        &[("__name__", "a")],
+        &[("__name__", "b")],
+        &[("__name__", "c")],
+        &[("__name__", "d")],
+    ];
+    let response = send_v2(
+        &relay,
+        &token,
+        compress(&v2_request(&four, now_ms()).encode_to_vec()),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(written(&response), (2, 0, 0), "the written series' samples");
+    let reason = response.text().await.expect("body");
+    assert!(
+        reason.contains("per-tenant active series limit of 2 reached: 2 of 3 series in this request are new and were refused"),
+        "{reason}"
+    );
+    let recorded = backend.requests();
+    let names: Vec<String> = recorded
+        .last()
+        .expect("the rest was written")
+        .write_request()
+        .timeseries
+        .iter()
+        .flat_map(|series| series.labels.iter())
+        .filter(|label| label.name == "__name__")
+        .map(|label| label.value.clone())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+}

@@ -666,6 +666,16 @@ fn utf8(bytes: &[u8]) -> Result<&str, WireError> {
     std::str::from_utf8(bytes).map_err(|_| WireError::Utf8)
 }
 
+/// Appends one `TimeSeries.labels` field as every write path writes it: a `Label` of its
+/// name then its value (an empty string left out, as prost leaves it out).
+pub fn put_label_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    let label = Borrowed { name, value };
+    out.push(0x0a);
+    wire::put_varint(out, label_len(&label) as u64);
+    put_string(out, 0x0a, name);
+    put_string(out, 0x12, value);
+}
+
 fn put_string(out: &mut Vec<u8>, key: u8, value: &str) {
     if !value.is_empty() {
         out.push(key);

@@ -25,11 +25,13 @@ use super::rw2::{
     check_series, encode_label, enforced_labels, exemplar_to_v1, histogram_problem,
     histogram_to_v1, intern_enforced, metadata_from, sample_to_v1, symbol, SeriesFacts,
 };
+use super::splice::put_label_field;
 use super::wire::{self, Reader, WireError, LEN, TOP_DEPTH};
 use super::write::{check_series_count, newest_allowed_ms, LabelPolicy, WriteStats};
 use super::CodecError;
 use crate::config::Limits;
 use crate::proto::write_v2 as v2;
+use crate::series::{SeriesKey, SeriesSpan};
 
 /// Which forms of the request the backends need.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -92,6 +94,26 @@ pub fn rewrite_v2(
     limits: &Limits,
     now_ms: i64,
     forms: Forms,
+) -> Result<Rewritten2, CodecError> {
+    rewrite_v2_gated(decoded, policy, limits, now_ms, forms, None)
+}
+
+/// Decides which of a request's checked series are written (DESIGN §14): called once
+/// with every series' identity under `key`, in order; it answers whether each may be
+/// written. Refused series are left out of every form.
+pub struct SeriesGate<'a> {
+    pub key: &'a SeriesKey,
+    pub admit: &'a mut dyn FnMut(&[SeriesSpan]) -> Vec<bool>,
+}
+
+/// As [`rewrite_v2`], with the series `gate` admits only.
+pub fn rewrite_v2_gated(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+    forms: Forms,
+    gate: Option<SeriesGate<'_>>,
 ) -> Result<Rewritten2, CodecError> {
     let mut symbols: Vec<&str> = Vec::new();
     let mut raw_series: Vec<&[u8]> = Vec::new();
@@ -200,7 +222,63 @@ pub fn rewrite_v2(
         stats.exemplars += parts.exemplars.len();
         carry_created_timestamp(parts, &mut store)?;
     }
+    if let Some(gate) = gate {
+        admit_series(gate, &symbols, &mut series, &mut store, &mut stats);
+    }
     Ok(write_forms(&symbols, &series, &store, forms, stats))
+}
+
+/// Leaves out the series `gate` refuses, from the series, their checked labels' ranges
+/// and the counts. A series' identity is that of its labels written as 1.0 writes them.
+fn admit_series(
+    gate: SeriesGate<'_>,
+    symbols: &[&str],
+    series: &mut Vec<Parts>,
+    store: &mut Store<'_>,
+    stats: &mut WriteStats,
+) {
+    let mut labels = Vec::with_capacity(256);
+    let spans: Vec<SeriesSpan> = series
+        .iter()
+        .enumerate()
+        .map(|(index, parts)| {
+            labels.clear();
+            for pair in checked_refs(store, index).chunks_exact(2) {
+                let (name, value) = (symbols[pair[0] as usize], symbols[pair[1] as usize]);
+                put_label_field(&mut labels, name, value);
+            }
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            SeriesSpan {
+                identity: gate.key.identity(&labels),
+                start: index,
+                end: index + 1,
+                samples: count(parts.samples.len()),
+                histograms: count(parts.histograms.len()),
+                exemplars: count(parts.exemplars.len()),
+            }
+        })
+        .collect();
+    let admitted = (gate.admit)(&spans);
+    if admitted.iter().all(|&ok| ok) {
+        return;
+    }
+    let mut kept = admitted.iter();
+    for span in spans
+        .iter()
+        .zip(&admitted)
+        .filter(|(_, ok)| !**ok)
+        .map(|(span, _)| span)
+    {
+        stats.series -= 1;
+        stats.samples -= span.samples as usize;
+        stats.histograms -= span.histograms as usize;
+        stats.exemplars -= span.exemplars as usize;
+    }
+    series.retain(|_| *kept.next().unwrap_or(&true));
+    let mut kept = admitted.iter();
+    store
+        .checked_ranges
+        .retain(|_| *kept.next().unwrap_or(&true));
 }
 
 /// The common series, judged without building label lists: label references in range

@@ -39,6 +39,39 @@ pub struct SeriesLimit<'a> {
     pub idle_timeout: Duration,
 }
 
+/// Admits `spans` in order: whether each may be written, and what was refused.
+pub fn admit_spans(
+    limit: &SeriesLimit<'_>,
+    spans: &[SeriesSpan],
+) -> (Vec<bool>, Option<SeriesRefusal>) {
+    let mut decisions = Vec::with_capacity(spans.len());
+    let admitted = limit.tracker.admit(
+        limit.tenant,
+        limit.max_active_series,
+        limit.idle_timeout,
+        spans.iter().map(|span| span.identity),
+        |ok| decisions.push(ok),
+    );
+    if admitted.refused == 0 {
+        return (decisions, None);
+    }
+    let samples = spans
+        .iter()
+        .zip(&decisions)
+        .filter(|(_, ok)| !**ok)
+        .map(|(span, _)| {
+            u64::from(span.samples) + u64::from(span.histograms) + u64::from(span.exemplars)
+        })
+        .sum();
+    let refusal = SeriesRefusal {
+        limit: limit.max_active_series,
+        refused: admitted.refused,
+        new: admitted.new + admitted.refused,
+        samples,
+    };
+    (decisions, Some(refusal))
+}
+
 /// Admits `spans` (in the order they lie in `out`, all before `series_end`), cuts the
 /// refused ones out of `out` and out of `stats`, and returns the new `series_end` and
 /// what was refused.
@@ -49,29 +82,16 @@ pub fn apply_limit(
     series_end: usize,
     stats: &mut WriteStats,
 ) -> (usize, Option<SeriesRefusal>) {
-    let mut refused_spans = Vec::new();
-    let mut index = 0;
-    let admitted = limit.tracker.admit(
-        limit.tenant,
-        limit.max_active_series,
-        limit.idle_timeout,
-        spans.iter().map(|span| span.identity),
-        |ok| {
-            if !ok {
-                refused_spans.push(spans[index]);
-            }
-            index += 1;
-        },
-    );
-    if refused_spans.is_empty() {
+    let (decisions, refusal) = admit_spans(limit, spans);
+    if refusal.is_none() {
         return (series_end, None);
     }
-    let mut refusal = SeriesRefusal {
-        limit: limit.max_active_series,
-        refused: admitted.refused,
-        new: admitted.new + admitted.refused,
-        samples: 0,
-    };
+    let refused_spans: Vec<SeriesSpan> = spans
+        .iter()
+        .zip(&decisions)
+        .filter(|(_, ok)| !**ok)
+        .map(|(span, _)| *span)
+        .collect();
     // Compact in place: keep everything between refused spans.
     let mut write = refused_spans[0].start;
     let mut read = write;
@@ -79,21 +99,15 @@ pub fn apply_limit(
         out.copy_within(read..span.start, write);
         write += span.start - read;
         read = span.end;
-        let (samples, histograms, exemplars) = (
-            u64::from(span.samples),
-            u64::from(span.histograms),
-            u64::from(span.exemplars),
-        );
-        stats.samples -= samples as usize;
-        stats.histograms -= histograms as usize;
-        stats.exemplars -= exemplars as usize;
+        stats.samples -= span.samples as usize;
+        stats.histograms -= span.histograms as usize;
+        stats.exemplars -= span.exemplars as usize;
         stats.series -= 1;
-        refusal.samples += samples + histograms + exemplars;
     }
     out.copy_within(read.., write);
     let cut = read - write;
     out.truncate(out.len() - cut);
-    (series_end - cut, Some(refusal))
+    (series_end - cut, refusal)
 }
 
 #[cfg(test)]

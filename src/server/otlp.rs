@@ -31,12 +31,18 @@ use prost::Message;
 use super::common::{
     count_request, cpu_unavailable, deadline_exceeded, within_deadline, Endpoint, Failure,
 };
-use super::write::{admit_samples, admit_write, forward, now_ms, reserve_decoded, Bodies};
+use super::write::{
+    admit_samples, admit_write, count_refused_samples, forward, now_ms, reserve_decoded, Bodies,
+    Tracking,
+};
 use super::SharedState;
 use crate::codec::otlp::{self, Caps, Enforced};
+use crate::codec::splice::put_label_field;
 use crate::codec::{snappy, CodecError};
 use crate::config::OtlpConfig;
 use crate::error::AppError;
+use crate::series::limit::{admit_spans, SeriesLimit};
+use crate::series::{SeriesRefusal, SeriesSpan};
 use crate::telemetry::{TenantLabel, TenantOutcome};
 use crate::tenant::TenantEntry;
 
@@ -216,7 +222,9 @@ async fn handle(
     // whatever a reload does meanwhile.
     let live = state.live.load_full();
     let now = now_ms();
-    let (compressed, enforced) = if gzip || claimed > OFFLOAD_DECODED_BYTES {
+    let tracker = Arc::clone(&state.active_series);
+    let key = state.series_key;
+    let (compressed, enforced, refused) = if gzip || claimed > OFFLOAD_DECODED_BYTES {
         let job_tenant = Arc::clone(&tenant);
         let job_live = Arc::clone(&live);
         state
@@ -229,15 +237,36 @@ async fn handle(
                     &job_live.config.otlp,
                     &job_tenant,
                     now,
+                    Tracking {
+                        tracker: &tracker,
+                        key: &key,
+                    },
                 )
             })
             .await
             .map_err(|err| cpu_unavailable(&tenant, err))?
     } else {
-        prepare(&body, gzip, claimed, &live.config.otlp, &tenant, now)
+        let tracking = Tracking {
+            tracker: &tracker,
+            key: &key,
+        };
+        prepare(
+            &body,
+            gzip,
+            claimed,
+            &live.config.otlp,
+            &tenant,
+            now,
+            tracking,
+        )
     }
     .map_err(codec_failure)?;
-    if enforced.accepted_points == 0 && enforced.rejected_points > 0 {
+    if let Some(refused) = &refused {
+        count_refused_samples(state, &tenant, "series_limit", refused.samples);
+    }
+    // Points refused for the series limit are answered in `partial_success` (DESIGN
+    // §14), even when no point is left; other refusals of every point are a 400.
+    if enforced.accepted_points == 0 && enforced.rejected_points > 0 && refused.is_none() {
         count_points(state, &tenant.tenant.id, &enforced);
         return Err(Failure::new(
             &tenant,
@@ -291,7 +320,8 @@ fn prepare(
     config: &OtlpConfig,
     tenant: &TenantEntry,
     now_ms: i64,
-) -> Result<(Option<Bytes>, Enforced), CodecError> {
+    tracking: Tracking<'_>,
+) -> Result<(Option<Bytes>, Enforced, Option<SeriesRefusal>), CodecError> {
     let inflated;
     let decoded = if gzip {
         inflated = otlp::gunzip(body, claimed)?;
@@ -303,10 +333,76 @@ fn prepare(
     let limits = &tenant.limits;
     let translated = otlp::translate(&request, config, Caps::of(limits))?;
     drop(request);
-    let enforced = otlp::enforce(translated, &tenant.policy, limits, now_ms)?;
+    let mut enforced = otlp::enforce(translated, &tenant.policy, limits, now_ms)?;
+    let refused = limit_series(&mut enforced, tenant, &tracking);
     let compressed = (!enforced.request.timeseries.is_empty())
         .then(|| Bytes::from(snappy::compress(&enforced.request.encode_to_vec())));
-    Ok((compressed, enforced))
+    Ok((compressed, enforced, refused))
+}
+
+/// The tenant's active series limit (DESIGN §14) on translated series: new ones past it
+/// are taken out, and their samples are answered as rejected data points.
+fn limit_series(
+    enforced: &mut Enforced,
+    tenant: &TenantEntry,
+    tracking: &Tracking<'_>,
+) -> Option<SeriesRefusal> {
+    let mut labels = Vec::with_capacity(256);
+    let spans: Vec<SeriesSpan> = enforced
+        .request
+        .timeseries
+        .iter()
+        .enumerate()
+        .map(|(index, series)| {
+            labels.clear();
+            for label in &series.labels {
+                put_label_field(&mut labels, &label.name, &label.value);
+            }
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            SeriesSpan {
+                identity: tracking.key.identity(&labels),
+                start: index,
+                end: index + 1,
+                samples: count(series.samples.len()),
+                histograms: count(series.histograms.len()),
+                exemplars: count(series.exemplars.len()),
+            }
+        })
+        .collect();
+    let limits = &tenant.limits;
+    let limit = SeriesLimit {
+        tracker: tracking.tracker,
+        tenant: &tenant.tenant.id,
+        max_active_series: limits.max_active_series,
+        idle_timeout: limits.active_series_idle_timeout,
+    };
+    let (decisions, refusal) = admit_spans(&limit, &spans);
+    let refusal = refusal?;
+    let mut kept = decisions.iter();
+    enforced
+        .request
+        .timeseries
+        .retain(|_| *kept.next().unwrap_or(&true));
+    for (span, _) in spans.iter().zip(&decisions).filter(|(_, ok)| !**ok) {
+        enforced.stats.series -= 1;
+        enforced.stats.samples -= span.samples as usize;
+        enforced.stats.histograms -= span.histograms as usize;
+        enforced.stats.exemplars -= span.exemplars as usize;
+    }
+    let points = refusal.samples
+        - spans
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, ok)| !**ok)
+            .map(|(span, _)| u64::from(span.exemplars))
+            .sum::<u64>();
+    enforced.accepted_points = enforced.accepted_points.saturating_sub(points);
+    enforced.rejected_points += points;
+    if !enforced.message.is_empty() {
+        enforced.message.push_str("; ");
+    }
+    enforced.message.push_str(&refusal.reason());
+    Some(refusal)
 }
 
 #[cfg(test)]

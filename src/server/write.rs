@@ -30,6 +30,7 @@ use crate::config::{BackendConfig, WriteProtocol};
 use crate::delivery::envelope::QueuedWrite;
 use crate::delivery::queue::QueueError;
 use crate::error::AppError;
+use crate::series::limit::admit_spans;
 use crate::series::limit::SeriesLimit;
 use crate::series::{apply_limit, ActiveSeries, SeriesKey, SeriesRefusal, SeriesSpan};
 use crate::telemetry::TenantLabel;
@@ -163,8 +164,13 @@ async fn handle(
                 Some(tracking),
             )
         }
-        WriteProtocol::V2 => prepare_v2(compressed, tenant, targets, now)
-            .map(|(bodies, stats)| (bodies, stats, None)),
+        WriteProtocol::V2 => {
+            let tracking = Tracking {
+                tracker: &tracker,
+                key: &key,
+            };
+            prepare_v2(compressed, tenant, targets, now, tracking)
+        }
     };
     let prepared = if claimed > OFFLOAD_DECODED_BYTES {
         let job_tenant = Arc::clone(&tenant);
@@ -285,14 +291,32 @@ fn prepare_v2(
     tenant: &TenantEntry,
     targets: Targets,
     now_ms: i64,
-) -> Result<(Bodies, WriteStats), CodecError> {
+    tracking: Tracking<'_>,
+) -> Result<(Bodies, WriteStats, Option<SeriesRefusal>), CodecError> {
     let limits = &tenant.limits;
     let decoded = snappy::decompress_capped(compressed, limits.max_decoded_bytes)?;
     let forms = splice_v2::Forms {
         v2: targets.v2,
         v1: targets.v1_by_header || targets.v1_by_label,
     };
-    let rewritten = splice_v2::rewrite_v2(&decoded, &tenant.policy, limits, now_ms, forms)?;
+    let mut refused = None;
+    let mut admit = |spans: &[SeriesSpan]| {
+        let limit = SeriesLimit {
+            tracker: tracking.tracker,
+            tenant: &tenant.tenant.id,
+            max_active_series: limits.max_active_series,
+            idle_timeout: limits.active_series_idle_timeout,
+        };
+        let (decisions, refusal) = admit_spans(&limit, spans);
+        refused = refusal;
+        decisions
+    };
+    let gate = splice_v2::SeriesGate {
+        key: tracking.key,
+        admit: &mut admit,
+    };
+    let rewritten =
+        splice_v2::rewrite_v2_gated(&decoded, &tenant.policy, limits, now_ms, forms, Some(gate))?;
     drop(decoded);
     let stats = rewritten.stats;
     let has_metadata = stats.metadata > 0;
@@ -305,7 +329,7 @@ fn prepare_v2(
         has_metadata,
         v2: rewritten.v2.map(|v2| Bytes::from(snappy::compress(&v2))),
     };
-    Ok((bodies, stats))
+    Ok((bodies, stats, refused))
 }
 
 thread_local! {
