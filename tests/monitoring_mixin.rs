@@ -345,8 +345,27 @@ async fn every_metric_the_mixin_uses_is_exported() {
         .send()
         .await;
     assert_eq!(status(read), 200, "a read is answered");
-
-    let exposition = promgate.metrics().await;
+    let limited = promgate
+        .add_tenant("beta", serde_json::json!({"max_active_series": 1}))
+        .await;
+    assert_eq!(
+        status(post("/api/v1/write", &limited, samples_body(2)).await),
+        400,
+        "a new series past the active series limit"
+    );
+    // The active series gauges are set by the tracker's sweep, every few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let exposition = loop {
+        let exposition = promgate.metrics().await;
+        if exposition.contains("promgate_tenant_active_series{") {
+            break exposition;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no active series gauge"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
     let exported: BTreeSet<String> = exposition
         .lines()
         .filter(|line| !line.starts_with('#') && !line.is_empty())
@@ -397,6 +416,10 @@ async fn every_metric_the_mixin_uses_is_exported() {
         (OffsetDateTime::now_utc().unix_timestamp() as f64 - last_poll) < 30.0,
         "the registry was polled lately ({last_poll})"
     );
-    assert_eq!(gauge("promgate_registry_tenants"), 1.0);
+    assert_eq!(gauge("promgate_registry_tenants"), 2.0);
+    assert_eq!(
+        gauge(r#"promgate_tenant_active_series{tenant="beta"}"#),
+        1.0
+    );
     assert_eq!(gauge("promgate_queue_max_bytes"), 64.0 * 1024.0 * 1024.0);
 }
