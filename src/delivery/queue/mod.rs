@@ -910,9 +910,13 @@ pub(crate) fn list_segments_by_records(
 ) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut keyed = Vec::new();
     for (named_seq, path) in list_segments(dir)? {
-        let file = File::open(&path)?;
-        let end = file.metadata()?.len();
-        let first_seq = first_valid_seq(&file, end, payload)?.unwrap_or(named_seq);
+        let first_record_seq = File::open(&path).and_then(|file| {
+            let end = file.metadata()?.len();
+            first_valid_seq(&file, end, payload)
+        });
+        let first_seq = first_record_seq
+            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?
+            .unwrap_or(named_seq);
         keyed.push(((first_seq, named_seq), path));
     }
     keyed.sort_unstable_by_key(|(key, _)| *key);
