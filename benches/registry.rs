@@ -73,7 +73,8 @@ async fn fixture(tenants: usize) -> Fixture {
             .await
             .expect("registry"),
     );
-    let auth = Authenticator::new(signer, Issuers::start(&[]).await, Arc::clone(&registry));
+    let issuers = Issuers::start(&[]).await.expect("no issuers");
+    let auth = Authenticator::new(signer, issuers, Arc::clone(&registry));
     for (_, _, headers) in &sample {
         auth.authenticate(headers, None, None)
             .await

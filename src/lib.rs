@@ -96,7 +96,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
     let state = Arc::new(AppState {
         auth: Authenticator::new(
             signer,
-            Issuers::start(&config.issuers).await,
+            Issuers::start(&config.issuers).await?,
             Arc::clone(&registry),
         ),
         registry,

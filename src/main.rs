@@ -225,18 +225,24 @@ fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut queue_dirs: Vec<(String, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
-        .map(|entry| {
-            (
+    // A queue that cannot be read fails the command (on stderr), whatever the action.
+    let mut unreadable = false;
+    let mut queue_dirs: Vec<(String, PathBuf)> = Vec::new();
+    for entry in entries {
+        match entry.and_then(|entry| entry.file_type().map(|kind| (entry, kind))) {
+            Ok((entry, kind)) if kind.is_dir() => queue_dirs.push((
                 entry.file_name().to_string_lossy().into_owned(),
                 entry.path(),
-            )
-        })
-        .collect();
+            )),
+            Ok(_) => {}
+            Err(err) => {
+                eprintln!("{}: cannot read an entry: {err}", directory.display());
+                unreadable = true;
+            }
+        }
+    }
     queue_dirs.sort();
-    if queue_dirs.is_empty() {
+    if queue_dirs.is_empty() && !unreadable {
         println!("{}: no queues", directory.display());
         return ExitCode::SUCCESS;
     }
@@ -247,7 +253,7 @@ fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
             Ok(inspection) => inspection,
             Err(err) => {
                 eprintln!("{backend}: cannot read {}: {err}", queue_dir.display());
-                damaged = true;
+                unreadable = true;
                 continue;
             }
         };
@@ -285,7 +291,9 @@ fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
             }
         }
     }
+    // Damage the relay repairs at start is shown by `inspect` and fails only `verify`.
     match action {
+        _ if unreadable => ExitCode::FAILURE,
         QueueAction::Verify if damaged => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     }

@@ -223,6 +223,17 @@ fn check_config_with_an_unreachable_postgresql_gives_up_quickly() {
 
 /// Runs `promgate queue <action>` on a config whose `[queue] directory` is `queue_dir`.
 fn queue_command(action: &str, queue_dir: &std::path::Path) -> (bool, String) {
+    let output = queue_command_output(action, queue_dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// `promgate queue <action>`'s exit status and its two streams apart.
+fn queue_command_output(action: &str, queue_dir: &std::path::Path) -> std::process::Output {
     let config_dir = tempfile::tempdir().expect("tempdir");
     let path = config_dir.path().join("promgate.toml");
     std::fs::write(
@@ -233,17 +244,11 @@ fn queue_command(action: &str, queue_dir: &std::path::Path) -> (bool, String) {
         ),
     )
     .expect("config");
-    let output = Command::new(env!("CARGO_BIN_EXE_promgate"))
+    Command::new(env!("CARGO_BIN_EXE_promgate"))
         .args(["queue", action, "--config"])
         .arg(&path)
         .output()
-        .expect("run promgate");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+        .expect("run promgate")
 }
 
 /// Every file under `dir` with its bytes, to prove a command changed nothing.
@@ -359,5 +364,27 @@ fn queue_commands_without_a_queue_directory_create_nothing() {
         assert!(ok, "{output}");
         assert!(output.contains("no queues"), "{output}");
         assert!(!missing.exists(), "{action} created the directory");
+    }
+}
+
+#[test]
+fn queue_commands_on_an_unreadable_queue_say_why_and_fail() {
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    queue_with_records(queue_dir.path(), "primary");
+    // A segment that cannot be read: a directory where a segment file should be.
+    let unreadable = queue_dir.path().join("broken");
+    std::fs::create_dir_all(unreadable.join("segment-00000000000000000001.log"))
+        .expect("unreadable segment");
+    for action in ["inspect", "verify"] {
+        let output = queue_command_output(action, queue_dir.path());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{action} exited 0 on an unreadable queue: {stderr}"
+        );
+        assert!(stderr.contains("broken: cannot read"), "{action}: {stderr}");
+        // The readable queue is still shown.
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("primary"), "{action}: {stdout}");
     }
 }

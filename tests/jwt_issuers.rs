@@ -2,7 +2,8 @@
 //! configured issuer map to the tenant in their claim; forged, expired, misaddressed and
 //! algorithm-confused tokens are 401 and reach no backend; JWKS rotation is picked up;
 //! during a JWKS outage known keys keep working and unknown key ids get 503; sprayed key
-//! ids fetch the JWKS at most once per cooldown, even when they arrive all at once.
+//! ids fetch the JWKS at most once per cooldown, even when they arrive all at once; a JWKS
+//! body is dropped as soon as it passes its 1 MiB cap.
 
 mod common;
 
@@ -526,4 +527,63 @@ async fn unknown_tokens_verified_at_once_are_capped_and_known_ones_pass() {
         answers.get(&503).copied().unwrap_or(0) >= 100,
         "the rest are turned away at once, retryable: {answers:?}"
     );
+}
+
+/// A JWKS URL that streams a chunked body past the cap and then never ends it.
+async fn endless_jwks() -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 * 1024];
+                for _ in 0..24 {
+                    let frame = format!("{:x}\r\n", chunk.len());
+                    if socket.write_all(frame.as_bytes()).await.is_err()
+                        || socket.write_all(&chunk).await.is_err()
+                        || socket.write_all(b"\r\n").await.is_err()
+                    {
+                        return;
+                    }
+                }
+                // The body never ends: only a reader that stops at the cap returns soon.
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            });
+        }
+    });
+    format!("http://{addr}/jwks.json")
+}
+
+#[tokio::test]
+async fn a_jwks_body_is_refused_as_soon_as_it_passes_the_cap() {
+    use promgate::auth::issuers::Issuer;
+    use promgate::config::{IssuerConfig, JwksSource};
+    let url = endless_jwks().await;
+    let issuer = Issuer::new(IssuerConfig {
+        issuer: ISSUER.into(),
+        audience: AUDIENCE.into(),
+        jwks: JwksSource::Url(url.parse().expect("url")),
+        algorithms: vec![Algorithm::EdDSA],
+        tenant_claim: "tenant".into(),
+        jwks_refresh: std::time::Duration::from_secs(600),
+        jwks_cooldown: std::time::Duration::from_secs(30),
+        jwks_timeout: std::time::Duration::from_secs(20),
+    })
+    .expect("a JWKS client");
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(5), issuer.refresh())
+        .await
+        .expect("the read stops at the cap, not at the timeout");
+    let err = result.expect_err("larger than the cap");
+    assert!(err.contains("larger than 1 MiB"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }

@@ -35,6 +35,15 @@ pub enum IssuerError {
     Unavailable(String),
 }
 
+/// An issuer that cannot be set up (its JWKS client cannot be built): the relay does not
+/// start, a reload is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("issuer {issuer}: cannot build the JWKS client: {message}")]
+pub struct IssuerSetupError {
+    pub issuer: String,
+    pub message: String,
+}
+
 /// What a verified external token says.
 #[derive(Clone, Debug)]
 pub struct ExternalIdentity {
@@ -80,19 +89,25 @@ impl Missing {
 }
 
 impl Issuer {
-    pub fn new(config: IssuerConfig) -> Issuer {
+    /// An issuer with its one JWKS client: bounded by `jwks_timeout`, following no
+    /// redirect. A client that cannot be built with that policy is an error, never
+    /// replaced by one without it.
+    pub fn new(config: IssuerConfig) -> Result<Issuer, IssuerSetupError> {
         let http = reqwest::Client::builder()
             .timeout(config.jwks_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("promgate/", env!("CARGO_PKG_VERSION")))
             .build()
-            .unwrap_or_default();
-        Issuer {
+            .map_err(|err| IssuerSetupError {
+                issuer: config.issuer.clone(),
+                message: err.to_string(),
+            })?;
+        Ok(Issuer {
             config,
             keys: RwLock::new(KeySet::default()),
             http,
             fetching: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -147,7 +162,14 @@ impl Issuer {
     ) -> Result<(HashMap<String, Arc<DecodingKey>>, Vec<Arc<DecodingKey>>), String> {
         let text = match &self.config.jwks {
             JwksSource::File(path) => {
-                let bytes = tokio::fs::read(path)
+                use tokio::io::AsyncReadExt;
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|err| format!("{}: {err}", path.display()))?;
+                // One byte past the cap is enough to know it is too large.
+                let mut bytes = Vec::new();
+                file.take(MAX_JWKS_BYTES as u64 + 1)
+                    .read_to_end(&mut bytes)
                     .await
                     .map_err(|err| format!("{}: {err}", path.display()))?;
                 if bytes.len() > MAX_JWKS_BYTES {
@@ -171,14 +193,21 @@ impl Issuer {
                 {
                     return Err("JWKS is larger than 1 MiB".into());
                 }
-                let body = response
-                    .bytes()
+                // Read chunk by chunk under the cap: a body without (or lying about) its
+                // length is dropped as soon as it passes the cap.
+                let mut response = response;
+                let mut body = Vec::new();
+                while let Some(chunk) = response
+                    .chunk()
                     .await
-                    .map_err(|err| format!("reading the JWKS failed: {err}"))?;
-                if body.len() > MAX_JWKS_BYTES {
-                    return Err("JWKS is larger than 1 MiB".into());
+                    .map_err(|err| format!("reading the JWKS failed: {err}"))?
+                {
+                    if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                        return Err("JWKS is larger than 1 MiB".into());
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.to_vec()
+                body
             }
         };
         let set: JwkSet =
@@ -348,11 +377,15 @@ pub struct Issuers {
 
 impl Issuers {
     /// Loads every issuer's keys once (a failure is logged, not fatal: its tokens get 503
-    /// until the keys can be had) and starts their refresh.
-    pub async fn start(configs: &[IssuerConfig]) -> Issuers {
+    /// until the keys can be had) and starts their refresh. Fails, before fetching
+    /// anything, when an issuer's JWKS client cannot be built.
+    pub async fn start(configs: &[IssuerConfig]) -> Result<Issuers, IssuerSetupError> {
+        let issuers = configs
+            .iter()
+            .map(|config| Issuer::new(config.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut by_name = HashMap::new();
-        for config in configs {
-            let issuer = Arc::new(Issuer::new(config.clone()));
+        for issuer in issuers {
             match issuer.refresh().await {
                 Ok(count) => {
                     tracing::info!(issuer = %issuer.name(), keys = count, "loaded issuer keys")
@@ -362,16 +395,19 @@ impl Issuers {
                 }
             }
             issuer.spawn_refresh();
-            by_name.insert(config.issuer.clone(), issuer);
+            by_name.insert(issuer.config.issuer.clone(), issuer);
         }
-        Issuers { by_name }
+        Ok(Issuers { by_name })
     }
 
     /// The issuers of a reloaded config. One whose settings did not change is kept with
     /// the keys it holds (a `jwks_file` is read again; a `jwks_url` is left to its refresh),
     /// so a reload while an identity provider is down loses nothing; the others start as
     /// at start-up, and those no longer configured stop refreshing once unused.
-    pub async fn restart(configs: &[IssuerConfig], running: &Issuers) -> Issuers {
+    pub async fn restart(
+        configs: &[IssuerConfig],
+        running: &Issuers,
+    ) -> Result<Issuers, IssuerSetupError> {
         let mut fresh = Vec::new();
         let mut by_name = HashMap::new();
         for config in configs {
@@ -386,8 +422,8 @@ impl Issuers {
                 _ => fresh.push(config.clone()),
             }
         }
-        by_name.extend(Issuers::start(&fresh).await.by_name);
-        Issuers { by_name }
+        by_name.extend(Issuers::start(&fresh).await?.by_name);
+        Ok(Issuers { by_name })
     }
 
     pub fn get(&self, issuer: &str) -> Option<&Arc<Issuer>> {

@@ -202,7 +202,10 @@ impl BackendClient {
         let (outcome, headers) = match request.send().await {
             Ok(response) => {
                 let headers = response.headers().clone();
-                (classify(response).await, Some(headers))
+                (
+                    classify(response, self.config.max_retry_after).await,
+                    Some(headers),
+                )
             }
             Err(err) => (
                 Outcome::Unavailable {
@@ -293,7 +296,7 @@ impl BackendClient {
         }
         let result = match tokio::time::timeout(self.config.timeout, request.send()).await {
             Ok(Ok(response)) if response.status().is_success() => Ok(response),
-            Ok(Ok(response)) => Err(classify(response).await),
+            Ok(Ok(response)) => Err(classify(response, self.config.max_retry_after).await),
             Ok(Err(err)) => Err(Outcome::Unavailable {
                 message: describe_transport_error(&err),
                 retry_after_seconds: None,
@@ -336,7 +339,9 @@ impl ReadBody {
     }
 }
 
-async fn classify(response: reqwest::Response) -> Outcome {
+/// What a backend's non-2xx answer means; its `Retry-After` (seconds) is clamped to
+/// `max_retry_after`.
+async fn classify(response: reqwest::Response, max_retry_after: Duration) -> Outcome {
     let status = response.status();
     if status.is_success() {
         return Outcome::Accepted;
@@ -345,7 +350,8 @@ async fn classify(response: reqwest::Response) -> Outcome {
         .headers()
         .get(http::header::RETRY_AFTER)
         .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.trim().parse::<u64>().ok());
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(|seconds| seconds.min(max_retry_after.as_secs()));
     let message = quoted_body(response).await;
     let message = format!("{status}: {message}");
     match status.as_u16() {
@@ -486,5 +492,40 @@ mod tests {
         );
         assert!(combine(&[("a", Outcome::Accepted), ("b", Outcome::Accepted)]).is_ok());
         assert!(combine(&[]).is_ok());
+    }
+
+    fn answer(status: u16, retry_after: &str) -> reqwest::Response {
+        reqwest::Response::from(
+            http::Response::builder()
+                .status(status)
+                .header(http::header::RETRY_AFTER, retry_after)
+                .body("busy")
+                .expect("valid in this test"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_backends_retry_after_is_clamped() {
+        let retry_after = |outcome| match outcome {
+            Outcome::Unavailable {
+                retry_after_seconds,
+                ..
+            } => retry_after_seconds,
+            other => panic!("not transient: {other:?}"),
+        };
+        let default = crate::config::DEFAULT_MAX_RETRY_AFTER;
+        assert_eq!(
+            retry_after(classify(answer(503, "86400"), default).await),
+            Some(60),
+            "a day is clamped to the default maximum"
+        );
+        assert_eq!(
+            retry_after(classify(answer(429, "7"), default).await),
+            Some(7)
+        );
+        assert_eq!(
+            retry_after(classify(answer(503, "86400"), Duration::from_secs(5)).await),
+            Some(5)
+        );
     }
 }

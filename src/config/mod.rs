@@ -24,6 +24,9 @@ use units::HumanDuration;
 /// so promgate answers before the sender gives up (SECURITY.md §1).
 pub const MAX_BACKEND_TIMEOUT: Duration = Duration::from_secs(29);
 pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest `Retry-After` of a backend passed on to senders and taken as the floor of
+/// a queued backend's backoff, unless configured.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// How long a data request may take in all, waits, body and backends included.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
 /// The `iss` of the tokens promgate issues itself; no external issuer may claim it.
@@ -290,6 +293,9 @@ pub struct BackendConfig {
     /// Thanos `THANOS-TENANT`); such backends also receive metadata-only requests.
     pub tenant_header: Option<http::HeaderName>,
     pub timeout: Duration,
+    /// A backend's `Retry-After` is clamped to this before it reaches a sender or a
+    /// queue's backoff (a backend asking for a day would otherwise park a queue for one).
+    pub max_retry_after: Duration,
     pub bearer_token_file: Option<PathBuf>,
     pub basic_auth: Option<BasicAuth>,
     pub ca_file: Option<PathBuf>,
@@ -450,6 +456,7 @@ struct RawBackend {
     query_url: Option<String>,
     tenant_header: Option<String>,
     timeout: Option<HumanDuration>,
+    max_retry_after: Option<HumanDuration>,
     bearer_token_file: Option<PathBuf>,
     basic_auth_username: Option<String>,
     basic_auth_password_file: Option<PathBuf>,
@@ -1023,6 +1030,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             query_url: Some(url::Url::parse("http://127.0.0.1:9090/").expect("static URL")),
             tenant_header: None,
             timeout: DEFAULT_BACKEND_TIMEOUT,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             bearer_token_file: None,
             basic_auth: None,
             ca_file: None,
@@ -1090,6 +1098,14 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
         if timeout.is_zero() || timeout > MAX_BACKEND_TIMEOUT {
             problems.push(format!(
                 "{context}.timeout: must be between 1ms and 29s, below Prometheus' 30s remote_timeout"
+            ));
+        }
+        let max_retry_after = backend
+            .max_retry_after
+            .map_or(DEFAULT_MAX_RETRY_AFTER, |d| d.0);
+        if max_retry_after < Duration::from_secs(1) {
+            problems.push(format!(
+                "{context}.max_retry_after: must be at least 1s (Retry-After counts whole seconds)"
             ));
         }
         let protocol = match backend.protocol.as_deref() {
@@ -1197,6 +1213,7 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 query_url: query_url.flatten(),
                 tenant_header,
                 timeout,
+                max_retry_after,
                 bearer_token_file: backend.bearer_token_file,
                 basic_auth,
                 ca_file: backend.ca_file,
@@ -1275,6 +1292,7 @@ mod tests {
             name = "a"
             write_url = "ftp://x"
             timeout = "45s"
+            max_retry_after = "0s"
             [[backends]]
             name = "a"
             write_url = "http://127.0.0.1:1/api/v1/write"
@@ -1292,12 +1310,13 @@ mod tests {
             "throttle_status",
             "backends[0].write_url",
             "backends[0].timeout",
+            "backends[0].max_retry_after",
             "backends[1].name",
             "backends[1].tenant_header",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        assert_eq!(errors.problems.len(), 10, "{text}");
+        assert_eq!(errors.problems.len(), 11, "{text}");
     }
 
     #[test]

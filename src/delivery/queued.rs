@@ -179,7 +179,11 @@ impl QueuedBackend {
 }
 
 fn log_recovery(backend: &str, report: &RecoveryReport) {
-    if report.truncated_bytes > 0 || report.corrupt_regions > 0 || report.cursor_damaged {
+    if report.truncated_bytes > 0
+        || report.corrupt_regions > 0
+        || report.cursor_damaged
+        || report.renamed_segments > 0
+    {
         tracing::warn!(
             backend,
             pending_records = report.pending_records,
@@ -187,6 +191,7 @@ fn log_recovery(backend: &str, report: &RecoveryReport) {
             corrupt_regions = report.corrupt_regions,
             corrupt_bytes = report.corrupt_bytes,
             cursor_damaged = report.cursor_damaged,
+            renamed_segments = report.renamed_segments,
             "queue recovered from an unclean stop; valid records kept"
         );
     } else {

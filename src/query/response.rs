@@ -153,12 +153,14 @@ pub fn is_prometheus_error(body: &[u8]) -> bool {
 /// Makes a `/federate` answer (text exposition format) the tenant's: each sample line's
 /// label set is parsed; another tenant's samples, and lines that do not parse, are
 /// dropped; the tenant label is cut out when stripping. `# TYPE` and `# HELP` lines
-/// stay only for families with a sample left.
+/// stay only for families with a sample left. Every `\r` ends a line as `\n` does, so
+/// no reader splitting lines at `\r` sees a line this filter did not check, and the
+/// output (lines joined by `\n` alone) passes the filter again unchanged.
 pub fn scope_federate(text: &str, scope: &ResponseScope) -> (String, Filtered) {
     let mut filtered = Filtered::default();
     let mut kept_lines: Vec<(Option<&str>, String)> = Vec::new();
     let mut families_with_samples = HashSet::new();
-    for line in text.lines() {
+    for line in text.split(['\n', '\r']) {
         if line.trim().is_empty() {
             continue;
         }
@@ -364,6 +366,44 @@ mod tests {
             &scope(false),
         );
         assert_eq!(out, "");
+    }
+
+    #[test]
+    fn federate_filter_is_idempotent_with_carriage_returns() {
+        let own = "up{tenant_id=\"alpha\"} 1";
+        let inputs = [
+            format!("# TYPE up untyped\r\n{own}\r\n"),
+            format!("# TYPE up untyped\r\r\n{own}\r\r\n"),
+            format!("{own}\r"),
+            format!("{own}\r\r"),
+            format!("\r{own}\rother{{tenant_id=\"beta\"}} 2\r"),
+            format!("# HELP up x\rother{{tenant_id=\"beta\"}} 2\n{own}\n"),
+            "up{tenant_id=\"alpha\",a=\"x\r\"} 1\n".to_string(),
+        ];
+        for input in inputs {
+            // Only an unstripped answer passes again: a stripped one has no tenant label.
+            let (once, _) = scope_federate(&input, &scope(false));
+            let (twice, filtered) = scope_federate(&once, &scope(false));
+            assert_eq!(twice, once, "{input:?}");
+            assert_eq!(filtered.foreign_series, 0, "{input:?}");
+            assert!(!once.contains("beta"), "{input:?} gave {once:?}");
+            let (stripped, _) = scope_federate(&input, &scope(true));
+            assert!(!stripped.contains("beta"), "{input:?} gave {stripped:?}");
+        }
+        let (out, _) = scope_federate(&format!("# TYPE up untyped\r\n{own}\r\n"), &scope(false));
+        assert_eq!(out, format!("# TYPE up untyped\n{own}\n"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn federate_filter_gives_back_its_own_output(
+            text in "((# (TYPE|HELP) up x|up\\{(tenant_id=\"(alpha|beta)\",?|a=\"[ \\r]?\",?)*\\} 1)[\\r\\n ]{0,3}){0,6}"
+        ) {
+            let (once, _) = scope_federate(&text, &scope(false));
+            let (twice, filtered) = scope_federate(&once, &scope(false));
+            proptest::prop_assert_eq!(twice, once);
+            proptest::prop_assert_eq!(filtered.foreign_series, 0);
+        }
     }
 
     #[test]

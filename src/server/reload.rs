@@ -146,7 +146,10 @@ async fn apply(state: &SharedState, new: Config) -> Result<(), Vec<String>> {
     if !problems.is_empty() {
         return Err(problems);
     }
-    let issuers = Issuers::restart(&applied.issuers, &state.auth.issuers()).await;
+    // Nothing is applied yet: an issuer that cannot be set up refuses the whole reload.
+    let issuers = Issuers::restart(&applied.issuers, &state.auth.issuers())
+        .await
+        .map_err(|err| vec![err.to_string()])?;
     state.auth.replace_issuers(issuers);
     if let Some((tls_state, prepared)) = tls {
         tls_state.apply(prepared);

@@ -3,7 +3,7 @@
 //! in `storage/remote/otlptranslator/prometheusremotewrite/histograms.go`):
 //!
 //! - the OTel scale is the native schema; scales above 8 are merged down to 8 (2^(scale-8)
-//!   buckets into one), scales below -4 are refused;
+//!   buckets into one), scales below -4 and above 20 (OpenTelemetry's finest) are refused;
 //! - OTel bucket index `i` covers `(base^i, base^(i+1)]`, Prometheus index `i` covers
 //!   `(base^(i-1), base^i]`: indexes shift by one;
 //! - dense bucket counts become spans and deltas; a gap of up to two empty buckets is
@@ -21,6 +21,8 @@ use opentelemetry_proto::tonic::metrics::v1::ExponentialHistogramDataPoint;
 /// Native histogram schemas Prometheus stores (`ExponentialSchemaMin/Max`).
 const SCHEMA_MIN: i32 = -4;
 const SCHEMA_MAX: i32 = 8;
+/// The finest scale OpenTelemetry's exponential histograms define.
+const OTEL_SCALE_MAX: i32 = 20;
 const DEFAULT_ZERO_THRESHOLD: f64 = 1e-128;
 const MAX_BUCKET_INDEX: i64 = 1 << 30;
 
@@ -34,6 +36,11 @@ pub fn to_native(
     if scale < SCHEMA_MIN {
         return Err(format!(
             "cannot convert exponential to native histogram: scale must be >= {SCHEMA_MIN}, was {scale}"
+        ));
+    }
+    if scale > OTEL_SCALE_MAX {
+        return Err(format!(
+            "cannot convert exponential to native histogram: scale must be <= {OTEL_SCALE_MAX}, was {scale}"
         ));
     }
     // Bucket indexes far beyond any real histogram (2^30 buckets from zero) would only
@@ -50,7 +57,7 @@ pub fn to_native(
     }
     let mut scale_down = 0;
     if scale > SCHEMA_MAX {
-        scale_down = (scale - SCHEMA_MAX) as u32;
+        scale_down = scale.abs_diff(SCHEMA_MAX);
         scale = SCHEMA_MAX;
     }
     let (positive_spans, positive_deltas) = point
@@ -98,7 +105,7 @@ fn bucket_layout(counts: &[u64], offset: i32, scale_down: u32) -> (Vec<BucketSpa
         return (Vec::new(), Vec::new());
     }
     // The Prometheus index of OTel index `otel` after merging.
-    let index = |otel: i32| (otel >> scale_down) + 1;
+    let index = |otel: i32| merged_index(otel, scale_down) + 1;
     let mut layout = Layout {
         spans: vec![BucketSpan {
             offset: index(offset),
@@ -131,6 +138,13 @@ fn bucket_layout(counts: &[u64], offset: i32, scale_down: u32) -> (Vec<BucketSpa
     layout.bridge(last - current);
     layout.push(count);
     (layout.spans, layout.deltas)
+}
+
+/// OTel index `otel` with `2^scale_down` buckets merged into one: `otel >> scale_down`
+/// (rounding down), which for shifts of 32 or more is 0 or -1 instead of a wrapped shift.
+fn merged_index(otel: i32, scale_down: u32) -> i32 {
+    otel.checked_shr(scale_down)
+        .unwrap_or(if otel < 0 { -1 } else { 0 })
 }
 
 /// Spans and deltas being written.
@@ -308,6 +322,33 @@ mod tests {
             });
             let err = to_native(&hostile, false, 0).expect_err("out of range");
             assert!(err.contains("out of range"), "{err}");
+        }
+    }
+
+    #[test]
+    fn scales_above_twenty_are_refused_and_no_shift_wraps() {
+        // Scale 20 is the highest OpenTelemetry defines: merged down by 2^12.
+        let finest = to_native(&point(20), false, 0).expect("scale 20 is valid");
+        assert_eq!(finest.schema, 8);
+        assert_eq!(finest.positive_spans, vec![span(1, 1)]);
+        assert_eq!(finest.positive_deltas, vec![9]);
+        for scale in [21, 40, 63, 64, i32::MAX] {
+            let err = to_native(&point(scale), false, 0).expect_err("above 20");
+            assert!(err.contains("scale must be <= 20"), "{scale}: {err}");
+        }
+        // Merging by 2^32 or more puts every index at or above zero into Prometheus
+        // index 1 and every negative one into index 0, never a wrapped shift.
+        for scale_down in [31, 32, 40, u32::MAX] {
+            assert_eq!(
+                bucket_layout(&[1, 2], -1, scale_down),
+                (vec![span(0, 2)], vec![1, 1]),
+                "scale-down {scale_down}"
+            );
+            assert_eq!(
+                bucket_layout(&[1, 2], 5, scale_down),
+                (vec![span(1, 1)], vec![3]),
+                "scale-down {scale_down}"
+            );
         }
     }
 

@@ -17,7 +17,9 @@
 //! A record is `[payload len u32][crc32c u32][seq u64][append time ms u64][payload]`,
 //! little-endian, the CRC32C covering sequence, time and payload. Sequence numbers start
 //! at 1 and increase by one per record across segments; a segment's name is the first
-//! sequence it may hold. A segment is rolled when the next batch would take it past the
+//! sequence it may hold, but only a hint: at open (and in `queue inspect`) segments are
+//! ordered and placed by their records' own sequence numbers, and a segment whose name
+//! disagrees with its first record is renamed to match it. A segment is rolled when the next batch would take it past the
 //! segment size (64 MiB, or a quarter of `max_bytes` for small quotas).
 //!
 //! # Guarantees
@@ -60,8 +62,8 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use cursor::{read_cursor, remove_leftover_temp, sync_dir, write_cursor, StoredCursor};
 use record::{
-    encode_record, find_next_valid, read_record_at, scan_segment, Damage, RecordRead, HEADER_BYTES,
-    MAX_PAYLOAD_BYTES,
+    encode_record, find_next_valid, first_valid_seq, read_record_at, scan_segment, Damage,
+    RecordRead, HEADER_BYTES, MAX_PAYLOAD_BYTES,
 };
 
 /// The size at which a segment is rolled, unless the quota is small.
@@ -131,6 +133,8 @@ pub struct RecoveryReport {
     pub cursor_damaged: bool,
     /// Fully acknowledged segments left by an earlier stop and deleted now.
     pub deleted_segments: usize,
+    /// Segment files whose name was not their first record's sequence number, renamed.
+    pub renamed_segments: usize,
 }
 
 /// A snapshot of a queue's size and position.
@@ -230,7 +234,8 @@ impl Queue {
         std::fs::create_dir_all(dir)?;
         let process_lock = lock_directory(dir)?;
         remove_leftover_temp(dir)?;
-        let listed = list_segments(dir)?;
+        let mut payload = Vec::new();
+        let listed = list_segments_by_records(dir, &mut payload)?;
         let mut report = RecoveryReport::default();
         let oldest_possible = listed.first().map_or(0, |(first_seq, _)| first_seq - 1);
         let (acked_through, cursor_is_durable) = match read_cursor(dir)? {
@@ -248,14 +253,16 @@ impl Queue {
         let mut last_valid_seq = 0;
         let mut expected_seq = listed.first().map_or(1, |(first_seq, _)| *first_seq);
         let mut pending_records = 0;
-        let mut payload = Vec::new();
+        let mut renamed = false;
         let segment_count = listed.len();
         for (index, (first_seq, path)) in listed.into_iter().enumerate() {
             let is_newest = index + 1 == segment_count;
             let file = OpenOptions::new().read(true).write(is_newest).open(&path)?;
             let end = file.metadata()?.len();
-            let after_seq = last_valid_seq.max(first_seq - 1);
-            let scan = scan_segment(&file, end, after_seq, &mut payload, |_, header, _| {
+            // The records' own sequence numbers decide what is new, never the name.
+            let mut first_record_seq = None;
+            let scan = scan_segment(&file, end, last_valid_seq, &mut payload, |_, header, _| {
+                first_record_seq.get_or_insert(header.seq);
                 if header.seq > expected_seq {
                     missing_seqs.push(expected_seq..header.seq);
                 }
@@ -265,6 +272,7 @@ impl Queue {
                     pending_records += 1;
                 }
             })?;
+            let first_seq = first_record_seq.unwrap_or(first_seq.max(last_valid_seq + 1));
             last_valid_seq = scan.last_seq.unwrap_or(last_valid_seq);
             let mut len = end;
             for damage in &scan.damage {
@@ -283,6 +291,17 @@ impl Queue {
                 file.set_len(len)?;
                 file.sync_all()?;
             }
+            // Named by its first record, so later segments (named by the sequence that
+            // opens them) can never take its name.
+            let path =
+                match rename_without_replacing(&path, &dir.join(segment_file_name(first_seq)))? {
+                    Some(renamed_path) => {
+                        report.renamed_segments += 1;
+                        renamed = true;
+                        renamed_path
+                    }
+                    None => path,
+                };
             segments.push_back(Segment {
                 first_seq,
                 path,
@@ -326,7 +345,7 @@ impl Queue {
                 file
             }
         };
-        if !deleted.is_empty() || segment_count == 0 {
+        if !deleted.is_empty() || segment_count == 0 || renamed {
             sync_dir(dir)?;
         }
         report.segments = segments.len();
@@ -879,6 +898,48 @@ pub(crate) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     }
     segments.sort_unstable_by_key(|(first_seq, _)| *first_seq);
     Ok(segments)
+}
+
+/// The segment files of a queue directory in the order of their records: each keyed by
+/// the sequence number of its first valid record, or by its name when it holds none. A
+/// name is only a hint: a file renamed past its records would otherwise have them taken
+/// for stale ones and cut away.
+pub(crate) fn list_segments_by_records(
+    dir: &Path,
+    payload: &mut Vec<u8>,
+) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut keyed = Vec::new();
+    for (named_seq, path) in list_segments(dir)? {
+        let first_record_seq = File::open(&path).and_then(|file| {
+            let end = file.metadata()?.len();
+            first_valid_seq(&file, end, payload)
+        });
+        let first_seq = first_record_seq
+            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?
+            .unwrap_or(named_seq);
+        keyed.push(((first_seq, named_seq), path));
+    }
+    keyed.sort_unstable_by_key(|(key, _)| *key);
+    Ok(keyed
+        .into_iter()
+        .map(|((first_seq, _), path)| (first_seq, path))
+        .collect())
+}
+
+/// Renames `from` to `to` unless it is already there or `to` exists: `Some(to)` when
+/// renamed. A hard link and an unlink, so an existing file is never replaced.
+fn rename_without_replacing(from: &Path, to: &Path) -> io::Result<Option<PathBuf>> {
+    if from == to {
+        return Ok(None);
+    }
+    match std::fs::hard_link(from, to) {
+        Ok(()) => {
+            std::fs::remove_file(from)?;
+            Ok(Some(to.to_path_buf()))
+        }
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(err) => Err(err),
+    }
 }
 
 /// Takes the exclusive lock that keeps a second process out of the queue.

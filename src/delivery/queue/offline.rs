@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::cursor::{read_cursor, StoredCursor, CURSOR_FILE};
-use super::list_segments;
+use super::list_segments_by_records;
 use super::record::{scan_segment, Damage};
 
 /// One segment as found on disk.
@@ -71,7 +71,8 @@ impl QueueInspection {
 /// Reads the queue in `dir` without changing anything.
 pub fn inspect_queue(dir: &Path) -> io::Result<QueueInspection> {
     let cursor = read_cursor(dir)?;
-    let listed = list_segments(dir)?;
+    let mut payload = Vec::new();
+    let listed = list_segments_by_records(dir, &mut payload)?;
     let oldest_possible = listed.first().map_or(0, |(first_seq, _)| first_seq - 1);
     let acked_through = match cursor {
         StoredCursor::AckedThrough(seq) => seq.max(oldest_possible),
@@ -87,11 +88,11 @@ pub fn inspect_queue(dir: &Path) -> io::Result<QueueInspection> {
         last_seq: None,
         segments: Vec::new(),
     };
-    let mut payload = Vec::new();
     for (first_seq, path) in listed {
         let file = File::open(&path)?;
         let end = file.metadata()?.len();
-        let after_seq = inspection.last_seq.unwrap_or(0).max(first_seq - 1);
+        // Recovery's rule: the records' own sequence numbers, never the file name.
+        let after_seq = inspection.last_seq.unwrap_or(0);
         let mut pending = 0;
         let mut oldest = inspection.oldest_pending_appended_at;
         let scan = scan_segment(&file, end, after_seq, &mut payload, |_, header, _| {

@@ -197,6 +197,23 @@ pub fn find_next_valid(
     Ok(None)
 }
 
+/// The sequence number of the first valid record of a segment, if it holds one.
+pub fn first_valid_seq(file: &File, end: u64, payload: &mut Vec<u8>) -> io::Result<Option<u64>> {
+    let offset = match read_record_at(file, 0, end, 0, payload)? {
+        RecordRead::Valid(header) => return Ok(Some(header.seq)),
+        RecordRead::Incomplete | RecordRead::Invalid => {
+            match find_next_valid(file, 1, end, 0, payload)? {
+                Some(offset) => offset,
+                None => return Ok(None),
+            }
+        }
+    };
+    Ok(match read_record_at(file, offset, end, 0, payload)? {
+        RecordRead::Valid(header) => Some(header.seq),
+        RecordRead::Incomplete | RecordRead::Invalid => None,
+    })
+}
+
 /// What a whole-segment scan found.
 #[derive(Debug, Default)]
 pub struct SegmentScan {
