@@ -219,7 +219,7 @@ async fn run_reloadable(
     if let Some(path) = config_path {
         state.reloader.set_path(path);
     }
-    server::series::spawn_sweeper(&state);
+    server::series::start(&state).await;
     // Also without a file: a SIGHUP is then logged, never the end of the process.
     server::reload::spawn_on_sighup(&state, reload_stop)
         .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;

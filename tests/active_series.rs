@@ -201,6 +201,26 @@ async fn a_tenant_at_its_limit_gets_400_for_new_series_and_keeps_writing_active_
     );
     // At the limit, a request of active series only is written whole.
     assert_eq!(write(&stack, &alpha, 0..100).await.0, 204);
+    // The admin API's tenant answer carries the count and the limit.
+    let tenant: serde_json::Value = stack
+        .http
+        .get(format!(
+            "{}/admin/v1/tenants/alpha",
+            stack.promgate.admin_url
+        ))
+        .bearer_auth(&stack.promgate.admin_token)
+        .send()
+        .await
+        .expect("admin")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        tenant["active_series"],
+        json!({"active": 100, "limit": 100}),
+        "{tenant}"
+    );
+
     // Beta has the config default (120); gamma is unlimited.
     let (status, reason) = write(&stack, &beta, 0..140).await;
     assert_eq!(status, 400);

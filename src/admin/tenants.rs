@@ -88,6 +88,16 @@ struct TenantView {
     updated_at: String,
     /// Bumped by every change; the same figure as the `ETag`.
     version: i64,
+    /// In a single tenant's answer: its active series across replicas (as of the last
+    /// sync) and its effective `max_active_series` (DESIGN §14).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_series: Option<ActiveSeriesView>,
+}
+
+#[derive(Debug, Serialize)]
+struct ActiveSeriesView {
+    active: u64,
+    limit: u64,
 }
 
 impl From<Tenant> for TenantView {
@@ -103,6 +113,7 @@ impl From<Tenant> for TenantView {
             identities: tenant.identities,
             backends: tenant.backends,
             status: tenant.status,
+            active_series: None,
         }
     }
 }
@@ -191,10 +202,25 @@ fn etag(version: i64) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("\"{version}\"")).ok()
 }
 
-/// The tenant as JSON with its `ETag`.
-fn tenant_response(status: StatusCode, tenant: Tenant) -> Response {
+/// The tenant as JSON with its `ETag`, and its active series (DESIGN §14).
+fn tenant_response(state: &SharedState, status: StatusCode, tenant: Tenant) -> Response {
     let tag = etag(tenant.version);
-    let mut response = (status, Json(TenantView::from(tenant))).into_response();
+    let limit = state.registry.tenant(&tenant.id).map_or_else(
+        || {
+            state
+                .live
+                .load()
+                .config
+                .limits
+                .with(&tenant.limits)
+                .max_active_series
+        },
+        |entry| entry.limits.max_active_series,
+    );
+    let active = state.active_series.count(&tenant.id).active;
+    let mut view = TenantView::from(tenant);
+    view.active_series = Some(ActiveSeriesView { active, limit });
+    let mut response = (status, Json(view)).into_response();
     if let Some(tag) = tag {
         response.headers_mut().insert(header::ETAG, tag);
     }
@@ -278,7 +304,7 @@ async fn create_tenant(State(state): State<SharedState>, body: Bytes) -> ApiResu
     spec.apply(&mut tenant);
     let tenant = state.registry.create_tenant(tenant).await?;
     tracing::info!(tenant = %tenant.id, "tenant created");
-    Ok(tenant_response(StatusCode::CREATED, tenant))
+    Ok(tenant_response(&state, StatusCode::CREATED, tenant))
 }
 
 async fn get_tenant(State(state): State<SharedState>, Path(id): Path<String>) -> ApiResult {
@@ -287,7 +313,11 @@ async fn get_tenant(State(state): State<SharedState>, Path(id): Path<String>) ->
         .registry
         .tenant(&id)
         .ok_or_else(|| AppError::NotFound(format!("tenant {id:?} not found")))?;
-    Ok(tenant_response(StatusCode::OK, entry.tenant.clone()))
+    Ok(tenant_response(
+        &state,
+        StatusCode::OK,
+        entry.tenant.clone(),
+    ))
 }
 
 async fn update_tenant(
@@ -312,7 +342,7 @@ async fn update_tenant(
         })
         .await?;
     tracing::info!(tenant = %tenant.id, status = tenant.status.as_str(), version = tenant.version, "tenant updated");
-    Ok(tenant_response(StatusCode::OK, tenant))
+    Ok(tenant_response(&state, StatusCode::OK, tenant))
 }
 
 async fn delete_tenant(

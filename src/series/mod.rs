@@ -5,10 +5,13 @@
 //! - [`identity`]: a series' identity, a keyed hash of its labels exactly as they reach
 //!   the backend;
 //! - [`tracker`]: each tenant's active series, their idle expiry and the limit;
+//! - [`sketch`]: what replicas share of them through the registry, so the limit is
+//!   global;
 //! - [`limit`]: a rewritten request with the refused series taken out.
 
 pub mod identity;
 pub mod limit;
+pub mod sketch;
 pub mod tracker;
 
 pub use identity::{SeriesKey, SeriesSpan};

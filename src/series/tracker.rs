@@ -13,6 +13,14 @@
 //! Series already active are always admitted (their stamp refreshed); a new one is
 //! admitted while the tenant is below its limit. Expired series are swept by
 //! [`ActiveSeries::sweep`], which a background task calls every few seconds.
+//!
+//! With several replicas the limit is global: a background task shares each tenant's
+//! sketches through the registry ([`super::sketch`]) and tells the tracker what the
+//! others hold ([`TenantSeries::set_remote`]): how many series are active elsewhere and
+//! not here, and the grant of new series this replica may admit until the next sync
+//! (its share of the room the others' grants leave); near the limit also the filters of
+//! the series active elsewhere, so that such a series is admitted here as active (up to
+//! 10 % over the limit, the bound a false positive of the filter can cost).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use hashbrown::HashTable;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
+
+use super::sketch::{Cardinality, Members};
 
 /// Tables per tenant: concurrent requests of one tenant rarely wait for each other.
 pub const SHARDS: usize = 16;
@@ -31,6 +41,9 @@ const STAMP_MASK: u64 = (1 << STAMP_BITS) - 1;
 pub struct ActiveSeries {
     tenants: DashMap<String, Arc<TenantSeries>>,
     started: Instant,
+    /// Replicas sharing the limits: a tenant new here may take its share of the limit
+    /// until the next sync says what the others hold.
+    live_replicas: AtomicU64,
 }
 
 /// One tenant's active series.
@@ -43,6 +56,20 @@ pub struct TenantSeries {
     idle_seconds: AtomicU64,
     /// Series that were new when admitted, since the tracker started.
     created: AtomicU64,
+    /// Series other replicas hold that this one does not (estimated at the last sync).
+    remote_extra: AtomicU64,
+    /// The other replicas' shares of the room left under the limit: held back here, so
+    /// replicas admitting new series between two syncs cannot together pass the limit.
+    reserved: AtomicU64,
+    /// Filters of the series other replicas hold, when the tenant is near its limit.
+    remote_members: RwLock<Vec<Members>>,
+    /// The count and grant this replica last shared, and in which sync round.
+    shared: Mutex<(u64, u64, u64)>,
+    /// New series this replica allows itself between two syncs (DESIGN §14); shared so
+    /// the others hold that room back.
+    grant: AtomicU64,
+    /// Whether other replicas share rows of this tenant.
+    known_elsewhere: std::sync::atomic::AtomicBool,
 }
 
 /// What became of one request's series.
@@ -72,6 +99,7 @@ impl ActiveSeries {
         ActiveSeries {
             tenants: DashMap::new(),
             started: Instant::now(),
+            live_replicas: AtomicU64::new(1),
         }
     }
 
@@ -80,16 +108,32 @@ impl ActiveSeries {
         self.started.elapsed().as_secs() & STAMP_MASK
     }
 
-    fn tenant(&self, tenant: &str) -> Arc<TenantSeries> {
+    /// Replicas sharing the limits now (at least 1).
+    pub fn set_live_replicas(&self, replicas: u64) {
+        self.live_replicas.store(replicas.max(1), Ordering::Relaxed);
+    }
+
+    /// `tenant`'s series, created empty when it has none yet.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantSeries> {
+        self.tenant_with_limit(tenant, 0)
+    }
+
+    /// `tenant`'s series; created with the other replicas' shares of `limit` held back,
+    /// until a sync says what they hold.
+    fn tenant_with_limit(&self, tenant: &str, limit: u64) -> Arc<TenantSeries> {
         if let Some(series) = self.tenants.get(tenant) {
             return Arc::clone(&series);
         }
-        Arc::clone(
-            &self
-                .tenants
-                .entry(tenant.to_string())
-                .or_insert_with(|| Arc::new(TenantSeries::new())),
-        )
+        let live = self.live_replicas.load(Ordering::Relaxed).max(1);
+        Arc::clone(&self.tenants.entry(tenant.to_string()).or_insert_with(|| {
+            let series = TenantSeries::new();
+            // Until a sync says more: this replica's share of the limit.
+            series
+                .reserved
+                .store(limit / live * (live - 1), Ordering::Relaxed);
+            series.grant.store(limit / live, Ordering::Relaxed);
+            Arc::new(series)
+        }))
     }
 
     /// Admits a request's series of `tenant` in order: `admit(i)` is called with
@@ -102,7 +146,7 @@ impl ActiveSeries {
         identities: impl IntoIterator<Item = u64>,
         mut decided: impl FnMut(bool),
     ) -> Admitted {
-        let series = self.tenant(tenant);
+        let series = self.tenant_with_limit(tenant, limit);
         series.limit.store(limit, Ordering::Relaxed);
         series
             .idle_seconds
@@ -132,9 +176,19 @@ impl ActiveSeries {
             series.sweep(now);
             counts.push((entry.key().clone(), series.count()));
         }
-        self.tenants
-            .retain(|_, series| series.count.load(Ordering::Relaxed) > 0);
+        self.tenants.retain(|_, series| {
+            series.count.load(Ordering::Relaxed) > 0
+                || series.remote_extra.load(Ordering::Relaxed) > 0
+        });
         counts
+    }
+
+    /// Every tenant the tracker holds.
+    pub fn tenants(&self) -> Vec<(String, Arc<TenantSeries>)> {
+        self.tenants
+            .iter()
+            .map(|entry| (entry.key().clone(), Arc::clone(entry.value())))
+            .collect()
     }
 
     /// `tenant`'s active series and limit (zero when it has none).
@@ -161,14 +215,112 @@ impl TenantSeries {
             limit: AtomicU64::new(0),
             idle_seconds: AtomicU64::new(1),
             created: AtomicU64::new(0),
+            remote_extra: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
+            remote_members: RwLock::new(Vec::new()),
+            shared: Mutex::new((0, 0, 0)),
+            grant: AtomicU64::new(0),
+            known_elsewhere: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    fn count(&self) -> TenantCount {
+    /// The tenant's active series across replicas (as of the last sync) and its limit.
+    pub fn count(&self) -> TenantCount {
         TenantCount {
-            active: self.count.load(Ordering::Relaxed),
+            active: self.count.load(Ordering::Relaxed) + self.remote_extra.load(Ordering::Relaxed),
             limit: self.limit.load(Ordering::Relaxed),
         }
+    }
+
+    /// The series this replica holds.
+    pub fn local(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The limit and idle timeout the tenant's last write came with.
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_seconds.load(Ordering::Relaxed))
+    }
+
+    /// Sets the limits before any write came (a tenant known from other replicas).
+    pub fn set_limits(&self, limit: u64, idle_timeout: Duration) {
+        self.limit.store(limit, Ordering::Relaxed);
+        self.idle_seconds
+            .store(idle_timeout.as_secs().max(1), Ordering::Relaxed);
+    }
+
+    /// Whether to share this replica's row in sync round `round` (DESIGN §14), and
+    /// whether with the filter of its series. Not when its series are under a twentieth
+    /// of its share of the limit and no other replica shares the tenant (what nobody
+    /// shares then is at most 5 % of the limit); near the limit every round; otherwise
+    /// when its count or grant moved by 1 % of the limit since it was last shared, or
+    /// every `refresh` rounds.
+    pub fn due(&self, round: u64, live: u64, refresh: u64) -> Option<bool> {
+        let (limit, local) = (self.limit(), self.local());
+        let elsewhere = self.known_elsewhere.load(Ordering::Relaxed);
+        let significant = local.saturating_mul(live).saturating_mul(20) >= limit;
+        if limit == 0 || !(significant && local > 0 || elsewhere) {
+            return None;
+        }
+        let near = self.count().active.saturating_mul(10) >= limit.saturating_mul(8);
+        let grant = self.grant();
+        let mut shared = self.shared.lock();
+        let (count, granted, at) = *shared;
+        let moved = |now: u64, then: u64| now.abs_diff(then).saturating_mul(100) >= limit;
+        if near
+            || moved(local, count)
+            || moved(grant, granted)
+            || round >= at + refresh
+            || round < at
+        {
+            *shared = (local, grant, round);
+            return Some(near);
+        }
+        None
+    }
+
+    /// The new series this replica allows itself until the next sync.
+    pub fn grant(&self) -> u64 {
+        self.grant.load(Ordering::Relaxed)
+    }
+
+    /// A sketch of the series held here, and with `members`, their filter; and how many.
+    pub fn sketches(&self, members: bool) -> (u64, Cardinality, Option<Members>) {
+        let mut cardinality = Cardinality::default();
+        let local = self.local();
+        let mut filter = members.then(|| Members::with_room_for(local));
+        for shard in &self.shards {
+            let shard = shard.lock();
+            for entry in shard.iter() {
+                let key = entry >> STAMP_BITS;
+                cardinality.insert(key);
+                if let Some(filter) = filter.as_mut() {
+                    filter.insert(key);
+                }
+            }
+        }
+        (local, cardinality, filter)
+    }
+
+    /// What the other replicas hold (`extra` series not held here; near the limit, the
+    /// filters of their series) and the `grant` of new series this replica may admit
+    /// until the next sync: everything else under the limit is held back.
+    pub fn set_remote(&self, extra: u64, grant: u64, known_elsewhere: bool, members: Vec<Members>) {
+        let limit = self.limit();
+        let estimate = self.local() + extra;
+        self.remote_extra.store(extra, Ordering::Relaxed);
+        self.grant.store(grant, Ordering::Relaxed);
+        self.reserved.store(
+            limit.saturating_sub(estimate).saturating_sub(grant),
+            Ordering::Relaxed,
+        );
+        self.known_elsewhere
+            .store(known_elsewhere, Ordering::Relaxed);
+        *self.remote_members.write() = members;
     }
 
     fn admit_one(&self, identity: u64, now: u64, limit: u64) -> Outcome {
@@ -180,13 +332,31 @@ impl TenantSeries {
             *entry = (key << STAMP_BITS) | now;
             return Outcome::Active;
         }
-        let reserved = self
-            .count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
-                (limit == 0 || count < limit).then_some(count + 1)
-            });
-        if reserved.is_err() {
-            return Outcome::Refused;
+        let extra = self.remote_extra.load(Ordering::Relaxed);
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        let reserve = |ceiling: u64| {
+            self.count
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |count| {
+                    (limit == 0 || count + extra < ceiling).then_some(count + 1)
+                })
+                .is_ok()
+        };
+        if !reserve(limit.saturating_sub(reserved)) {
+            // Active on another replica: admitted as active, within 10 % over the limit
+            // (what a false positive of the filter may cost).
+            let elsewhere = {
+                let members = self.remote_members.read();
+                members.iter().any(|filter| filter.contains(key))
+            };
+            if !elsewhere || !reserve(limit + limit / 10) {
+                return Outcome::Refused;
+            }
+            // It was counted among the series held elsewhere only; now it is held here.
+            let _ = self
+                .remote_extra
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |extra| {
+                    Some(extra.saturating_sub(1))
+                });
         }
         shard.insert_unique(hash, (key << STAMP_BITS) | now, |entry| {
             mix(entry >> STAMP_BITS)
@@ -300,6 +470,48 @@ mod tests {
         assert_eq!(series.count().active, 0);
         assert_eq!(series.admit_one(12345 << 30, now + 61, 10), Outcome::New);
         assert!(tracker.sweep().iter().all(|(_, count)| count.active <= 1));
+    }
+
+    #[test]
+    fn series_held_elsewhere_and_the_others_room_count_against_the_limit() {
+        let tracker = ActiveSeries::new();
+        tracker.set_live_replicas(2);
+        // New here with two replicas: half the limit until a sync says more.
+        assert_eq!(
+            admit(&tracker, "a", 100, 0..80).0,
+            Admitted {
+                new: 50,
+                refused: 30
+            }
+        );
+        let series = tracker.tenant("a");
+        // Another replica holds 40 series this one does not; this one may add 10.
+        series.set_remote(40, 10, true, Vec::new());
+        assert_eq!(series.count().active, 90);
+        assert_eq!(
+            admit(&tracker, "a", 100, 50..80).0,
+            Admitted {
+                new: 10,
+                refused: 20
+            }
+        );
+        // Series the other replica holds are written here as active: the total stays.
+        let mut elsewhere = Members::with_room_for(100);
+        let held: Vec<u64> = identities(1000..1020).collect();
+        held.iter()
+            .for_each(|identity| elsewhere.insert(identity >> STAMP_BITS));
+        series.set_remote(40, 0, true, vec![elsewhere]);
+        let mut decisions = Vec::new();
+        let admitted = tracker.admit("a", 100, Duration::from_secs(60), held, |ok| {
+            decisions.push(ok)
+        });
+        assert_eq!((admitted.new, admitted.refused), (20, 0));
+        assert_eq!(series.count().active, 100);
+        let strangers = admit(&tracker, "a", 100, 5000..5010).0;
+        assert_eq!(
+            strangers.new, 0,
+            "series no filter holds are new and refused"
+        );
     }
 
     #[test]

@@ -498,6 +498,11 @@ impl Registry {
         Ok(total)
     }
 
+    /// This replica's id in the registry (new at every start).
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
     /// Replicas sharing a tenant's rate limits right now (at least 1).
     pub fn live_replicas(&self) -> usize {
         self.live_replicas.load(Ordering::Relaxed).max(1)

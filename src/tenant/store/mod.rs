@@ -42,6 +42,9 @@ use sqlx::{AnyPool, Connection, Row};
 
 use super::{Tenant, TenantStatus, TokenRecord};
 
+mod active_series;
+pub use active_series::ActiveSeriesRow;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{0}")]
