@@ -12,11 +12,11 @@
 //!   nesting, checked by `regex-syntax` without compiling anything;
 //! - durations the parser would turn into a `Duration` (and panic on when too large).
 //!
-//! Regex matchers are also taken out of the text before it is parsed: each one's string
-//! becomes a short placeholder, so the parser (which compiles every regex it meets, and
-//! the print-and-parse-again check would compile them all a second time) compiles
-//! nothing large; [`Prepared::restore`] puts the values back, escaped, into the printed
-//! text.
+//! Regex matchers are also taken out of the text before it is parsed: each one becomes
+//! an equality matcher on a placeholder value, so the parser (which compiles every regex
+//! it meets, and the print-and-parse-again check would compile them all a second time)
+//! compiles no regex at all; [`Prepared::restore`] puts the regex operators and values
+//! back, escaped, into the printed text.
 
 use promql_parser::parser::lexer;
 use promql_parser::parser::token::{self, TokenId};
@@ -72,8 +72,8 @@ pub enum TooComplex {
 pub struct Prepared {
     /// The text to parse.
     pub text: String,
-    /// Each placeholder (as the printer writes it, quotes included) and the value it
-    /// stands for.
+    /// Each placeholder matcher's operator and value as the printer writes them, and the
+    /// regex operator and value they stand for, written the same way.
     regexes: Vec<(String, String)>,
 }
 
@@ -86,7 +86,7 @@ impl Prepared {
         for (placeholder, value) in &self.regexes {
             match text.matches(placeholder.as_str()).count() {
                 0 => {}
-                1 => text = text.replacen(placeholder, &quoted(value), 1),
+                1 => text = text.replacen(placeholder, value, 1),
                 _ => return None,
             }
         }
@@ -112,6 +112,7 @@ pub fn prepare(text: &str) -> Result<Prepared, TooComplex> {
     let mut regex_bytes = 0usize;
     // The two tokens before the current one.
     let (mut previous, mut before_previous): (Option<TokenId>, Option<TokenId>) = (None, None);
+    let mut previous_start = 0usize;
     for lexeme in lexed.iter() {
         let Ok(lexeme) = lexeme else {
             return Err(TooComplex::Lex("invalid token".into()));
@@ -164,23 +165,34 @@ pub fn prepare(text: &str) -> Result<Prepared, TooComplex> {
                 if prepared.regexes.len() == MAX_QUERY_REGEX_MATCHERS {
                     return Err(TooComplex::TooManyRegexes(prepared.regexes.len() + 1));
                 }
-                let matches_empty =
+                let regex_matches_empty =
                     check_regex(&value).map_err(|why| TooComplex::BadRegex(value.clone(), why))?;
+                let negated = previous == Some(token::T_NEQ_REGEX);
                 // The parser refuses a selector whose matchers all match the empty
-                // string: the placeholder matches it exactly when the value does.
-                let empty = if matches_empty { "|" } else { "" };
-                let placeholder =
-                    format!("\"promgate{nonce:016x}r{}{empty}\"", prepared.regexes.len());
-                prepared.text.push_str(&text[copied_to..span.start()]);
+                // string: the placeholder, an equality matcher the parser compiles
+                // nothing for, matches it exactly when the regex matcher does.
+                let placeholder_op = if regex_matches_empty != negated {
+                    "!="
+                } else {
+                    "="
+                };
+                let placeholder = format!(
+                    "{placeholder_op}\"promgate{nonce:016x}r{}\"",
+                    prepared.regexes.len()
+                );
+                let op_start = previous_start;
+                prepared.text.push_str(&text[copied_to..op_start]);
                 prepared.text.push_str(&placeholder);
                 copied_to = span.end();
-                prepared.regexes.push((placeholder, value));
+                let original = format!("{}{}", if negated { "!~" } else { "=~" }, quoted(&value));
+                prepared.regexes.push((placeholder, original));
             }
             _ if is_operator(id) && brace_depth == 0 => operators += 1,
             _ => {}
         }
         before_previous = previous;
         previous = Some(id);
+        previous_start = span.start();
         if operators + max_depth > MAX_QUERY_NESTING {
             return Err(TooComplex::TooDeep(operators + max_depth));
         }

@@ -354,6 +354,23 @@ mod tests {
     }
 
     #[test]
+    fn regex_matchers_come_back_as_sent() {
+        assert_eq!(
+            scoped(r#"{__name__=~"up|scrape_.+",job!~""}"#),
+            r#"{__name__=~"up|scrape_.+",job!~"",tenant_id="alpha"}"#
+        );
+        assert_eq!(
+            scoped(r#"sum(rate(x{code=~"5..",path!~".*health.*"}[5m]))"#),
+            r#"sum(rate(x{code=~"5..",path!~".*health.*",tenant_id="alpha"}[5m]))"#
+        );
+        // A selector of only matchers that match the empty string stays refused.
+        assert!(matches!(
+            scope_expression(r#"{job=~".*"}"#, &ALPHA),
+            Err(ScopeError::Parse(_))
+        ));
+    }
+
+    #[test]
     fn unparseable_input_is_one_line() {
         let Err(ScopeError::Parse(message)) = scope_expression("sum(\nup", &ALPHA) else {
             panic!("accepted");

@@ -183,6 +183,15 @@ impl ActiveSeries {
         counts
     }
 
+    /// Bytes the tracker's tables take (what `benches/active_series.rs` and the memory
+    /// test divide by the series held).
+    pub fn memory_bytes(&self) -> usize {
+        self.tenants
+            .iter()
+            .map(|entry| entry.value().memory_bytes() + entry.key().len())
+            .sum()
+    }
+
     /// Every tenant the tracker holds.
     pub fn tenants(&self) -> Vec<(String, Arc<TenantSeries>)> {
         self.tenants
@@ -230,6 +239,16 @@ impl TenantSeries {
             active: self.count.load(Ordering::Relaxed) + self.remote_extra.load(Ordering::Relaxed),
             limit: self.limit.load(Ordering::Relaxed),
         }
+    }
+
+    /// Bytes this tenant's tables take.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<TenantSeries>()
+            + self
+                .shards
+                .iter()
+                .map(|shard| shard.lock().allocation_size())
+                .sum::<usize>()
     }
 
     /// The series this replica holds.
@@ -512,6 +531,27 @@ mod tests {
             strangers.new, 0,
             "series no filter holds are new and refused"
         );
+    }
+
+    #[test]
+    fn a_million_series_take_under_32_bytes_each() {
+        let tracker = ActiveSeries::new();
+        let mut admitted = 0;
+        // Real identities are SipHash outputs: spread them with splitmix64.
+        let spread = (0..1_000_000u64).map(|i| {
+            let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        });
+        tracker.admit("a", 0, Duration::from_secs(60), spread, |ok| {
+            admitted += u64::from(ok)
+        });
+        assert_eq!(admitted, 1_000_000);
+        assert_eq!(tracker.count("a").active, 1_000_000);
+        let per_series = tracker.memory_bytes() as f64 / 1e6;
+        eprintln!("{per_series:.1} bytes a tracked series at 1 000 000 series");
+        assert!(per_series <= 32.0, "{per_series} bytes a series");
     }
 
     #[test]
