@@ -543,3 +543,74 @@ async fn an_empty_export_is_200_and_sends_nothing() {
     assert_eq!(answer.partial_success, None);
     assert!(backend.requests().is_empty());
 }
+
+#[tokio::test]
+async fn points_of_new_series_past_the_active_series_limit_are_a_partial_success() {
+    let (relay, backend, token) = relay_with_backend(json!({"max_active_series": 3})).await;
+    let points = |range: std::ops::Range<u32>| {
+        range
+            .map(|i| point(f64::from(i), &[("n", &i.to_string())]))
+            .collect::<Vec<_>>()
+    };
+    let answer = accepted(
+        post(
+            &relay,
+            Some(&token),
+            export(&[], vec![gauge("g", points(0..2))]),
+            false,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(answer.partial_success, None);
+    // 0 and 1 are active, 2 fits, 3..5 are new past the limit.
+    let answer = accepted(
+        post(
+            &relay,
+            Some(&token),
+            export(&[], vec![gauge("g", points(0..6))]),
+            false,
+        )
+        .await,
+    )
+    .await;
+    let partial = answer.partial_success.expect("a partial success");
+    assert_eq!(partial.rejected_data_points, 3);
+    assert!(
+        partial
+            .error_message
+            .contains("per-tenant active series limit of 3 reached: 3 of 4 series in this request are new and were refused"),
+        "{partial:?}"
+    );
+    let written: Vec<String> = backend
+        .requests()
+        .last()
+        .expect("the rest was written")
+        .write_request()
+        .timeseries
+        .iter()
+        .flat_map(|series| label_value(series, "n"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(written, ["0", "1", "2"]);
+    // Every point refused for the limit: still a partial success, nothing forwarded.
+    let before = backend.requests().len();
+    let answer = accepted(
+        post(
+            &relay,
+            Some(&token),
+            export(&[], vec![gauge("g", points(10..12))]),
+            false,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        answer
+            .partial_success
+            .expect("partial")
+            .rejected_data_points,
+        2
+    );
+    assert_eq!(backend.requests().len(), before);
+}
