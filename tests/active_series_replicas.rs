@@ -1,5 +1,5 @@
-//! The active series limit across replicas (DESIGN §14): three promgate binaries on one
-//! PostgreSQL registry, each tenant with a limit of 3 000 and senders that want 6 000
+//! The active series limit across replicas (DESIGN §14): two and three promgate binaries
+//! on one PostgreSQL registry, each tenant with a limit of 3 000 and senders that want 6 000
 //! series, re-sending their whole set every cycle as Prometheus does. Whether each
 //! sender is pinned to one replica, one replica takes all the traffic while the others
 //! idle, or a sender's requests are spread over every replica, the series that reach
@@ -161,8 +161,17 @@ async fn cycle(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_limit_holds_across_replicas_however_senders_are_spread() {
-    let mut cluster = Cluster::start(3).await;
+async fn the_limit_holds_across_three_replicas_however_senders_are_spread() {
+    the_limit_holds(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limit_holds_across_two_replicas_however_senders_are_spread() {
+    the_limit_holds(2).await;
+}
+
+async fn the_limit_holds(replicas: usize) {
+    let mut cluster = Cluster::start(replicas).await;
     let mut tokens = Vec::new();
     for tenant in ["pinned", "busy", "spread"] {
         tokens.push(cluster.replicas[0].add_tenant(tenant, json!({})).await);
@@ -171,18 +180,19 @@ async fn the_limit_holds_across_replicas_however_senders_are_spread() {
     // Let every replica see the tenants.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let third = WANTED / 3;
+    let count = replicas as u32;
+    let share = WANTED / count;
     for _ in 0..8 {
-        // Three senders of one tenant, each pinned to its replica, 2 000 series each.
-        for replica in 0..3u32 {
-            let set = replica * third..(replica + 1) * third;
+        // One sender of the tenant pinned to each replica, its share of 6 000 series each.
+        for replica in 0..count {
+            let set = replica * share..(replica + 1) * share;
             cycle(&cluster, pinned, "pinned", set, |_| replica as usize).await;
         }
         // One sender of 6 000 series on replica 0 alone.
         cycle(&cluster, busy, "busy", 0..WANTED, |_| 0).await;
         // One sender whose batches go round the replicas.
         cycle(&cluster, spread, "spread", 0..WANTED, |batch| {
-            batch as usize % 3
+            batch as usize % replicas
         })
         .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -195,7 +205,7 @@ async fn the_limit_holds_across_replicas_however_senders_are_spread() {
     let admitted = cluster.written("spread", 0);
     let from = cluster.backend.requests().len();
     cycle(&cluster, spread, "spread", 0..WANTED, |batch| {
-        (batch as usize + 1) % 3
+        (batch as usize + 1) % replicas
     })
     .await;
     let last = cluster.written("spread", from);
@@ -211,13 +221,13 @@ async fn the_limit_holds_across_replicas_however_senders_are_spread() {
     let own: BTreeSet<u32> = before
         .iter()
         .copied()
-        .filter(|n| (third..2 * third).contains(n))
+        .filter(|n| (share..2 * share).contains(n))
         .collect();
     assert!(!own.is_empty());
     cluster.replicas[1].kill();
     cluster.replicas[1].restart().await;
     let from = cluster.backend.requests().len();
-    cycle(&cluster, pinned, "pinned", third..2 * third, |_| 1).await;
+    cycle(&cluster, pinned, "pinned", share..2 * share, |_| 1).await;
     let after = cluster.written("pinned", from);
     assert!(
         own.is_subset(&after),
