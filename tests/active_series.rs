@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::stack::{series, value_of, Stack};
-use promgate::codec::splice::{rewrite_tracked, SeriesLog};
+use promgate::codec::splice::{label_fields, rewrite_tracked, SeriesLog};
 use promgate::codec::write::LabelPolicy;
 use promgate::config::{ConflictPolicy, Limits};
 use promgate::proto::{Label, Sample, TimeSeries, WriteRequest};
@@ -85,6 +85,13 @@ fn identity_is_the_labels_as_written_whatever_path_wrote_them() {
         "same labels once enforced"
     );
     assert_ne!(spans[0].identity, spans[2].identity);
+    // The identity is the hash of the label fields as written.
+    for span in &spans {
+        assert_eq!(
+            span.identity,
+            key.identity(label_fields(&out[span.start..span.end]))
+        );
+    }
     assert_eq!((spans[0].samples, spans[1].samples), (1, 2));
     assert_eq!(spans[2].end, rewritten.series_end);
     assert_eq!(spans[0].start, 0);

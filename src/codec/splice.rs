@@ -31,9 +31,19 @@ use crate::series::{SeriesKey, SeriesSpan};
 
 impl SeriesLog<'_> {
     /// Notes the series written as `series` (its `TimeSeries` field) at `start`: its
-    /// identity is the hash of its label fields, which come first.
-    fn note(&mut self, series: &[u8], start: usize, before: &WriteStats, after: &WriteStats) {
-        let identity = self.key.identity(label_fields(series));
+    /// identity is the hash of its label fields, which come first, `labels_len` bytes.
+    fn note(
+        &mut self,
+        series: &[u8],
+        labels_len: usize,
+        start: usize,
+        before: &WriteStats,
+        after: &WriteStats,
+    ) {
+        // The field's key (one byte) and its length's varint come before the labels.
+        let header = 1 + series[1..].iter().take_while(|&&byte| byte >= 0x80).count() + 1;
+        let labels = series.get(header..header + labels_len).unwrap_or(series);
+        let identity = self.key.identity(labels);
         let count = |after: usize, before: usize| u32::try_from(after - before).unwrap_or(u32::MAX);
         self.spans.push(SeriesSpan {
             identity,
@@ -142,9 +152,9 @@ pub fn rewrite_tracked(
                 let start = out.len();
                 let before = stats;
                 match splicer.series(series, &mut stats, writing.then_some(&mut *out)) {
-                    Ok(()) => {
+                    Ok(labels_len) => {
                         if let (Some(log), true) = (log.as_mut(), out.len() > start) {
-                            log.note(&out[start..], start, &before, &stats);
+                            log.note(&out[start..], labels_len, start, &before, &stats);
                         }
                     }
                     Err(Refusal::Protobuf(err)) => return Err(protobuf(err)),
@@ -277,13 +287,14 @@ const LEAF_DEPTH: u32 = SERIES_DEPTH - 1;
 
 impl<'a> Splicer<'a> {
     /// Reads one `TimeSeries` and, when `out` is given and the series is valid, writes
-    /// the tenant's version of it.
+    /// the tenant's version of it; returns the bytes of label fields written (0 when
+    /// nothing was).
     fn series(
         &mut self,
         series: &'a [u8],
         stats: &mut WriteStats,
         out: Option<&mut Vec<u8>>,
-    ) -> Result<(), Refusal> {
+    ) -> Result<usize, Refusal> {
         let canonical = match out {
             Some(_) => canonical_labels(series, &self.policy.spliced, self.limits),
             None => None,
@@ -307,7 +318,7 @@ impl<'a> Splicer<'a> {
         stats.exemplars += fields.exemplars;
         stats.histograms += fields.histograms;
         let Some(out) = out else {
-            return Ok(());
+            return Ok(0);
         };
         let result = match canonical {
             Some(labels) => self.write_spliced(series, labels, fields.newest, out),
@@ -440,7 +451,7 @@ impl<'a> Splicer<'a> {
         labels: CanonicalLabels<'_>,
         newest: Option<i64>,
         out: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
+    ) -> Result<usize, CodecError> {
         if newest.is_some_and(|newest| newest > self.newest_allowed) {
             let metric_name = [Borrowed {
                 name: "__name__",
@@ -461,7 +472,7 @@ impl<'a> Splicer<'a> {
         }
         out.extend_from_slice(&series[from..labels.end]);
         self.write_pieces(series, out);
-        Ok(())
+        Ok(labels.end + inserted)
     }
 
     /// Writes a series after the full checks, its labels encoded anew.
@@ -470,7 +481,7 @@ impl<'a> Splicer<'a> {
         series: &[u8],
         newest: Option<i64>,
         out: &mut Vec<u8>,
-    ) -> Result<(), CodecError> {
+    ) -> Result<usize, CodecError> {
         enforce_labels(
             &mut self.labels,
             &self.enforced,
@@ -495,7 +506,7 @@ impl<'a> Splicer<'a> {
             put_string(out, 0x12, label.value);
         }
         self.write_pieces(series, out);
-        Ok(())
+        Ok(labels_len)
     }
 
     fn pieces_len(&self) -> usize {

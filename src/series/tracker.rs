@@ -152,15 +152,28 @@ impl ActiveSeries {
             .idle_seconds
             .store(idle_timeout.as_secs().max(1), Ordering::Relaxed);
         let now = self.now();
+        let identities: Vec<u64> = identities.into_iter().collect();
         let mut admitted = Admitted::default();
-        for identity in identities {
-            let outcome = series.admit_one(identity, now, limit);
-            match outcome {
-                Outcome::Active => {}
-                Outcome::New => admitted.new += 1,
-                Outcome::Refused => admitted.refused += 1,
+        let mut count = |outcome: Outcome| match outcome {
+            Outcome::Active => {}
+            Outcome::New => admitted.new += 1,
+            Outcome::Refused => admitted.refused += 1,
+        };
+        if series.fits_whole(identities.len() as u64, limit) {
+            // Every series fits whatever it is: each table locked once for the request.
+            for outcome in series.admit_by_shard(&identities, now, limit) {
+                count(outcome);
+                decided(outcome != Outcome::Refused);
             }
-            decided(outcome != Outcome::Refused);
+        } else {
+            // Near the limit: in the request's order, first come first admitted.
+            for &identity in &identities {
+                let mut shard = series.shards[shard_of(identity)].lock();
+                let outcome = series.admit_in(&mut shard, identity, now, limit);
+                drop(shard);
+                count(outcome);
+                decided(outcome != Outcome::Refused);
+            }
         }
         series.created.fetch_add(admitted.new, Ordering::Relaxed);
         admitted
@@ -342,9 +355,52 @@ impl TenantSeries {
         *self.remote_members.write() = members;
     }
 
+    /// Whether `series` more new series would fit under the limit now.
+    fn fits_whole(&self, series: u64, limit: u64) -> bool {
+        let held = self.count.load(Ordering::Relaxed)
+            + self.remote_extra.load(Ordering::Relaxed)
+            + self.reserved.load(Ordering::Relaxed);
+        limit == 0 || held.saturating_add(series) < limit
+    }
+
+    /// Admits `identities`, each shard's table locked once; outcomes in their order.
+    fn admit_by_shard(&self, identities: &[u64], now: u64, limit: u64) -> Vec<Outcome> {
+        let mut starts = [0usize; SHARDS + 1];
+        for &identity in identities {
+            starts[shard_of(identity) + 1] += 1;
+        }
+        for shard in 0..SHARDS {
+            starts[shard + 1] += starts[shard];
+        }
+        let mut next = starts;
+        let mut order = vec![0usize; identities.len()];
+        for (index, &identity) in identities.iter().enumerate() {
+            let shard = shard_of(identity);
+            order[next[shard]] = index;
+            next[shard] += 1;
+        }
+        let mut outcomes = vec![Outcome::Refused; identities.len()];
+        for shard in 0..SHARDS {
+            let members = &order[starts[shard]..starts[shard + 1]];
+            if members.is_empty() {
+                continue;
+            }
+            let mut table = self.shards[shard].lock();
+            for &index in members {
+                outcomes[index] = self.admit_in(&mut table, identities[index], now, limit);
+            }
+        }
+        outcomes
+    }
+
+    #[cfg(test)]
     fn admit_one(&self, identity: u64, now: u64, limit: u64) -> Outcome {
+        let mut shard = self.shards[shard_of(identity)].lock();
+        self.admit_in(&mut shard, identity, now, limit)
+    }
+
+    fn admit_in(&self, shard: &mut HashTable<u64>, identity: u64, now: u64, limit: u64) -> Outcome {
         let key = identity >> STAMP_BITS;
-        let mut shard = self.shards[identity as usize % SHARDS].lock();
         let hash = mix(key);
         if let Some(entry) = shard.find_mut(hash, |entry| entry >> STAMP_BITS == key) {
             // Still counted, even when idle past the timeout and not yet swept.
@@ -400,6 +456,12 @@ impl TenantSeries {
             }
         }
     }
+}
+
+/// The table an identity lives in: its low bits (the stored key is its high bits).
+#[inline]
+fn shard_of(identity: u64) -> usize {
+    identity as usize % SHARDS
 }
 
 /// The table's hash of a stored key: the key is already uniformly random, but its low
@@ -537,7 +599,7 @@ mod tests {
     fn a_million_series_take_under_32_bytes_each() {
         let tracker = ActiveSeries::new();
         let mut admitted = 0;
-        // Real identities are SipHash outputs: spread them with splitmix64.
+        // Real identities are keyed hashes: spread them with splitmix64.
         let spread = (0..1_000_000u64).map(|i| {
             let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
