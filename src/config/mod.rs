@@ -62,7 +62,8 @@ pub struct ServerConfig {
     pub in_flight_wait: Duration,
     /// Failed authentications per source address and minute before 429. Never applied
     /// to a credential already known good (a cached verified token, a registered client
-    /// certificate): strangers behind the same address cannot lock a tenant out.
+    /// certificate), nor to a configured issuer's token within a few signature checks:
+    /// strangers behind the same address cannot lock a tenant out.
     pub auth_failures_per_minute: u32,
     /// Every data request is answered within this (503 + Retry-After when it runs out),
     /// below Prometheus' 30 s `remote_timeout`, so the sender hears back before it gives up.
