@@ -587,3 +587,114 @@ async fn a_jwks_body_is_refused_as_soon_as_it_passes_the_cap() {
     assert!(err.contains("larger than 1 MiB"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Claims no token before had: an identity provider's tokens rotate every few minutes.
+fn fresh_claims(tenant: &str) -> Value {
+    let mut claims = claims(tenant);
+    claims["jti"] = json!(random_kid());
+    claims
+}
+
+/// The value of one sample line of the admin listener's `/metrics`, 0 when absent.
+async fn metric(relay: &Relay, series: &str) -> u64 {
+    relay
+        .metrics()
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Behind a shared address (NAT, proxy), the users of an identity provider must not be
+/// locked out by whoever else failed to authenticate from it: their tokens rotate, so each
+/// is new to promgate. Such a token is still verified; a forged one naming the issuer is
+/// refused and counted, and the signature checks from a restricted address are bounded.
+#[tokio::test]
+async fn a_fresh_issuer_token_passes_from_an_address_over_its_failure_budget() {
+    let key = test_key(5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, json!({"keys": [jwk(&key, "k1")]}).to_string()).expect("jwks file");
+    let backend = FakeBackend::start().await;
+    let toml = format!(
+        "{}{}",
+        issuer_toml(&format!("jwks_file = \"{}\"", path.display()), "30s"),
+        common::read_backends_toml(&[&backend])
+    );
+    let relay = Relay::start_with_server("auth_failures_per_minute = 3", &toml).await;
+    relay.create_tenant(json!({"id": "alpha"})).await;
+    for attempt in 0..3 {
+        assert_eq!(
+            status(&relay, "not-a-token").await,
+            401,
+            "attempt {attempt}"
+        );
+    }
+    assert_eq!(
+        status(&relay, "not-a-token").await,
+        429,
+        "the address is restricted"
+    );
+
+    let fresh = sign(&key, Some("k1"), &fresh_claims("alpha"));
+    assert_eq!(
+        status(&relay, &fresh).await,
+        204,
+        "a fresh token of a configured issuer is verified"
+    );
+    assert_eq!(backend.requests().len(), 1);
+    let read = relay
+        .read_request(
+            &sign(&key, Some("k1"), &fresh_claims("alpha")),
+            common::read_body(vec![]),
+        )
+        .send()
+        .await
+        .expect("read");
+    assert_eq!(read.status(), 200, "and on read");
+
+    // A forged token naming the issuer: verified, refused, counted as a failure.
+    let invalid = "promgate_auth_failures_total{cause=\"invalid_token\"}";
+    let before = metric(&relay, invalid).await;
+    let forged = sign(&test_key(6), Some("k1"), &fresh_claims("alpha"));
+    assert_eq!(status(&relay, &forged).await, 401);
+    assert_eq!(metric(&relay, invalid).await, before + 1);
+    // Not verified at all: an algorithm the issuer does not allow, another issuer.
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let hs = jsonwebtoken::encode(
+        &header,
+        &fresh_claims("alpha"),
+        &EncodingKey::from_secret(b"guess"),
+    )
+    .expect("token");
+    assert_eq!(status(&relay, &hs).await, 429);
+    let mut elsewhere = fresh_claims("alpha");
+    elsewhere["iss"] = json!("https://other.example");
+    assert_eq!(
+        status(&relay, &sign(&key, Some("k1"), &elsewhere)).await,
+        429
+    );
+    assert_eq!(metric(&relay, invalid).await, before + 1);
+
+    // A flood of forged tokens naming the issuer gets a bounded number of signature
+    // checks, then 429 like any other stranger's token.
+    let mut checked = 0;
+    loop {
+        let forged = sign(&test_key(6), Some("k1"), &fresh_claims("alpha"));
+        match status(&relay, &forged).await {
+            401 => checked += 1,
+            429 => break,
+            other => panic!("forged token answered {other}"),
+        }
+        assert!(
+            checked < 40,
+            "signature checks from a restricted address are bounded"
+        );
+    }
+    assert_eq!(
+        status(&relay, &fresh).await,
+        204,
+        "a token verified before needs no check"
+    );
+}

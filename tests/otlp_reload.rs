@@ -1,7 +1,7 @@
-//! The `[otlp]` section and the tenant label follow a config reload on the OTLP endpoint
-//! of a running promgate binary: after `POST /-/reload` the next export is translated by
-//! the new `translation_strategy` and `promote_resource_attributes`, and stamped with the
-//! new `[tenancy] label`.
+//! The `[otlp]` section follows a config reload on the OTLP endpoint of a running promgate
+//! binary: after `POST /-/reload` the next export is translated by the new
+//! `translation_strategy` and `promote_resource_attributes`, and still stamped with the
+//! configured `[tenancy] label` (a reload cannot change that label).
 
 mod common;
 
@@ -63,11 +63,18 @@ fn backend_toml(url: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn otlp_settings_and_the_tenant_label_follow_a_reload() {
+async fn otlp_settings_follow_a_reload_under_the_configured_tenant_label() {
     let root = tempfile::tempdir().expect("tempdir");
     let backend = FakeBackend::start().await;
-    let promgate =
-        PromgateBinary::start(root.path(), "", &backend_toml(&backend.write_url())).await;
+    let promgate = PromgateBinary::start(
+        root.path(),
+        "",
+        &format!(
+            "[tenancy]\nlabel = \"team\"\n{}",
+            backend_toml(&backend.write_url())
+        ),
+    )
+    .await;
     let config_path = root.path().join("promgate.toml");
     let text = std::fs::read_to_string(&config_path).expect("config");
     let head = text[..text.find("[[backends]]").expect("backends")].to_string();
@@ -93,14 +100,14 @@ async fn otlp_settings_and_the_tenant_label_follow_a_reload() {
         label_value(counter, "__name__"),
         ["job_runtime_seconds_total"]
     );
-    assert_eq!(label_value(counter, "tenant_id"), ["alpha"]);
+    assert_eq!(label_value(counter, "team"), ["alpha"]);
+    assert!(label_value(counter, "tenant_id").is_empty());
     assert!(label_value(counter, "cloud_region").is_empty());
 
     std::fs::write(
         &config_path,
         format!(
-            "{head}[tenancy]\nlabel = \"team\"\n\
-             [otlp]\ntranslation_strategy = \"UnderscoreEscapingWithoutSuffixes\"\n\
+            "{head}[otlp]\ntranslation_strategy = \"UnderscoreEscapingWithoutSuffixes\"\n\
              promote_resource_attributes = [\"cloud.region\"]\n{}",
             backend_toml(&backend.write_url())
         ),

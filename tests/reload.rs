@@ -1,11 +1,11 @@
 //! Config reload without a restart, against a running promgate binary: after SIGHUP or
 //! `POST /-/reload` the next request goes to the backend the file now names and obeys
-//! the limits and tenant label it now sets, and new TLS connections get the certificate
+//! the limits it now sets, and new TLS connections get the certificate
 //! it now names; a broken file is refused, the running config kept (requests
 //! still go to the old backend) and `promgate_config_last_reload_successful` drops to 0;
 //! a fixed file sets it back to 1 with a newer success timestamp. A changed listen
 //! address is logged as needing a restart and keeps its running value; a changed queued
-//! backend refuses the reload. Issuers are added and changed by a reload.
+//! backend or tenant label refuses the reload. Issuers are added and changed by a reload.
 
 mod common;
 
@@ -150,11 +150,8 @@ async fn a_reload_moves_backends_and_limits_and_a_broken_file_keeps_the_running_
     assert_eq!(first.requests().len(), 1);
     assert_eq!(harness.write(6).await, 400, "max_series_per_request = 5");
 
-    // SIGHUP: the second backend, a lower limit and another tenant label.
-    harness.write_config(&format!(
-        "{}[tenancy]\nlabel = \"team\"\n",
-        backend_toml(&second.write_url(), 2)
-    ));
+    // SIGHUP: the second backend and a lower limit.
+    harness.write_config(&backend_toml(&second.write_url(), 2));
     harness.sighup();
     let after_sighup = harness.until_reloaded(started).await;
     assert_eq!(after_sighup.0, 1.0);
@@ -166,13 +163,10 @@ async fn a_reload_moves_backends_and_limits_and_a_broken_file_keeps_the_running_
         "the next write went to the new backend"
     );
     let forwarded = second.requests()[0].write_request();
-    let series = &forwarded.timeseries[0];
     assert_eq!(
-        label_value(series, "team"),
-        ["alpha"],
-        "the new tenant label"
+        label_value(&forwarded.timeseries[0], "tenant_id"),
+        ["alpha"]
     );
-    assert!(label_value(series, "tenant_id").is_empty());
     assert_eq!(first.requests().len(), 1, "and not to the old one");
     assert_eq!(harness.write(3).await, 400, "the new limit holds");
 
@@ -498,4 +492,56 @@ async fn a_reload_that_changes_a_queued_backend_is_refused() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_tenant_label_is_refused() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let backend = FakeBackend::start().await;
+    let promgate =
+        PromgateBinary::start(root.path(), "", &backend_toml(&backend.write_url(), 5)).await;
+    let config_path = root.path().join("promgate.toml");
+    let text = std::fs::read_to_string(&config_path).expect("config");
+    let head = text[..text.find("[limits]").expect("limits")].to_string();
+    let token = promgate.add_tenant("alpha", json!({})).await;
+    let harness = Harness {
+        promgate,
+        config_path,
+        head,
+        token,
+    };
+
+    // The label scopes every tenant's series: changing it under running traffic would
+    // hand each tenant the series that carry the new label's value. Refused whole, so
+    // the lower limit in the same file is not applied either.
+    harness.write_config(&format!(
+        "{}[tenancy]\nlabel = \"org_id\"\n",
+        backend_toml(&backend.write_url(), 1)
+    ));
+    let (status, text) = harness
+        .post_reload(Some(&harness.promgate.admin_token))
+        .await;
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.contains("tenancy.label") && text.contains("needs a restart"),
+        "{text}"
+    );
+    assert_eq!(harness.reload_state().await.0, 0.0);
+    assert_eq!(harness.write(2).await, 204, "the running limit (5) holds");
+    let forwarded = backend.requests()[0].write_request();
+    assert_eq!(
+        label_value(&forwarded.timeseries[0], "tenant_id"),
+        ["alpha"],
+        "the running tenant label"
+    );
+    assert!(label_value(&forwarded.timeseries[0], "org_id").is_empty());
+
+    // The same file through SIGHUP: refused and logged.
+    harness.sighup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = std::fs::read_to_string(&harness.promgate.process.log).expect("log");
+    assert!(
+        log.matches("tenancy.label").count() >= 2,
+        "both refusals are logged"
+    );
 }

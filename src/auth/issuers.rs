@@ -114,6 +114,11 @@ impl Issuer {
         &self.config.issuer
     }
 
+    /// Whether `algorithm` is on the issuer's allow-list.
+    pub fn accepts_algorithm(&self, algorithm: jsonwebtoken::Algorithm) -> bool {
+        self.config.algorithms.contains(&algorithm)
+    }
+
     /// Fetches (or reads) the JWKS now and replaces the known keys on success.
     pub async fn refresh(&self) -> Result<usize, String> {
         let _one_at_a_time = self.fetching.lock().await;
@@ -243,7 +248,7 @@ impl Issuer {
         header: &Header,
     ) -> Result<ExternalIdentity, IssuerError> {
         let algorithm = header.alg;
-        if !self.config.algorithms.contains(&algorithm) {
+        if !self.accepts_algorithm(algorithm) {
             return Err(IssuerError::Invalid(format!(
                 "algorithm {algorithm:?} is not accepted for issuer {}",
                 self.config.issuer

@@ -3,10 +3,13 @@
 
 pub mod issuers;
 pub mod mtls;
+pub mod restricted;
 pub mod secrets;
 pub mod tokens;
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use dashmap::DashMap;
 use http::HeaderMap;
@@ -16,6 +19,7 @@ use crate::error::AppError;
 use crate::tenant::{Registry, TenantEntry, TenantStatus};
 use issuers::{IssuerError, Issuers};
 use mtls::ClientCertificate;
+use restricted::RestrictedVerifications;
 use tokens::{TokenSigner, MAX_TOKEN_BYTES};
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,7 +48,8 @@ pub enum AuthError {
     #[error("{0}")]
     Unavailable(String),
     /// The source address failed to authenticate too often lately, and this credential
-    /// is not one already known good: it is not even verified.
+    /// is neither one already known good nor a fresh token of a configured issuer with a
+    /// signature check left for the address: it is not even verified.
     #[error("too many failed authentications from this address; retry later")]
     Throttled { retry_after_seconds: u64 },
     /// Too many unknown credentials are being verified at once; retryable.
@@ -127,6 +132,8 @@ pub struct Authenticator {
     verified: DashMap<[u8; 32], VerifiedToken>,
     /// Permits for verifying tokens the cache does not know.
     verifying: tokio::sync::Semaphore,
+    /// Signature checks for configured issuers' tokens from restricted addresses.
+    restricted_verifications: RestrictedVerifications,
 }
 
 #[derive(Clone, Debug)]
@@ -155,6 +162,7 @@ impl Authenticator {
             registry,
             verified: DashMap::new(),
             verifying: tokio::sync::Semaphore::new(MAX_CONCURRENT_VERIFICATIONS),
+            restricted_verifications: RestrictedVerifications::default(),
         }
     }
 
@@ -177,10 +185,13 @@ impl Authenticator {
     /// Maps the request's credentials (a bearer token, a verified client certificate, or
     /// both naming the same tenant) to an active tenant, from the in-memory registry.
     ///
-    /// `restriction` is set when the source address failed too often lately: then only
+    /// `restriction` is set when the source address failed too often lately: then
     /// credentials already known good pass (a token whose signature verified before and
     /// is still cached, a token promgate issued whose id the registry holds, a registered
-    /// client certificate), and any other token is refused before a signature is checked.
+    /// client certificate), and so does a token that names a configured external issuer
+    /// and one of its algorithms, verified within the address's few signature checks
+    /// (see [`restricted`]): identity providers rotate their tokens, so their users'
+    /// tokens are often new. Any other token is refused before a signature is checked.
     /// Strangers behind a shared address thus cannot lock out the tenants behind it.
     pub async fn authenticate(
         &self,
@@ -281,7 +292,9 @@ impl Authenticator {
             }
         }
         if let Some(restriction) = restriction {
-            if !self.is_registered_issued_token(token) {
+            if !self.is_registered_issued_token(token)
+                && !self.may_verify_while_restricted(token, restriction.address)
+            {
                 return Err(AuthError::Throttled {
                     retry_after_seconds: restriction.retry_after_seconds,
                 });
@@ -316,6 +329,30 @@ impl Authenticator {
                     .token(&jti)
                     .is_some_and(|record| record.revoked_at.is_none())
             })
+    }
+
+    /// Whether a token from a restricted address gets its signature checked: it names a
+    /// configured external issuer and an algorithm that issuer accepts (no signature
+    /// check yet), and the address has a check left. A forged one then fails and counts
+    /// as a failure like any other.
+    fn may_verify_while_restricted(&self, token: &str, address: IpAddr) -> bool {
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return false;
+        };
+        let Ok(unverified) = jsonwebtoken::dangerous::insecure_decode::<UnverifiedIssuer>(token)
+        else {
+            return false;
+        };
+        let names_configured_issuer = unverified.claims.iss.is_some_and(|issuer| {
+            self.issuers
+                .load()
+                .get(&issuer)
+                .is_some_and(|issuer| issuer.accepts_algorithm(header.alg))
+        });
+        names_configured_issuer
+            && self
+                .restricted_verifications
+                .try_take(address, Instant::now())
     }
 
     /// The unverified `iss` only picks which verifier runs; that verifier then checks
@@ -368,6 +405,8 @@ struct UnverifiedIssuer {
 pub struct Restriction {
     /// When the address's window ends.
     pub retry_after_seconds: u64,
+    /// The restricted address: its signature checks are counted.
+    pub address: IpAddr,
 }
 
 fn unix_now() -> i64 {

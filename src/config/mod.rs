@@ -62,7 +62,8 @@ pub struct ServerConfig {
     pub in_flight_wait: Duration,
     /// Failed authentications per source address and minute before 429. Never applied
     /// to a credential already known good (a cached verified token, a registered client
-    /// certificate): strangers behind the same address cannot lock a tenant out.
+    /// certificate), nor to a configured issuer's token within a few signature checks:
+    /// strangers behind the same address cannot lock a tenant out.
     pub auth_failures_per_minute: u32,
     /// Every data request is answered within this (503 + Retry-After when it runs out),
     /// below Prometheus' 30 s `remote_timeout`, so the sender hears back before it gives up.
@@ -983,11 +984,40 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
+/// Label names that senders' series already carry (Prometheus' target and histogram
+/// labels, Kubernetes service discovery, HA pairs). Scoped by one of them, a tenant would
+/// read every series whose value names it, whoever wrote it; names starting with `__` are
+/// refused as well (reserved by Prometheus).
+const LABELS_COMMON_IN_SERIES: [&str; 16] = [
+    "job",
+    "instance",
+    "__name__",
+    "le",
+    "quantile",
+    "namespace",
+    "pod",
+    "container",
+    "cluster",
+    "service",
+    "node",
+    "endpoint",
+    "replica",
+    "__replica__",
+    "prometheus",
+    "prometheus_replica",
+];
+
 fn validate_tenancy(raw: RawTenancy, problems: &mut Vec<String>) -> TenancyConfig {
     let label = raw.label.unwrap_or_else(|| "tenant_id".into());
     if !is_legacy_label_name(&label) || label.starts_with("__") {
         problems.push(format!(
             "tenancy.label: {label:?} must match [a-zA-Z_][a-zA-Z0-9_]* and not start with __"
+        ));
+    } else if LABELS_COMMON_IN_SERIES.contains(&label.as_str()) {
+        problems.push(format!(
+            "tenancy.label: {label:?} is a label senders' series already carry (tenant \"x\" \
+             would read every series with {label}=\"x\", whoever wrote it); choose one of its \
+             own, such as \"tenant_id\" (the default) or \"org_id\""
         ));
     }
     let on_conflict = match raw.on_conflict.as_deref().unwrap_or("override") {
@@ -1537,5 +1567,44 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn tenant_labels_that_series_already_carry_are_refused() {
+        let label = |name: &str| parse(&format!("[tenancy]\nlabel = {name:?}\n"));
+        for refused in [
+            "job",
+            "instance",
+            "__name__",
+            "le",
+            "quantile",
+            "namespace",
+            "pod",
+            "container",
+            "cluster",
+            "service",
+            "__replica__",
+            "__tenant__",
+            "replica",
+            "1tenant",
+            "tenant-id",
+            "tenant.id",
+            "",
+        ] {
+            let errors = label(refused).expect_err(refused);
+            assert!(
+                errors.to_string().contains("tenancy.label"),
+                "{refused:?}: {errors}"
+            );
+            assert_eq!(errors.problems.len(), 1, "{refused:?}: {errors}");
+        }
+        for accepted in ["tenant_id", "org_id", "team", "_tenant"] {
+            assert_eq!(
+                label(accepted).expect(accepted).tenancy.label,
+                accepted,
+                "{accepted:?}"
+            );
+        }
+        assert_eq!(parse("").expect("default").tenancy.label, "tenant_id");
     }
 }

@@ -157,8 +157,9 @@ pub fn peer_ip(extensions: &http::Extensions) -> IpAddr {
 /// The caller's tenant, from the request's credentials alone. Nothing shared is held
 /// yet: a stranger's request costs header parsing and, at most, one signature check.
 /// An address that failed too often lately is not refused outright: its credentials
-/// are only accepted when already known good, so tenants that share the address with
-/// a stranger (behind a load balancer or NAT) keep working.
+/// are only accepted when already known good, or a configured issuer's token within a
+/// few signature checks, so tenants that share the address with a stranger (behind a
+/// load balancer or NAT) keep working.
 pub async fn authenticate(state: &SharedState, parts: &Parts) -> Result<Arc<TenantEntry>, Failure> {
     let (headers, extensions) = (&parts.headers, &parts.extensions);
     // The real client behind a trusted proxy (X-Forwarded-For, or the PROXY header the
@@ -176,6 +177,7 @@ pub async fn authenticate(state: &SharedState, parts: &Parts) -> Result<Arc<Tena
             .err()
             .map(|retry_after_seconds| Restriction {
                 retry_after_seconds,
+                address: source,
             });
     let certificate = extensions.get::<ClientCertificate>();
     state

@@ -2,11 +2,12 @@
 //! `POST /-/reload` (admin listener, admin token), as Prometheus does. The file is read
 //! and checked in full first; a file with any problem is refused, every problem logged,
 //! and the running config kept. A good file takes effect for new requests: backends,
-//! `[limits]` defaults, `[tenancy]`, external issuers, `auth.tokens.default_ttl` and the
-//! data listener's TLS files. Keys that shape the process itself (listen addresses, the
-//! database, the queue directory, …) keep their running values until a restart, with a
-//! warning naming each. Queued backends own a durable queue and a delivery worker:
-//! adding, removing or changing one is refused, as it needs a restart.
+//! `[limits]` defaults, `[tenancy]` but its label, external issuers,
+//! `auth.tokens.default_ttl` and the data listener's TLS files. Keys that shape the
+//! process itself (listen addresses, the database, the queue directory, …) keep their
+//! running values until a restart, with a warning naming each. Two changes refuse the
+//! reload, as they need a restart: of a queued backend (it owns a durable queue and a
+//! delivery worker), and of `tenancy.label` (it scopes every tenant's series).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -107,6 +108,7 @@ pub async fn reload(state: &SharedState) -> Result<(), ReloadError> {
 async fn apply(state: &SharedState, new: Config) -> Result<(), Vec<String>> {
     let running = state.live.load_full();
     let mut problems = queued_backend_problems(&running.config.backends, &new.backends);
+    problems.extend(tenant_label_problem(&running.config, &new));
     for key in restart_only_changes(&running.config, &new) {
         tracing::warn!(
             key,
@@ -195,6 +197,20 @@ fn queued_backend_problems(running: &[BackendConfig], new: &[BackendConfig]) -> 
         }
     }
     problems
+}
+
+/// The tenant label scopes every tenant's series, written and read: changed under running
+/// traffic, each tenant would at once read the series whose new label names it, whoever
+/// wrote them. The reload is refused rather than the label kept, so the file in force
+/// never says otherwise than the running relay.
+fn tenant_label_problem(running: &Config, new: &Config) -> Option<String> {
+    let (before, after) = (&running.tenancy.label, &new.tenancy.label);
+    (before != after).then(|| {
+        format!(
+            "tenancy.label: changing it ({before:?} to {after:?}) needs a restart; \
+             a reload cannot re-scope every tenant's series"
+        )
+    })
 }
 
 /// The keys that changed but take effect only at the next start.
@@ -415,5 +431,18 @@ mod tests {
         assert_eq!(applied.storage, running.storage);
         assert_eq!(applied.limits.max_series_per_request, 9, "limits reload");
         assert!(restart_only_changes(&running, &running.clone()).is_empty());
+    }
+
+    #[test]
+    fn a_changed_tenant_label_refuses_the_reload() {
+        let running = parse("");
+        let relabelled = parse("[tenancy]\nlabel = \"org_id\"\n");
+        let problem = tenant_label_problem(&running, &relabelled).expect("refused");
+        assert!(
+            problem.starts_with("tenancy.label") && problem.contains("needs a restart"),
+            "{problem}"
+        );
+        let other_tenancy = parse("[tenancy]\non_conflict = \"reject\"\n");
+        assert_eq!(tenant_label_problem(&running, &other_tenancy), None);
     }
 }
