@@ -542,7 +542,12 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     )
     .await;
     let token = promgate
-        .add_tenant("alpha", json!({ "requests_per_second": 100_000 }))
+        // Every write is 64 new series: the load passes the default active series limit,
+        // which a restart no longer forgets (DESIGN §14).
+        .add_tenant(
+            "alpha",
+            json!({ "requests_per_second": 100_000, "max_active_series": 0 }),
+        )
         .await;
 
     let load = Load::start(promgate.write_url(), token.clone(), 8);
