@@ -185,7 +185,14 @@ async fn record(
     let tenant_status = headers
         .get(FAKE_TENANT_HEADER)
         .and_then(|value| value.to_str().ok())
-        .and_then(|tenant| state.tenant_status.lock().expect("lock").get(tenant).copied());
+        .and_then(|tenant| {
+            state
+                .tenant_status
+                .lock()
+                .expect("lock")
+                .get(tenant)
+                .copied()
+        });
     let status = tenant_status.unwrap_or_else(|| state.status.load(Ordering::SeqCst));
     let status = StatusCode::from_u16(status).expect("status");
     state.received.lock().expect("lock").push(Recorded {
