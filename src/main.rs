@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Parser, Subcommand};
 use promgate::config::units::HumanSize;
 use promgate::config::Config;
+use promgate::delivery::lanes::{tenant_of_lane, LANES_DIR};
 use promgate::delivery::queue::offline::{inspect_queue, QueueInspection};
 use promgate::tenant::store::Store;
 
@@ -198,7 +199,7 @@ enum QueueAction {
 }
 
 /// `promgate queue inspect|verify`: every sub-folder of `[queue] directory` is one
-/// backend's queue. Read-only: nothing is created, truncated or deleted, and damage is
+/// backend's queue, with its tenants' lanes under `tenants/`. Read-only: nothing is created, truncated or deleted, and damage is
 /// reported, never repaired (the relay repairs at start).
 fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
     let config = match Config::load(config_path) {
@@ -246,13 +247,31 @@ fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
         println!("{}: no queues", directory.display());
         return ExitCode::SUCCESS;
     }
+    // Each backend's own queue, then its tenants' lanes: (backend, label, directory).
+    let mut queues: Vec<(String, String, PathBuf)> = Vec::new();
+    for (backend, backend_dir) in queue_dirs {
+        queues.push((backend.clone(), backend.clone(), backend_dir.clone()));
+        match tenant_lanes(&backend_dir) {
+            Ok(lanes) => queues.extend(lanes.into_iter().map(|(tenant, lane_dir)| {
+                (
+                    backend.clone(),
+                    format!("{backend} tenant {tenant}"),
+                    lane_dir,
+                )
+            })),
+            Err(err) => {
+                eprintln!("{backend}: cannot read its tenants' lanes: {err}");
+                unreadable = true;
+            }
+        }
+    }
     let configured: Vec<&str> = config.backend_names().collect();
     let mut damaged = false;
-    for (backend, queue_dir) in queue_dirs {
+    for (backend, label, queue_dir) in queues {
         let inspection = match inspect_queue(&queue_dir) {
             Ok(inspection) => inspection,
             Err(err) => {
-                eprintln!("{backend}: cannot read {}: {err}", queue_dir.display());
+                eprintln!("{label}: cannot read {}: {err}", queue_dir.display());
                 unreadable = true;
                 continue;
             }
@@ -266,17 +285,17 @@ fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
         damaged |= !problems.is_empty();
         match action {
             QueueAction::Inspect => {
-                println!("{backend}{note}: {}", describe_queue(&inspection));
+                println!("{label}{note}: {}", describe_queue(&inspection));
                 if !problems.is_empty() {
                     println!(
-                        "{backend}: {} problem(s); run `promgate queue verify` for each",
+                        "{label}: {} problem(s); run `promgate queue verify` for each",
                         problems.len()
                     );
                 }
             }
             QueueAction::Verify => {
                 for problem in &problems {
-                    println!("{backend}: {problem}");
+                    println!("{label}: {problem}");
                 }
                 let checked: u64 = inspection
                     .segments
@@ -285,7 +304,7 @@ fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
                     .sum();
                 let verdict = if problems.is_empty() { "OK" } else { "DAMAGED" };
                 println!(
-                    "{backend}{note}: {checked} records in {} segment(s) checked: {verdict}",
+                    "{label}{note}: {checked} records in {} segment(s) checked: {verdict}",
                     inspection.segments.len()
                 );
             }
@@ -297,6 +316,29 @@ fn queue_command(config_path: &Path, action: QueueAction) -> ExitCode {
         QueueAction::Verify if damaged => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     }
+}
+
+/// The per-tenant lanes of a backend's queue directory, by tenant id (none before the
+/// relay first opened it).
+fn tenant_lanes(backend_dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let lanes_dir = backend_dir.join(LANES_DIR);
+    let entries = match std::fs::read_dir(&lanes_dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err),
+    };
+    let mut lanes = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        if let Some(tenant) = name.to_str().and_then(tenant_of_lane) {
+            if entry.file_type()?.is_dir() {
+                lanes.push((tenant, entry.path()));
+            }
+        }
+    }
+    lanes.sort();
+    Ok(lanes)
 }
 
 /// One line: records, bytes, oldest age, reader position, segments.

@@ -318,6 +318,39 @@ fn queue_inspect_shows_each_backend_and_changes_nothing() {
 }
 
 #[test]
+fn queue_inspect_shows_each_tenants_lane() {
+    use promgate::delivery::envelope::QueuedWrite;
+    use promgate::delivery::lanes::TenantLanes;
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (lanes, _) =
+            TenantLanes::open(&queue_dir.path().join("primary"), 64 << 20).expect("open lanes");
+        for tenant in ["alpha", "alpha", "team.x"] {
+            let write = QueuedWrite {
+                tenant_id: tenant.into(),
+                protocol: promgate::config::WriteProtocol::V1,
+                sent: promgate::backend::Written::default(),
+                body: bytes::Bytes::from_static(b"body"),
+            };
+            lanes.append(tenant, &write.encode()).expect("append");
+        }
+    }
+    let (ok, output) = queue_command("inspect", queue_dir.path());
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("primary tenant alpha: 2 records, ")
+            && output.contains("primary tenant team.x: 1 records, "),
+        "{output}"
+    );
+    let (ok, output) = queue_command("verify", queue_dir.path());
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("primary tenant alpha: 2 records in 1 segment(s) checked: OK"),
+        "{output}"
+    );
+}
+
+#[test]
 fn queue_verify_reports_each_damage_exits_1_and_repairs_nothing() {
     let queue_dir = tempfile::tempdir().expect("tempdir");
     let backend_dir = queue_with_records(queue_dir.path(), "primary");

@@ -12,6 +12,10 @@
 //!   write acknowledged before is delivered once the backend is back.
 //! - One sync backend up and one queued backend hanging: writes keep their latency.
 //! - A sync backend down: 503, and no copy is queued for the sender's retry to repeat.
+//! - A backend refusing one tenant (429, as Mimir does to a tenant over its limits): the
+//!   other tenants' writes are delivered meanwhile, the refused tenant's in order once it
+//!   is accepted again; its backlog fills only its own share of `max_bytes`, so only it gets
+//!   503.
 
 mod common;
 
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 use common::binary::PromgateBinary;
 use common::process::{wait_ready, Process};
 use common::stack::{start_backend_prometheus, Stack};
-use common::{now_ms, series, snappy_body, FakeBackend, Relay};
+use common::{now_ms, series, snappy_body, FakeBackend, Relay, FAKE_TENANT_HEADER};
 use promgate::proto::WriteRequest;
 use serde_json::{json, Value};
 
@@ -108,6 +112,190 @@ fn queued_backend_toml(backend: &FakeBackend, queue_dir: &Path, max_bytes: &str)
     )
 }
 
+/// A queued backend that names the tenant in a header (so the fake backend can answer one
+/// tenant differently) and passes on a `Retry-After` of at most a second.
+fn tenant_header_queued_backend_toml(
+    backend: &FakeBackend,
+    queue_dir: &Path,
+    max_bytes: &str,
+) -> String {
+    format!(
+        "[[backends]]\nname = \"queued\"\nwrite_url = \"{}\"\ntimeout = \"2s\"\ndelivery = \"queued\"\n\
+         tenant_header = \"{FAKE_TENANT_HEADER}\"\nmax_retry_after = \"1s\"\n\
+         [queue]\ndirectory = \"{}\"\nmax_bytes = \"{max_bytes}\"\ndrain_timeout = \"2s\"\n",
+        backend.write_url(),
+        queue_dir.display()
+    )
+}
+
+/// The `seq` labels of the series the backend accepted for `tenant`, in the order they
+/// arrived.
+fn delivered_seqs_of(backend: &FakeBackend, tenant: &str) -> Vec<u64> {
+    backend
+        .requests()
+        .iter()
+        .filter(|request| request.status == 204)
+        .filter(|request| {
+            request
+                .headers
+                .get(FAKE_TENANT_HEADER)
+                .is_some_and(|value| value.as_bytes() == tenant.as_bytes())
+        })
+        .flat_map(|request| request.write_request().timeseries)
+        .filter_map(|series| {
+            series
+                .labels
+                .iter()
+                .find(|label| label.name == "seq")
+                .map(|label| label.value.parse::<u64>().expect("seq"))
+        })
+        .collect()
+}
+
+/// Requests the backend refused for `tenant`.
+fn refused_requests_of(backend: &FakeBackend, tenant: &str) -> usize {
+    backend
+        .requests()
+        .iter()
+        .filter(|request| request.status == 429)
+        .filter(|request| {
+            request
+                .headers
+                .get(FAKE_TENANT_HEADER)
+                .is_some_and(|value| value.as_bytes() == tenant.as_bytes())
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_one_tenant_holds_back_none_of_the_others() {
+    let backend = FakeBackend::start().await;
+    backend.answer_tenant_with("alpha", Some(429));
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&tenant_header_queued_backend_toml(
+        &backend,
+        queue_dir.path(),
+        "64MiB",
+    ))
+    .await;
+    let alpha = relay.tenant_with_token("alpha").await;
+    let beta = relay.tenant_with_token("beta").await;
+
+    // Alpha's records come first: an in-order worker would be stuck behind them.
+    for seq in 0..5 {
+        let response = relay.write(&alpha, probe_body(seq, 0)).await;
+        assert_eq!(response.status(), 204, "alpha's write {seq} is queued");
+    }
+    until("the backend refused alpha", Duration::from_secs(5), || {
+        refused_requests_of(&backend, "alpha") > 0
+    })
+    .await;
+    for seq in 100..110 {
+        let response = relay.write(&beta, probe_body(seq, 0)).await;
+        assert_eq!(response.status(), 204, "beta's write {seq} is queued");
+    }
+    until(
+        "beta's writes are delivered while alpha is refused",
+        Duration::from_secs(5),
+        || delivered_seqs_of(&backend, "beta").len() >= 10,
+    )
+    .await;
+    assert_eq!(
+        delivered_seqs_of(&backend, "beta"),
+        (100..110).collect::<Vec<_>>(),
+        "beta's writes once each, in order"
+    );
+    assert!(delivered_seqs_of(&backend, "alpha").is_empty());
+
+    backend.answer_tenant_with("alpha", None);
+    until(
+        "alpha's writes are delivered once the backend accepts alpha",
+        Duration::from_secs(15),
+        || delivered_seqs_of(&backend, "alpha").len() >= 5,
+    )
+    .await;
+    assert_eq!(
+        delivered_seqs_of(&backend, "alpha"),
+        (0..5).collect::<Vec<_>>(),
+        "alpha's writes once each, in the order acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tenant_filling_its_share_of_the_queue_gets_503_and_the_others_keep_writing() {
+    let backend = FakeBackend::start().await;
+    backend.answer_tenant_with("alpha", Some(429));
+    let queue_dir = tempfile::tempdir().expect("tempdir");
+    let relay = Relay::start(&tenant_header_queued_backend_toml(
+        &backend,
+        queue_dir.path(),
+        "1MiB",
+    ))
+    .await;
+    let alpha = relay.tenant_with_token("alpha").await;
+    let beta = relay.tenant_with_token("beta").await;
+
+    // ≈ 24 KiB records: alpha's backlog reaches its share within a few dozen writes.
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for seq in 0..200 {
+        let response = relay.write(&alpha, probe_body(seq, 24 * 1024)).await;
+        match response.status().as_u16() {
+            204 => acknowledged.push(seq),
+            503 => {
+                refused = Some(response);
+                break;
+            }
+            other => panic!("alpha's write {seq}: unexpected {other}"),
+        }
+    }
+    let refused = refused.expect("alpha's share was never reached");
+    assert!(refused.headers().contains_key("retry-after"));
+    let message = refused.text().await.expect("body");
+    assert!(message.contains("for this tenant"), "{message}");
+    assert!(
+        acknowledged.len() >= 10,
+        "alpha alone may use a fair part of the queue: {} writes",
+        acknowledged.len()
+    );
+
+    // More than the whole quota from beta: every write is accepted, as its records are
+    // delivered while alpha's wait.
+    for seq in 1000..1050 {
+        let response = relay.write(&beta, probe_body(seq, 24 * 1024)).await;
+        assert_eq!(
+            response.status(),
+            204,
+            "beta's write {seq} is held back by alpha's backlog"
+        );
+    }
+    let refused_again = relay.write(&alpha, probe_body(500, 24 * 1024)).await;
+    assert_eq!(refused_again.status(), 503, "alpha is still over its share");
+
+    backend.answer_tenant_with("alpha", None);
+    until(
+        "alpha's backlog is delivered",
+        Duration::from_secs(30),
+        || delivered_seqs_of(&backend, "alpha").len() >= acknowledged.len(),
+    )
+    .await;
+    assert_eq!(
+        delivered_seqs_of(&backend, "alpha"),
+        acknowledged,
+        "alpha's writes once each, in order; the refused ones never queued"
+    );
+    until(
+        "beta's writes are delivered",
+        Duration::from_secs(10),
+        || delivered_seqs_of(&backend, "beta").len() >= 50,
+    )
+    .await;
+    assert_eq!(
+        delivered_seqs_of(&backend, "beta"),
+        (1000..1050).collect::<Vec<_>>()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_and_loses_nothing_already_queued() {
     let backend = FakeBackend::start().await;
@@ -143,12 +331,18 @@ async fn a_full_queue_answers_503_and_loses_nothing_already_queued() {
     let message = refused.text().await.expect("body");
     assert!(message.contains("queue"), "{message}");
     assert!(
-        acknowledged.len() >= 20,
-        "{} writes fit in 1 MiB",
+        acknowledged.len() >= 18,
+        "{} writes fit in half of 1 MiB",
         acknowledged.len()
     );
     let metrics = relay.metrics().await;
-    assert!(metric(&metrics, "promgate_queue_bytes", &["backend=\"queued\""]) > 900_000.0);
+    // A single tenant's backlog takes at most half the quota: the other half is left for
+    // the tenants with nothing queued yet.
+    let queue_bytes = metric(&metrics, "promgate_queue_bytes", &["backend=\"queued\""]);
+    assert!(
+        queue_bytes > 450_000.0 && queue_bytes <= 524_288.0,
+        "{queue_bytes}"
+    );
     assert_eq!(
         metric(&metrics, "promgate_queue_records", &["backend=\"queued\""]),
         acknowledged.len() as f64
@@ -590,7 +784,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         .expect("write");
     assert_eq!(response.status(), 204);
     promgate.kill();
-    let segment = newest_segment(&queue_dir.join("queued"));
+    let segment = newest_segment(&queue_dir.join("queued").join("tenants").join("alpha"));
     let len = std::fs::metadata(&segment).expect("segment").len();
     let file = std::fs::OpenOptions::new()
         .write(true)

@@ -1,28 +1,30 @@
-//! The relay's queued backends (DESIGN §9): opens the durable queue of every
-//! `delivery = "queued"` backend at start-up, appends the write path's copies to them,
-//! runs one delivery worker per queue, and drains them on shutdown within
-//! `queue.drain_timeout`, leaving the rest on disk for the next start.
+//! The relay's queued backends (DESIGN §9): opens the per-tenant lanes of every
+//! `delivery = "queued"` backend at start-up ([`TenantLanes`]), appends the write path's
+//! copies to them, runs one delivery worker per lane (at most [`MAX_IN_FLIGHT`] requests
+//! to a backend at once), and drains them on shutdown within `queue.drain_timeout`,
+//! leaving the rest on disk for the next start.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use tokio::sync::watch;
+use parking_lot::Mutex;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::backoff::Backoff;
 use super::envelope::QueuedWrite;
-use super::queue::{AsyncQueue, Queue, QueueError, QueueOptions, RecoveryReport};
+use super::lanes::{Lane, LanesReport, TenantLanes};
+use super::queue::QueueError;
 use super::worker::{self, Deliver};
 use crate::backend::{BackendClient, Outcome};
 use crate::config::{Config, Delivery, WriteProtocol};
 use crate::telemetry::{BackendLabel, Metrics};
 
-/// The queue of one queued backend.
+/// The lanes of one queued backend.
 pub struct QueuedBackend {
     pub name: String,
-    queue: AsyncQueue,
+    lanes: Arc<TenantLanes>,
     metrics: Arc<Metrics>,
 }
 
@@ -36,6 +38,8 @@ pub struct QueuedBackends {
 const ENVELOPE_OVERHEAD_BYTES: usize = 4 + 256 + 24;
 /// How often a draining shutdown looks at the queues.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// Requests in flight to one queued backend at once, over all its tenants' lanes.
+pub const MAX_IN_FLIGHT: usize = 8;
 
 impl QueuedBackends {
     /// Opens (creating and recovering) the queue of every queued backend. A queue
@@ -48,13 +52,10 @@ impl QueuedBackends {
                 continue;
             }
             let dir = config.queue.backend_directory(&backend.name);
-            let options = QueueOptions::new(config.queue.max_bytes);
+            let max_bytes = config.queue.max_bytes;
             let opened = tokio::task::spawn_blocking({
                 let dir = dir.clone();
-                move || {
-                    std::fs::create_dir_all(&dir)?;
-                    Queue::open(&dir, options)
-                }
+                move || TenantLanes::open(&dir, max_bytes)
             })
             .await?
             .map_err(|err| {
@@ -64,7 +65,7 @@ impl QueuedBackends {
                     dir.display()
                 )
             })?;
-            let (queue, report) = opened;
+            let (lanes, report) = opened;
             log_recovery(&backend.name, &report);
             let label = BackendLabel {
                 backend: backend.name.clone(),
@@ -73,17 +74,19 @@ impl QueuedBackends {
                 .queue
                 .corrupt
                 .get_or_create(&label)
-                .inc_by(report.corrupt_regions);
+                .inc_by(report.recovery.corrupt_regions);
             metrics
                 .queue
                 .max_bytes
                 .get_or_create(&label)
                 .set(i64::try_from(config.queue.max_bytes).unwrap_or(i64::MAX));
             let fsyncs = metrics.queue.fsync_duration.get_or_create(&label).clone();
-            queue.observe_fsyncs(move |took| fsyncs.observe(took.as_secs_f64()));
+            lanes.observe_fsyncs(Arc::new(move |took: Duration| {
+                fsyncs.observe(took.as_secs_f64())
+            }));
             by_backend.push(Some(QueuedBackend {
                 name: backend.name.clone(),
-                queue: AsyncQueue::new(Arc::new(queue)),
+                lanes: Arc::new(lanes),
                 metrics: Arc::clone(metrics),
             }));
         }
@@ -114,59 +117,73 @@ impl QueuedBackends {
     /// Sets the `promgate_queue_*` gauges from the queues as they are now.
     pub fn refresh_metrics(&self, metrics: &Metrics) {
         for queued in self.iter() {
-            metrics
-                .queue
-                .set_stats(&queued.name, &queued.queue.queue().stats());
+            metrics.queue.set_stats(&queued.name, &queued.lanes.stats());
         }
     }
 
-    /// Starts one delivery worker per queue.
+    /// Starts one delivery worker per lane, and one for each lane created later.
     pub fn start_workers(
         &self,
         backends: &[Arc<BackendClient>],
         metrics: &Arc<Metrics>,
     ) -> Workers {
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = Vec::new();
-        let mut queues = Vec::new();
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let mut backends_lanes = Vec::new();
+        let runtime = tokio::runtime::Handle::current();
         for (index, queued) in self.by_backend.iter().enumerate() {
             let (Some(queued), Some(client)) = (queued, backends.get(index)) else {
                 continue;
             };
-            let queue = Arc::clone(queued.queue.queue());
-            queues.push((queued.name.clone(), Arc::clone(&queue)));
-            tasks.push(tokio::spawn(worker::run(
-                queue,
-                queued.name.clone(),
-                ToBackend {
-                    client: Arc::clone(client),
-                    metrics: Arc::clone(metrics),
-                },
-                Backoff::default(),
-                metrics.queue.delivery_counters(&queued.name),
-                stopped.clone(),
-            )));
+            backends_lanes.push((queued.name.clone(), Arc::clone(&queued.lanes)));
+            let deliver = ToBackend {
+                client: Arc::clone(client),
+                metrics: Arc::clone(metrics),
+                in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            };
+            let counters = metrics.queue.delivery_counters(&queued.name);
+            let backend = queued.name.clone();
+            let tasks = Arc::clone(&tasks);
+            let stopped = stopped.clone();
+            let runtime = runtime.clone();
+            queued.lanes.start_lanes(Arc::new(move |lane: Arc<Lane>| {
+                let task = runtime.spawn(worker::run(
+                    Arc::clone(&lane.queue),
+                    backend.clone(),
+                    deliver.clone(),
+                    Backoff::default(),
+                    counters.clone(),
+                    Arc::clone(&lane.appended),
+                    stopped.clone(),
+                ));
+                tasks.lock().push(task);
+            }));
         }
         Workers {
             stop,
             tasks,
-            queues,
+            lanes: backends_lanes,
         }
     }
 }
 
 impl QueuedBackend {
-    /// Whether a write of this body would fit in the queue now (a cheap check before the
-    /// sync backends are asked).
-    pub fn has_room_for(&self, body_len: usize) -> bool {
-        self.queue
-            .queue()
-            .has_room_for(&[body_len + ENVELOPE_OVERHEAD_BYTES])
+    /// Whether a write of this body by `tenant` would fit in the queue now (a cheap check
+    /// before the sync backends are asked): [`QueueError::Full`] or
+    /// [`QueueError::TenantShareFull`] when not.
+    pub fn check_room(&self, tenant: &str, body_len: usize) -> Result<(), QueueError> {
+        self.lanes
+            .check_room(tenant, body_len + ENVELOPE_OVERHEAD_BYTES)
     }
 
-    /// Appends the write; returns once it is on disk.
+    /// Appends the write to its tenant's lane; returns once it is on disk.
     pub async fn append(&self, write: &QueuedWrite) -> Result<(), QueueError> {
-        self.queue.append(vec![Bytes::from(write.encode())]).await?;
+        let lanes = Arc::clone(&self.lanes);
+        let tenant = write.tenant_id.clone();
+        let payload = write.encode();
+        tokio::task::spawn_blocking(move || lanes.append(&tenant, &payload))
+            .await
+            .map_err(|err| QueueError::Stopped(format!("append task: {err}")))??;
         self.metrics
             .queue
             .appended
@@ -178,7 +195,16 @@ impl QueuedBackend {
     }
 }
 
-fn log_recovery(backend: &str, report: &RecoveryReport) {
+fn log_recovery(backend: &str, lanes: &LanesReport) {
+    if lanes.migrated_records > 0 || lanes.unreadable_records > 0 {
+        tracing::info!(
+            backend,
+            migrated_records = lanes.migrated_records,
+            unreadable_records = lanes.unreadable_records,
+            "records of the shared queue moved into per-tenant lanes"
+        );
+    }
+    let report = &lanes.recovery;
     if report.truncated_bytes > 0
         || report.corrupt_regions > 0
         || report.cursor_damaged
@@ -199,16 +225,19 @@ fn log_recovery(backend: &str, report: &RecoveryReport) {
             backend,
             pending_records = report.pending_records,
             segments = report.segments,
+            lanes = lanes.lanes,
             "queue opened"
         );
     }
 }
 
 /// Delivers queued writes with the backend's own client, in the protocol each was
-/// queued in.
+/// queued in; shared by the backend's lanes, which wait for one of its permits.
+#[derive(Clone)]
 struct ToBackend {
     client: Arc<BackendClient>,
     metrics: Arc<Metrics>,
+    in_flight: Arc<Semaphore>,
 }
 
 impl Deliver for ToBackend {
@@ -216,7 +245,10 @@ impl Deliver for ToBackend {
         let client = Arc::clone(&self.client);
         let metrics = Arc::clone(&self.metrics);
         let write = write.clone();
+        let in_flight = Arc::clone(&self.in_flight);
         async move {
+            // Never closed; without a permit the request would go unlimited.
+            let _permit = in_flight.acquire_owned().await.ok();
             match write.protocol {
                 WriteProtocol::V1 => client.write(&write.tenant_id, write.body, &metrics).await,
                 WriteProtocol::V2 => {
@@ -233,8 +265,9 @@ impl Deliver for ToBackend {
 /// The running delivery workers.
 pub struct Workers {
     stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    queues: Vec<(String, Arc<Queue>)>,
+    /// One per lane; lanes created later add theirs.
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    lanes: Vec<(String, Arc<TenantLanes>)>,
 }
 
 impl Workers {
@@ -242,25 +275,25 @@ impl Workers {
     /// them (a send in progress finishes or times out first); what is left stays queued.
     pub async fn drain_and_stop(self, deadline: Duration) {
         let started = Instant::now();
-        let pending = |queues: &[(String, Arc<Queue>)]| -> u64 {
-            queues
-                .iter()
-                .map(|(_, queue)| queue.stats().pending_records)
-                .sum()
+        let pending = |lanes: &[(String, Arc<TenantLanes>)]| -> u64 {
+            lanes.iter().map(|(_, lanes)| lanes.pending_records()).sum()
         };
-        if pending(&self.queues) > 0 {
-            tracing::info!(records = pending(&self.queues), deadline = ?deadline, "draining delivery queues");
+        if pending(&self.lanes) > 0 {
+            tracing::info!(records = pending(&self.lanes), deadline = ?deadline, "draining delivery queues");
         }
-        while pending(&self.queues) > 0 && started.elapsed() < deadline {
+        while pending(&self.lanes) > 0 && started.elapsed() < deadline {
             tokio::time::sleep(DRAIN_POLL).await;
         }
         let _ = self.stop.send(true);
-        for task in self.tasks {
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for task in tasks {
             let _ = task.await;
         }
-        for (backend, queue) in &self.queues {
-            worker::flush_cursor(queue, backend).await;
-            let left = queue.stats().pending_records;
+        for (backend, lanes) in &self.lanes {
+            for lane in lanes.lanes() {
+                worker::flush_cursor(&lane.queue, backend).await;
+            }
+            let left = lanes.pending_records();
             if left > 0 {
                 tracing::warn!(backend, records = left, "delivery stopped with records still queued; they are delivered after the next start");
             }

@@ -1,8 +1,12 @@
 //! The delivery worker of one queued backend (DESIGN §9; SECURITY.md T20, T21): reads the
 //! backend's durable queue in order and sends each record until the backend takes it.
 //!
+//! - One worker per queue, and one queue per tenant and backend (see `lanes`): a tenant
+//!   the backend refuses holds back only itself.
 //! - One request in flight at a time, so delivery order is the order of acknowledgement
 //!   (and of appending); a backlog goes as merged requests of consecutive records.
+//! - A queue that has delivered everything and stays idle gives its disk back
+//!   ([`Queue::release_delivered`]).
 //! - A transient failure (429, 5xx, timeout, connection failure) and promgate's own
 //!   misconfiguration (401/403/404) are retried with [`Backoff`], never sooner than the
 //!   backend's `Retry-After`; nothing is dropped for its age or the queue's size.
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::backoff::{jitter, Backoff};
 use super::envelope::{EnvelopeError, QueuedWrite};
@@ -44,8 +48,9 @@ pub struct DeliveryCounters {
     pub corrupt: Counter,
 }
 
-/// How long an idle worker waits before looking for new records again.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long an idle worker waits for an append's signal before looking for new records
+/// again anyway.
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How long a worker waits after the queue itself failed.
 const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// A backlog is sent as merged requests of at most this many records…
@@ -76,6 +81,7 @@ pub async fn run<D: Deliver>(
     deliver: D,
     backoff: Backoff,
     counters: DeliveryCounters,
+    appended: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let worker = Worker {
@@ -88,6 +94,7 @@ pub async fn run<D: Deliver>(
     let mut reader = Some(worker.queue.reader());
     let mut carry = None;
     let mut skipped_regions = 0;
+    let mut was_idle = false;
     while !*shutdown.borrow() {
         let Some(taken) = reader.take() else {
             return;
@@ -111,6 +118,7 @@ pub async fn run<D: Deliver>(
         reader = Some(returned);
         let wait = match next {
             Ok(batch) if !batch.records.is_empty() => {
+                was_idle = false;
                 carry = batch.carry;
                 if !worker.deliver_batch(batch.records, &mut shutdown).await {
                     return;
@@ -118,9 +126,18 @@ pub async fn run<D: Deliver>(
                 continue;
             }
             Ok(_) => {
-                // Caught up: keep the cursor file current while there is time.
-                flush_cursor(&worker.queue, &worker.backend).await;
-                IDLE_POLL
+                // Caught up: keep the cursor file current while there is time, and once
+                // idle for a while give the delivered records' disk back.
+                if was_idle {
+                    release_delivered(&worker.queue, &worker.backend).await;
+                } else {
+                    flush_cursor(&worker.queue, &worker.backend).await;
+                }
+                was_idle = true;
+                if wait_for_append(&appended, IDLE_POLL, &mut shutdown).await {
+                    return;
+                }
+                continue;
             }
             Err(err) => {
                 tracing::error!(backend = %worker.backend, error = %err, "reading the delivery queue failed");
@@ -342,6 +359,33 @@ pub async fn flush_cursor(queue: &Arc<Queue>, backend: &str) {
     }
 }
 
+/// Deletes a caught-up queue's delivered segment; a failure is logged (the disk is then
+/// given back once the segment is full).
+async fn release_delivered(queue: &Arc<Queue>, backend: &str) {
+    let queue = Arc::clone(queue);
+    match tokio::task::spawn_blocking(move || queue.release_delivered()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(backend, error = %err, "could not release delivered queue records")
+        }
+        Err(err) => tracing::warn!(backend, error = %err, "queue release task failed"),
+    }
+}
+
+/// Waits for an append's signal or `wait`; true when shutdown was signalled first.
+async fn wait_for_append(
+    appended: &Notify,
+    wait: Duration,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let stopped = tokio::select! {
+        _ = appended.notified() => false,
+        _ = tokio::time::sleep(wait) => false,
+        _ = shutdown.wait_for(|stop| *stop) => true,
+    };
+    stopped || *shutdown.borrow()
+}
+
 /// Sleeps `wait`; true when shutdown was signalled first.
 async fn sleep_or_stop(wait: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
     let stopped = tokio::select! {
@@ -424,6 +468,7 @@ mod tests {
             deliver,
             Backoff::default(),
             counters.clone(),
+            Arc::new(Notify::new()),
             stopped,
         ));
         Running {

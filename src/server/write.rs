@@ -725,17 +725,10 @@ pub(super) async fn forward(
             None => sync.push((backend, protocol, body)),
         }
     }
-    if let Some((queue, _, _)) = queued
-        .iter()
-        .find(|(queue, _, body)| !queue.has_room_for(body.len()))
-    {
-        return Err(AppError::Unavailable {
-            message: format!(
-                "backend {}'s delivery queue is full (queue.max_bytes); retry later",
-                queue.name
-            ),
-            retry_after_seconds: QUEUE_FULL_RETRY_AFTER_SECONDS,
-        });
+    for (queue, _, body) in &queued {
+        queue
+            .check_room(tenant_id, body.len())
+            .map_err(|err| queue_unavailable(&queue.name, &err))?;
     }
     let sends = sync.into_iter().map(|(backend, protocol, body)| {
         async move {
@@ -787,7 +780,23 @@ fn queue_unavailable(backend: &str, err: &QueueError) -> AppError {
                 "the write is too large for backend {backend}'s queue: {err}"
             ))
         }
-        QueueError::Full { .. } | QueueError::NoSpace => QUEUE_FULL_RETRY_AFTER_SECONDS,
+        QueueError::TenantShareFull { .. } => {
+            return AppError::Unavailable {
+                message: format!(
+                    "backend {backend}'s delivery queue is full for this tenant (its share of queue.max_bytes); retry later"
+                ),
+                retry_after_seconds: QUEUE_FULL_RETRY_AFTER_SECONDS,
+            }
+        }
+        QueueError::Full { .. } => {
+            return AppError::Unavailable {
+                message: format!(
+                    "backend {backend}'s delivery queue is full (queue.max_bytes); retry later"
+                ),
+                retry_after_seconds: QUEUE_FULL_RETRY_AFTER_SECONDS,
+            }
+        }
+        QueueError::NoSpace => QUEUE_FULL_RETRY_AFTER_SECONDS,
         _ => QUEUE_BROKEN_RETRY_AFTER_SECONDS,
     };
     AppError::Unavailable {

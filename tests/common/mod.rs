@@ -55,6 +55,7 @@ pub struct FakeBackend {
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
     v2_counts: Arc<AtomicBool>,
+    tenant_status: Arc<Mutex<BTreeMap<String, u16>>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -64,7 +65,12 @@ struct FakeState {
     status: Arc<AtomicU16>,
     delay_ms: Arc<AtomicU64>,
     v2_counts: Arc<AtomicBool>,
+    /// Answers for one tenant (by the `X-Scope-OrgID` header), before `status`.
+    tenant_status: Arc<Mutex<BTreeMap<String, u16>>>,
 }
+
+/// The header a fake backend reads the tenant from for per-tenant answers.
+pub const FAKE_TENANT_HEADER: &str = "X-Scope-OrgID";
 
 /// Samples, histograms and exemplars of a snappy remote write 2.0 body.
 fn written_v2(body: &[u8]) -> (u64, u64, u64) {
@@ -90,11 +96,13 @@ impl FakeBackend {
         let status = Arc::new(AtomicU16::new(204));
         let delay_ms = Arc::new(AtomicU64::new(0));
         let v2_counts = Arc::new(AtomicBool::new(true));
+        let tenant_status = Arc::new(Mutex::new(BTreeMap::new()));
         let state = FakeState {
             received: Arc::clone(&received),
             status: Arc::clone(&status),
             delay_ms: Arc::clone(&delay_ms),
             v2_counts: Arc::clone(&v2_counts),
+            tenant_status: Arc::clone(&tenant_status),
         };
         let router = Router::new()
             .route("/api/v1/write", post(record))
@@ -116,6 +124,7 @@ impl FakeBackend {
             status,
             delay_ms,
             v2_counts,
+            tenant_status,
             _stop: stop,
         }
     }
@@ -144,6 +153,16 @@ impl FakeBackend {
         self.status.store(status, Ordering::SeqCst);
     }
 
+    /// Answers `status` to requests whose `X-Scope-OrgID` is `tenant` (`None`: as the
+    /// others again), as Mimir answers 429 to one tenant over its limits.
+    pub fn answer_tenant_with(&self, tenant: &str, status: Option<u16>) {
+        let mut by_tenant = self.tenant_status.lock().expect("lock");
+        match status {
+            Some(status) => by_tenant.insert(tenant.to_string(), status),
+            None => by_tenant.remove(tenant),
+        };
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.received.lock().expect("lock").clone()
     }
@@ -163,7 +182,19 @@ async fn record(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.contains("io.prometheus.write.v2.Request"));
     let written = is_v2.then(|| written_v2(&body));
-    let status = StatusCode::from_u16(state.status.load(Ordering::SeqCst)).expect("status");
+    let tenant_status = headers
+        .get(FAKE_TENANT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|tenant| {
+            state
+                .tenant_status
+                .lock()
+                .expect("lock")
+                .get(tenant)
+                .copied()
+        });
+    let status = tenant_status.unwrap_or_else(|| state.status.load(Ordering::SeqCst));
+    let status = StatusCode::from_u16(status).expect("status");
     state.received.lock().expect("lock").push(Recorded {
         headers,
         body,

@@ -86,6 +86,10 @@ pub enum QueueError {
     /// The disk itself is full: the caller answers 503 + Retry-After.
     #[error("no space left on the queue's disk")]
     NoSpace,
+    /// The tenant's backlog holds its share of a queue over half full: the caller answers
+    /// this tenant (and only it) 503 + Retry-After.
+    #[error("the tenant's share of the queue is full: {used} of {share} bytes used, {needed} more needed")]
+    TenantShareFull { used: u64, needed: u64, share: u64 },
     #[error("a payload of {len} bytes is larger than a record may be ({max} bytes)")]
     PayloadTooLarge { len: u64, max: u64 },
     #[error("acknowledging {seq} but the queue holds records only through {last}")]
@@ -113,6 +117,16 @@ impl QueueOptions {
         QueueOptions {
             max_bytes,
             segment_bytes: DEFAULT_SEGMENT_BYTES.min((max_bytes / 4).max(MIN_SEGMENT_BYTES)),
+        }
+    }
+
+    /// For one tenant's lane of a backend whose queues share `max_bytes`: smaller
+    /// segments (a sixteenth of the quota, at most the default), because the segment being
+    /// appended to keeps its delivered records on disk until it is rolled.
+    pub fn for_lane(max_bytes: u64) -> Self {
+        QueueOptions {
+            max_bytes,
+            segment_bytes: DEFAULT_SEGMENT_BYTES.min((max_bytes / 16).max(MIN_SEGMENT_BYTES)),
         }
     }
 }
@@ -633,6 +647,52 @@ impl Queue {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+
+    /// When every record is acknowledged, rolls the segment being appended to and deletes
+    /// it, so a caught-up queue holds no disk (cursor written first, as in
+    /// [`Queue::ack`]). Does nothing while a record is pending or the segment is empty.
+    pub fn release_delivered(&self) -> Result<(), QueueError> {
+        let mut cursor = self.cursor.lock();
+        let mut state = self.state.lock();
+        let last_seq = state.next_seq.saturating_sub(1);
+        if state.stopped.is_some()
+            || state.active().len == 0
+            || state.acked_through < last_seq
+            || state.synced_through < last_seq
+        {
+            return Ok(());
+        }
+        let acked_through = state.acked_through;
+        if cursor.durable_through < acked_through {
+            write_cursor(&self.dir, acked_through)?;
+            *cursor = CursorFile {
+                durable_through: acked_through,
+                written_at: Instant::now(),
+            };
+        }
+        self.roll_segment(&mut state)?;
+        let mut deletable = Vec::new();
+        while state.segments.len() >= 2 && state.segments[1].first_seq - 1 <= acked_through {
+            if let Some(segment) = state.segments.pop_front() {
+                state.bytes_on_disk -= segment.len;
+                deletable.push(segment.path);
+            }
+        }
+        state.forget_acknowledged();
+        drop(state);
+        drop(cursor);
+        for path in &deletable {
+            // A file left behind here is deleted at the next open.
+            std::fs::remove_file(path)?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
+    /// Bytes of segment files on disk (what `max_bytes` limits).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.state.lock().bytes_on_disk
     }
 
     /// Writes the cursor file when it is behind the acknowledged position.
