@@ -677,6 +677,31 @@ fn utf8(bytes: &[u8]) -> Result<&str, WireError> {
     std::str::from_utf8(bytes).map_err(|_| WireError::Utf8)
 }
 
+/// The span of series `index` of a request held as label lists (remote write 2.0, OTLP)
+/// rather than bytes: its identity is that of its labels written as 1.0 writes them
+/// (`scratch` holds them meanwhile), `start..end` is `index..index + 1`.
+pub fn label_set_span<'l>(
+    key: &SeriesKey,
+    index: usize,
+    labels: impl IntoIterator<Item = (&'l str, &'l str)>,
+    scratch: &mut Vec<u8>,
+    counts: [usize; 3],
+) -> SeriesSpan {
+    scratch.clear();
+    for (name, value) in labels {
+        put_label_field(scratch, name, value);
+    }
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    SeriesSpan {
+        identity: key.identity(scratch),
+        start: index,
+        end: index + 1,
+        samples: count(counts[0]),
+        histograms: count(counts[1]),
+        exemplars: count(counts[2]),
+    }
+}
+
 /// Appends one `TimeSeries.labels` field as every write path writes it: a `Label` of its
 /// name then its value (an empty string left out, as prost leaves it out).
 pub fn put_label_field(out: &mut Vec<u8>, name: &str, value: &str) {

@@ -25,7 +25,7 @@ use super::rw2::{
     check_series, encode_label, enforced_labels, exemplar_to_v1, histogram_problem,
     histogram_to_v1, intern_enforced, metadata_from, sample_to_v1, symbol, SeriesFacts,
 };
-use super::splice::put_label_field;
+use super::splice::label_set_span;
 use super::wire::{self, Reader, WireError, LEN, TOP_DEPTH};
 use super::write::{check_series_count, newest_allowed_ms, LabelPolicy, WriteStats};
 use super::CodecError;
@@ -237,25 +237,20 @@ fn admit_series(
     store: &mut Store<'_>,
     stats: &mut WriteStats,
 ) {
-    let mut labels = Vec::with_capacity(256);
+    let mut scratch = Vec::with_capacity(256);
     let spans: Vec<SeriesSpan> = series
         .iter()
         .enumerate()
         .map(|(index, parts)| {
-            labels.clear();
-            for pair in checked_refs(store, index).chunks_exact(2) {
-                let (name, value) = (symbols[pair[0] as usize], symbols[pair[1] as usize]);
-                put_label_field(&mut labels, name, value);
-            }
-            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            SeriesSpan {
-                identity: gate.key.identity(&labels),
-                start: index,
-                end: index + 1,
-                samples: count(parts.samples.len()),
-                histograms: count(parts.histograms.len()),
-                exemplars: count(parts.exemplars.len()),
-            }
+            let labels = checked_refs(store, index)
+                .chunks_exact(2)
+                .map(|pair| (symbols[pair[0] as usize], symbols[pair[1] as usize]));
+            let counts = [
+                parts.samples.len(),
+                parts.histograms.len(),
+                parts.exemplars.len(),
+            ];
+            label_set_span(gate.key, index, labels, &mut scratch, counts)
         })
         .collect();
     let admitted = (gate.admit)(&spans);

@@ -37,7 +37,7 @@ use super::write::{
 };
 use super::SharedState;
 use crate::codec::otlp::{self, Caps, Enforced};
-use crate::codec::splice::put_label_field;
+use crate::codec::splice::label_set_span;
 use crate::codec::{snappy, CodecError};
 use crate::config::OtlpConfig;
 use crate::error::AppError;
@@ -347,26 +347,23 @@ fn limit_series(
     tenant: &TenantEntry,
     tracking: &Tracking<'_>,
 ) -> Option<SeriesRefusal> {
-    let mut labels = Vec::with_capacity(256);
+    let mut scratch = Vec::with_capacity(256);
     let spans: Vec<SeriesSpan> = enforced
         .request
         .timeseries
         .iter()
         .enumerate()
         .map(|(index, series)| {
-            labels.clear();
-            for label in &series.labels {
-                put_label_field(&mut labels, &label.name, &label.value);
-            }
-            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-            SeriesSpan {
-                identity: tracking.key.identity(&labels),
-                start: index,
-                end: index + 1,
-                samples: count(series.samples.len()),
-                histograms: count(series.histograms.len()),
-                exemplars: count(series.exemplars.len()),
-            }
+            let labels = series
+                .labels
+                .iter()
+                .map(|label| (label.name.as_str(), label.value.as_str()));
+            let counts = [
+                series.samples.len(),
+                series.histograms.len(),
+                series.exemplars.len(),
+            ];
+            label_set_span(tracking.key, index, labels, &mut scratch, counts)
         })
         .collect();
     let limits = &tenant.limits;

@@ -58,9 +58,8 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
             tenant,
             stats,
             written,
-            refused: Some(refused),
+            refused,
         }) => {
-            // The rest is written; the sender must not retry the refused series.
             state
                 .metrics
                 .samples_forwarded
@@ -68,42 +67,34 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
                     tenant: tenant.tenant.id.clone(),
                 })
                 .inc_by(stats.total_samples() as u64);
-            tracing::info!(
-                tenant = %tenant.tenant.id,
-                refused_series = refused.refused,
-                limit = refused.limit,
-                "new series refused: the tenant is at its active series limit"
-            );
-            let failure = Failure::new(
-                &tenant,
-                "series_limit",
-                AppError::BadRequest(refused.reason()),
-            );
-            let response = failure.respond(&state, Endpoint::Write);
+            let response = match refused {
+                // The rest is written; the sender must not retry the refused series.
+                Some(refused) => {
+                    tracing::info!(
+                        tenant = %tenant.tenant.id,
+                        refused_series = refused.refused,
+                        limit = refused.limit,
+                        "new series refused: the tenant is at its active series limit"
+                    );
+                    Failure::new(
+                        &tenant,
+                        "series_limit",
+                        AppError::BadRequest(refused.reason()),
+                    )
+                    .respond(&state, Endpoint::Write)
+                }
+                None => {
+                    count_request(
+                        &state,
+                        Endpoint::Write,
+                        &tenant.tenant.id,
+                        StatusCode::NO_CONTENT,
+                    );
+                    StatusCode::NO_CONTENT.into_response()
+                }
+            };
             observe_duration(&state, Endpoint::Write, &tenant.tenant.id, started);
             (response, written)
-        }
-        Ok(Handled {
-            tenant,
-            stats,
-            written,
-            refused: None,
-        }) => {
-            state
-                .metrics
-                .samples_forwarded
-                .get_or_create(&TenantLabel {
-                    tenant: tenant.tenant.id.clone(),
-                })
-                .inc_by(stats.total_samples() as u64);
-            count_request(
-                &state,
-                Endpoint::Write,
-                &tenant.tenant.id,
-                StatusCode::NO_CONTENT,
-            );
-            observe_duration(&state, Endpoint::Write, &tenant.tenant.id, started);
-            (StatusCode::NO_CONTENT.into_response(), written)
         }
         // Nothing is known to be written everywhere when promgate refuses.
         Err(failure) => {
