@@ -347,6 +347,9 @@ fn limit_series(
     tenant: &TenantEntry,
     tracking: &Tracking<'_>,
 ) -> Option<SeriesRefusal> {
+    if tenant.limits.max_active_series == 0 {
+        return None;
+    }
     let mut scratch = Vec::with_capacity(256);
     let spans: Vec<SeriesSpan> = enforced
         .request

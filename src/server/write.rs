@@ -306,8 +306,9 @@ fn prepare_v2(
         key: tracking.key,
         admit: &mut admit,
     };
+    let gate = (limits.max_active_series > 0).then_some(gate);
     let rewritten =
-        splice_v2::rewrite_v2_gated(&decoded, &tenant.policy, limits, now_ms, forms, Some(gate))?;
+        splice_v2::rewrite_v2_gated(&decoded, &tenant.policy, limits, now_ms, forms, gate)?;
     drop(decoded);
     let stats = rewritten.stats;
     let has_metadata = stats.metadata > 0;
@@ -354,6 +355,8 @@ fn rewrite_body(
         let mut buffers = buffers.borrow_mut();
         let (decoded, encoded, spans) = &mut *buffers;
         let limits = &tenant.limits;
+        // An unlimited tenant's series are not tracked: it pays nothing for the limit.
+        let tracking = tracking.filter(|_| limits.max_active_series > 0);
         let log = tracking.as_ref().map(|tracking| SeriesLog {
             key: tracking.key,
             spans: &mut *spans,
