@@ -16,11 +16,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use promgate::codec::refused::apply_limit;
 use promgate::codec::snappy::decompress_capped;
 use promgate::codec::splice::{rewrite, rewrite_tracked, SeriesLog};
 use promgate::codec::write::{LabelPolicy, WriteStats};
 use promgate::config::{ConflictPolicy, Limits};
-use promgate::series::limit::{apply_limit, SeriesLimit};
+use promgate::series::limit::SeriesLimit;
 use promgate::series::{ActiveSeries, SeriesKey, SeriesSpan};
 
 mod common;

@@ -5,6 +5,7 @@
 
 pub mod oracle;
 pub mod otlp;
+pub mod refused;
 pub mod rw2;
 pub mod snappy;
 pub mod splice;

@@ -7,7 +7,8 @@
 //! - [`tracker`]: each tenant's active series, their idle expiry and the limit;
 //! - [`sketch`]: what replicas share of them through the registry, so the limit is
 //!   global;
-//! - [`limit`]: a rewritten request with the refused series taken out.
+//! - [`limit`]: a request's series admitted or refused, and the refusal's words (the
+//!   refused series are cut out of a 1.0 body by `codec::refused`).
 
 pub mod identity;
 pub mod limit;
@@ -15,5 +16,5 @@ pub mod sketch;
 pub mod tracker;
 
 pub use identity::{SeriesKey, SeriesSpan};
-pub use limit::{apply_limit, SeriesRefusal};
+pub use limit::SeriesRefusal;
 pub use tracker::ActiveSeries;

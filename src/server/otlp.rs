@@ -31,10 +31,8 @@ use prost::Message;
 use super::common::{
     count_request, cpu_unavailable, deadline_exceeded, within_deadline, Endpoint, Failure,
 };
-use super::write::{
-    admit_samples, admit_write, count_refused_samples, forward, now_ms, reserve_decoded, Bodies,
-    Tracking,
-};
+use super::series::{count_refused_samples, Tracking};
+use super::write::{admit_samples, admit_write, forward, now_ms, reserve_decoded, Bodies};
 use super::SharedState;
 use crate::codec::otlp::{self, Caps, Enforced};
 use crate::codec::splice::label_set_span;

@@ -7,6 +7,9 @@
 //! - every few seconds, idle series are forgotten and each tenant's count and limit are
 //!   published as gauges.
 //!
+//! Also what the write handlers count a write's series with ([`Tracking`]) and the
+//! refused samples' counter.
+//!
 //! The first share runs before the relay is ready, so a restarted replica knows what the
 //! others hold before it admits a write. The task holds the state weakly, so it ends
 //! with the relay.
@@ -18,8 +21,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{AppState, SharedState};
 use crate::series::sketch::{Cardinality, Members};
 use crate::series::tracker::TenantSeries;
-use crate::telemetry::TenantLabel;
+use crate::series::{ActiveSeries, SeriesKey};
+use crate::telemetry::{TenantLabel, TenantReason};
 use crate::tenant::store::ActiveSeriesRow;
+use crate::tenant::TenantEntry;
+
+/// The active series tracker and the identity key a write is counted with.
+pub(super) struct Tracking<'a> {
+    pub tracker: &'a ActiveSeries,
+    pub key: &'a SeriesKey,
+}
+
+/// Counts samples refused alone (their request otherwise written).
+pub(super) fn count_refused_samples(
+    state: &SharedState,
+    tenant: &TenantEntry,
+    reason: &'static str,
+    samples: u64,
+) {
+    state
+        .metrics
+        .refused_samples
+        .get_or_create(&TenantReason {
+            tenant: tenant.tenant.id.clone(),
+            reason,
+        })
+        .inc_by(samples);
+}
 
 /// How often replicas share their tenants' active series.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(1);

@@ -20,9 +20,11 @@ use super::common::{
     failure_tenant, global_slot, observe_duration, read_body_capped, require_backends, throttled,
     within_deadline, Endpoint, Failure,
 };
+use super::series::{count_refused_samples, Tracking};
 use super::{Live, SharedState};
 use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
+use crate::codec::refused::apply_limit;
 use crate::codec::splice::{self, Rewritten, SeriesLog};
 use crate::codec::write::WriteStats;
 use crate::codec::{snappy, splice_v2, CodecError};
@@ -32,9 +34,8 @@ use crate::delivery::queue::QueueError;
 use crate::error::AppError;
 use crate::series::limit::admit_spans;
 use crate::series::limit::SeriesLimit;
-use crate::series::{apply_limit, ActiveSeries, SeriesKey, SeriesRefusal, SeriesSpan};
+use crate::series::{SeriesRefusal, SeriesSpan};
 use crate::telemetry::TenantLabel;
-use crate::telemetry::TenantReason;
 use crate::tenant::TenantEntry;
 
 pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
@@ -219,23 +220,6 @@ struct Handled {
     refused: Option<SeriesRefusal>,
 }
 
-/// Counts samples refused alone (their request otherwise written).
-pub(super) fn count_refused_samples(
-    state: &SharedState,
-    tenant: &TenantEntry,
-    reason: &'static str,
-    samples: u64,
-) {
-    state
-        .metrics
-        .refused_samples
-        .get_or_create(&TenantReason {
-            tenant: tenant.tenant.id.clone(),
-            reason,
-        })
-        .inc_by(samples);
-}
-
 /// Which bodies the tenant's backends need.
 #[derive(Clone, Copy, Debug)]
 struct Targets {
@@ -333,12 +317,6 @@ thread_local! {
 
 /// Buffers grown past this by a large request are freed rather than kept.
 const KEEP_BUFFER_BYTES: usize = 4 << 20;
-
-/// The active series tracker and the identity key a write is counted with.
-pub(super) struct Tracking<'a> {
-    pub tracker: &'a ActiveSeries,
-    pub key: &'a SeriesKey,
-}
 
 /// Decompresses, rewrites for the tenant and compresses a request body (and, with
 /// `split_metadata`, its series alone when it holds metadata too). With `tracking`, the
