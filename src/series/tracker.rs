@@ -54,8 +54,6 @@ pub struct TenantSeries {
     /// gauges show the limit).
     limit: AtomicU64,
     idle_seconds: AtomicU64,
-    /// Series that were new when admitted, since the tracker started.
-    created: AtomicU64,
     /// Series other replicas hold that this one does not (estimated at the last sync).
     remote_extra: AtomicU64,
     /// The other replicas' shares of the room left under the limit: held back here, so
@@ -175,7 +173,6 @@ impl ActiveSeries {
                 decided(outcome != Outcome::Refused);
             }
         }
-        series.created.fetch_add(admitted.new, Ordering::Relaxed);
         admitted
     }
 
@@ -236,7 +233,6 @@ impl TenantSeries {
             count: AtomicU64::new(0),
             limit: AtomicU64::new(0),
             idle_seconds: AtomicU64::new(1),
-            created: AtomicU64::new(0),
             remote_extra: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             remote_members: RwLock::new(Vec::new()),
