@@ -118,6 +118,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
             config.server.max_in_flight_decoded_bytes,
             config.server.in_flight_wait,
         ),
+        answer_bytes: admission::AnswerBytes::new(config.server.max_in_flight_answer_bytes),
         data_auth_failures: admission::AuthFailureLimiter::new(
             config.server.auth_failures_per_minute,
             std::time::Duration::from_secs(60),

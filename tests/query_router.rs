@@ -75,7 +75,13 @@ async fn record(State(fake): State<FakeQuery>, request: Request) -> impl IntoRes
     });
     let delay = *fake.delay.lock().expect("lock");
     tokio::time::sleep(delay).await;
-    let (status, body) = fake.answer.lock().expect("lock").clone();
+    let (status, mut body) = fake.answer.lock().expect("lock").clone();
+    // The default list answer, as a query answers it.
+    let queries =
+        parts.uri.path().ends_with("/query") || parts.uri.path().ends_with("/query_range");
+    if queries && body == success(json!([])) {
+        body = success(json!({"resultType": "vector", "result": []}));
+    }
     (
         StatusCode::from_u16(status).expect("status"),
         [("content-type", "application/json")],

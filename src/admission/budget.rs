@@ -70,6 +70,67 @@ impl InFlight {
     }
 }
 
+/// Query API answers held at once, process-wide, in bytes: an answer reserves its room
+/// as it arrives (three times its size: the backend's answer, its buffer's room to grow,
+/// and the tenant's copy of it) and
+/// holds it until the tenant's copy is sent. Reserving never waits (answers that each
+/// hold part of the budget and wait for more would stall one another): an answer that
+/// does not fit is answered 503 and retried, so memory stays bounded however many large
+/// answers run at once.
+pub struct AnswerBytes {
+    permits: Arc<Semaphore>,
+    whole: u32,
+}
+
+/// What one answer holds of [`AnswerBytes`].
+#[derive(Debug, Default)]
+pub struct AnswerHold {
+    permit: Option<OwnedSemaphorePermit>,
+    permits: u32,
+}
+
+/// Each answer byte held also needs room for its buffer to grow and for the tenant's
+/// copy of it.
+const ANSWER_COPIES: u64 = 3;
+
+impl AnswerBytes {
+    pub fn new(max_bytes: u64) -> AnswerBytes {
+        let permits = usize::try_from(max_bytes / BYTES_PER_PERMIT)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        AnswerBytes {
+            permits: Arc::new(Semaphore::new(permits)),
+            whole: u32::try_from(permits).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// Grows `hold` to cover an answer of `bytes` so far, without waiting. An answer
+    /// larger than the whole budget (a tenant's answer cap above it) may hold all of it.
+    pub fn hold(&self, hold: &mut AnswerHold, bytes: u64) -> Result<(), BudgetError> {
+        let wanted = (bytes.saturating_mul(ANSWER_COPIES))
+            .div_ceil(BYTES_PER_PERMIT)
+            .max(1);
+        let wanted = u32::try_from(wanted).unwrap_or(u32::MAX).min(self.whole);
+        if wanted <= hold.permits {
+            return Ok(());
+        }
+        let more = Arc::clone(&self.permits)
+            .try_acquire_many_owned(wanted - hold.permits)
+            .map_err(|_| BudgetError::Busy)?;
+        match &mut hold.permit {
+            Some(held) => held.merge(more),
+            None => hold.permit = Some(more),
+        }
+        hold.permits = wanted;
+        Ok(())
+    }
+
+    /// Bytes free now (for tests and metrics).
+    pub fn available_bytes(&self) -> u64 {
+        self.permits.available_permits() as u64 * BYTES_PER_PERMIT
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +163,30 @@ mod tests {
         );
         drop(whole);
         assert!(in_flight.decoded_bytes(4096).await.is_ok());
+    }
+
+    #[test]
+    fn answers_hold_twice_their_size_and_never_wait() {
+        let budget = AnswerBytes::new(10 * 1024);
+        let mut first = AnswerHold::default();
+        budget.hold(&mut first, 1024).expect("fits");
+        assert_eq!(budget.available_bytes(), 7 * 1024);
+        budget.hold(&mut first, 2048).expect("grows");
+        assert_eq!(budget.available_bytes(), 4 * 1024);
+        let mut second = AnswerHold::default();
+        budget.hold(&mut second, 1365).expect("the rest");
+        assert_eq!(
+            budget.hold(&mut second, 1366),
+            Err(BudgetError::Busy),
+            "full: refused at once"
+        );
+        drop(first);
+        assert_eq!(budget.available_bytes(), 6 * 1024);
+        drop(second);
+        let mut huge = AnswerHold::default();
+        budget
+            .hold(&mut huge, 1 << 30)
+            .expect("larger than the budget: holds all of it");
+        assert_eq!(budget.available_bytes(), 0);
     }
 }

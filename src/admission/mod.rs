@@ -14,7 +14,7 @@ pub mod guards;
 pub mod rate;
 pub mod tenant_budget;
 
-pub use budget::{BudgetError, InFlight};
+pub use budget::{AnswerBytes, AnswerHold, BudgetError, InFlight};
 pub use cpu_pool::{CpuPool, PoolError};
 pub use guards::{AuthFailureLimiter, ReadGate, ReadGateError};
 pub use rate::{RateLimits, Verdict};

@@ -1,6 +1,7 @@
 //! Query API requests to a backend's `query_url` (DESIGN §13): promgate's own request,
 //! written from the scoped parameters (a form POST or a GET), with promgate's
-//! credentials and tenant header; the answer read under a size cap and a deadline.
+//! credentials and tenant header; the answer read under a size cap, a deadline and the
+//! process-wide answer budget.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 
 use super::{describe_transport_error, BackendClient, Outcome};
+use crate::admission::{AnswerBytes, AnswerHold};
 use crate::telemetry::Metrics;
 
 /// A backend's answer to a query API request, whole.
@@ -16,6 +18,8 @@ pub struct QueryAnswer {
     pub status: StatusCode,
     pub content_type: String,
     pub body: Bytes,
+    /// The answer's room in the process-wide budget, kept until the tenant's copy is sent.
+    pub hold: AnswerHold,
 }
 
 /// Why a query got no answer from the backend.
@@ -29,6 +33,8 @@ pub enum QueryError {
     TimedOut(Duration),
     #[error("the answer is over the {0}-byte limit; narrow the query")]
     TooLarge(u64),
+    #[error("promgate holds as many query answers as it can; retry")]
+    Busy,
 }
 
 /// One query API request: where, what, and within which bounds.
@@ -40,6 +46,8 @@ pub struct QueryCall<'a> {
     pub params: &'a [(String, String)],
     pub timeout: Duration,
     pub max_bytes: u64,
+    /// Where the answer's bytes are reserved as they arrive.
+    pub answer_bytes: &'a AnswerBytes,
 }
 
 impl BackendClient {
@@ -113,21 +121,33 @@ impl BackendClient {
         {
             return Err(QueryError::TooLarge(call.max_bytes));
         }
+        let mut hold = AnswerHold::default();
         let mut body = BytesMut::new();
+        if let Some(length) = response.content_length() {
+            call.answer_bytes
+                .hold(&mut hold, length)
+                .map_err(|_| QueryError::Busy)?;
+            body.reserve(usize::try_from(length).unwrap_or(0));
+        }
         while let Some(chunk) = response
             .chunk()
             .await
             .map_err(|err| QueryError::Unavailable(describe_transport_error(&err)))?
         {
-            if (body.len() + chunk.len()) as u64 > call.max_bytes {
+            let length = (body.len() + chunk.len()) as u64;
+            if length > call.max_bytes {
                 return Err(QueryError::TooLarge(call.max_bytes));
             }
+            call.answer_bytes
+                .hold(&mut hold, length)
+                .map_err(|_| QueryError::Busy)?;
             body.extend_from_slice(&chunk);
         }
         Ok(QueryAnswer {
             status,
             content_type,
             body: body.freeze(),
+            hold,
         })
     }
 }

@@ -48,6 +48,10 @@ pub struct Config {
     pub otlp: OtlpConfig,
 }
 
+/// Room for two answers of the default `max_query_response_bytes` at once, and the
+/// small ones beside them.
+pub const DEFAULT_IN_FLIGHT_ANSWER_BYTES: u64 = 512 * 1024 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -58,6 +62,9 @@ pub struct ServerConfig {
     pub max_in_flight_requests: usize,
     /// Decoded write bodies held at once, by their announced decoded size.
     pub max_in_flight_decoded_bytes: u64,
+    /// Query API answers held at once (three times each answer's size: as received,
+    /// room to grow, and the tenant's copy); an answer that does not fit is 503.
+    pub max_in_flight_answer_bytes: u64,
     /// How long a request may wait for either budget before 503.
     pub in_flight_wait: Duration,
     /// Failed authentications per source address and minute before 429. Never applied
@@ -385,6 +392,7 @@ struct RawServer {
     max_connections: Option<usize>,
     max_in_flight_requests: Option<usize>,
     max_in_flight_decoded_bytes: Option<units::HumanSize>,
+    max_in_flight_answer_bytes: Option<units::HumanSize>,
     in_flight_wait: Option<HumanDuration>,
     auth_failures_per_minute: Option<u32>,
     request_timeout: Option<HumanDuration>,
@@ -815,6 +823,9 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
         max_in_flight_decoded_bytes: raw
             .max_in_flight_decoded_bytes
             .map_or(256 * 1024 * 1024, |size| size.0),
+        max_in_flight_answer_bytes: raw
+            .max_in_flight_answer_bytes
+            .map_or(DEFAULT_IN_FLIGHT_ANSWER_BYTES, |size| size.0),
         in_flight_wait: raw.in_flight_wait.map_or(Duration::from_secs(5), |d| d.0),
         auth_failures_per_minute: raw.auth_failures_per_minute.unwrap_or(30),
         request_timeout: raw.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0),
@@ -864,6 +875,9 @@ fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig 
     }
     if config.max_in_flight_decoded_bytes < 1024 * 1024 {
         problems.push("server.max_in_flight_decoded_bytes must be at least 1MiB".into());
+    }
+    if config.max_in_flight_answer_bytes < 1024 * 1024 {
+        problems.push("server.max_in_flight_answer_bytes must be at least 1MiB".into());
     }
     config
 }

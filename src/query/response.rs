@@ -5,9 +5,13 @@
 //! tenant's value; `metadata` keeps the metric names the tenant has series of. Error
 //! answers keep Prometheus' JSON shape.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fmt;
 
-use serde_json::{Map, Value};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::params::Api;
 
@@ -32,42 +36,258 @@ pub struct Filtered {
 pub struct UnexpectedAnswer(pub String);
 
 impl ResponseScope {
-    /// Keeps a label set of the tenant's (stripping the tenant label when asked);
-    /// `false` for another tenant's series.
-    fn own_labels(&self, labels: &mut Map<String, Value>) -> bool {
-        match labels.get(&self.label) {
-            Some(Value::String(value)) if value != &self.value => return false,
-            Some(Value::String(_)) | None => {}
-            Some(_) => return false,
+    /// Writes a label set of the tenant's to `out` (without the tenant label when
+    /// stripping); `false`, with nothing written, for another tenant's series or a label
+    /// set that is not an object of strings under the tenant label. Every occurrence of
+    /// the tenant label is checked, so a repeated key cannot smuggle another value past.
+    fn own_labels(&self, labels: &RawValue, out: &mut Vec<u8>) -> Result<bool, UnexpectedAnswer> {
+        let Ok(entries) = serde_json::from_str::<Entries<'_>>(labels.get()) else {
+            return Ok(false);
+        };
+        let mut holds_label = false;
+        for (name, value) in &entries.0 {
+            if name.as_ref() == self.label {
+                match serde_json::from_str::<JsonStr<'_>>(value.get()) {
+                    Ok(JsonStr(text)) if text == self.value => holds_label = true,
+                    _ => return Ok(false),
+                }
+            }
         }
-        if self.strip {
-            labels.remove(&self.label);
+        if self.strip && holds_label {
+            write_object(&entries, out, |name, _, _| {
+                Ok(if name == self.label {
+                    Entry::Skip
+                } else {
+                    Entry::Keep
+                })
+            })?;
+        } else {
+            out.extend_from_slice(labels.get().as_bytes());
         }
-        true
+        Ok(true)
     }
 
-    /// Drops the entries of `items` whose label set (under `key`) is another tenant's.
-    fn filter_series(&self, items: &mut Vec<Value>, key: Option<&str>, filtered: &mut Filtered) {
-        items.retain_mut(|item| {
-            let labels = match key {
-                Some(key) => item.get_mut(key),
-                None => Some(item),
+    /// Writes the entries of the list `items` whose label set (under `key`, or the entry
+    /// itself) is the tenant's, each as the backend sent it but for a stripped tenant
+    /// label; counts the others.
+    fn filter_series(
+        &self,
+        items: &RawValue,
+        key: Option<&str>,
+        out: &mut Vec<u8>,
+        filtered: &mut Filtered,
+    ) -> Result<(), UnexpectedAnswer> {
+        let items: Vec<&RawValue> = serde_json::from_str(items.get())
+            .map_err(|_| UnexpectedAnswer("a series list is not a list".into()))?;
+        out.push(b'[');
+        let mut first = true;
+        for item in items {
+            let mark = out.len();
+            if !first {
+                out.push(b',');
+            }
+            let own = match key {
+                None => self.own_labels(item, out)?,
+                Some(key) => self.own_entry(item, key, out)?,
             };
-            let own = match labels {
-                Some(Value::Object(labels)) => self.own_labels(labels),
-                _ => false,
-            };
-            if !own {
+            if own {
+                first = false;
+            } else {
+                out.truncate(mark);
                 filtered.foreign_series += 1;
             }
-            own
-        });
+        }
+        out.push(b']');
+        Ok(())
+    }
+
+    /// One entry of a result list whose label set is under `key`: written when every
+    /// `key` in it is the tenant's label set (and there is one).
+    fn own_entry(
+        &self,
+        item: &RawValue,
+        key: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, UnexpectedAnswer> {
+        let Ok(entries) = serde_json::from_str::<Entries<'_>>(item.get()) else {
+            return Ok(false);
+        };
+        if !entries.0.iter().any(|(name, _)| name.as_ref() == key) {
+            return Ok(false);
+        }
+        let mut own = true;
+        write_object(&entries, out, |name, value, out| {
+            if name != key {
+                return Ok(Entry::Keep);
+            }
+            own &= self.own_labels(value, out)?;
+            Ok(Entry::Written)
+        })?;
+        Ok(own)
     }
 }
 
+/// A JSON object's entries in the order sent, each value left as its raw text: the
+/// answer is filtered without building a tree of it (a `serde_json::Value` costs about
+/// ten times the answer's size), and what is kept is passed on byte for byte.
+struct Entries<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Entries<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries<'de>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(JsonStr(name)) = map.next_key()? {
+                    entries.push((name, map.next_value()?));
+                }
+                Ok(Entries(entries))
+            }
+        }
+        deserializer.deserialize_map(Object)
+    }
+}
+
+/// A JSON string, borrowed unless it holds escapes.
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for JsonStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl<'de> Visitor<'de> for Text {
+            type Value = JsonStr<'de>;
+            fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<JsonStr<'de>, E> {
+                Ok(JsonStr(Cow::Borrowed(text)))
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<JsonStr<'de>, E> {
+                Ok(JsonStr(Cow::Owned(text.to_string())))
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
+
+/// What to do with one entry of an object being written again.
+enum Entry {
+    /// Write the value as sent.
+    Keep,
+    /// Leave the entry out.
+    Skip,
+    /// The callback wrote the value.
+    Written,
+}
+
+/// Writes `entries` as an object, each entry as `each` decides.
+fn write_object<'a>(
+    entries: &Entries<'a>,
+    out: &mut Vec<u8>,
+    mut each: impl FnMut(&str, &'a RawValue, &mut Vec<u8>) -> Result<Entry, UnexpectedAnswer>,
+) -> Result<(), UnexpectedAnswer> {
+    out.push(b'{');
+    let mut first = true;
+    for (name, value) in &entries.0 {
+        let mark = out.len();
+        if !first {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, name.as_ref())
+            .map_err(|err| UnexpectedAnswer(err.to_string()))?;
+        out.push(b':');
+        match each(name, value, out)? {
+            Entry::Keep => out.extend_from_slice(value.get().as_bytes()),
+            Entry::Skip => {
+                out.truncate(mark);
+                continue;
+            }
+            Entry::Written => {}
+        }
+        first = false;
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 /// Makes a successful JSON answer of `api` the tenant's. `tenant_names` is the set of
-/// metric names the tenant has series of (`metadata` only).
+/// metric names the tenant has series of (`metadata` only). The answers that carry
+/// series (`query`, `query_range`, `series`, `query_exemplars`) are filtered without
+/// building a tree of them: what is kept is copied as sent.
 pub fn scope_json(
+    api: &Api,
+    body: &[u8],
+    scope: &ResponseScope,
+    tenant_names: Option<&HashSet<String>>,
+) -> Result<(Vec<u8>, Filtered), UnexpectedAnswer> {
+    match api {
+        Api::Query | Api::QueryRange | Api::Series | Api::QueryExemplars => {
+            scope_series_answer(api, body, scope)
+        }
+        _ => scope_small_answer(api, body, scope, tenant_names),
+    }
+}
+
+/// The answers that list series, filtered on their raw text.
+fn scope_series_answer(
+    api: &Api,
+    body: &[u8],
+    scope: &ResponseScope,
+) -> Result<(Vec<u8>, Filtered), UnexpectedAnswer> {
+    let answer: Entries<'_> =
+        serde_json::from_slice(body).map_err(|err| UnexpectedAnswer(err.to_string()))?;
+    if !answer.0.iter().any(|(name, _)| name == "data") {
+        return Err(UnexpectedAnswer("no \"data\"".into()));
+    }
+    let unexpected = |what: &str| UnexpectedAnswer(format!("\"data\" is not {what}"));
+    let mut filtered = Filtered::default();
+    let mut out = Vec::with_capacity(body.len());
+    write_object(&answer, &mut out, |name, data, out| {
+        if name != "data" {
+            return Ok(Entry::Keep);
+        }
+        match api {
+            Api::Query | Api::QueryRange => {
+                let data: Entries<'_> =
+                    serde_json::from_str(data.get()).map_err(|_| unexpected("an object"))?;
+                // Any `resultType` naming label sets has every `result` filtered, whatever
+                // a repeated key says.
+                let vector_like = data.0.iter().any(|(name, value)| {
+                    name == "resultType"
+                        && matches!(
+                            serde_json::from_str::<JsonStr<'_>>(value.get()),
+                            Ok(JsonStr(kind)) if kind == "vector" || kind == "matrix"
+                        )
+                });
+                write_object(&data, out, |name, result, out| {
+                    if vector_like && name == "result" {
+                        scope.filter_series(result, Some("metric"), out, &mut filtered)?;
+                        return Ok(Entry::Written);
+                    }
+                    Ok(Entry::Keep)
+                })?;
+            }
+            Api::Series => scope.filter_series(data, None, out, &mut filtered)?,
+            Api::QueryExemplars => {
+                // VictoriaMetrics answers `null` when there is nothing.
+                if data.get() == "null" {
+                    return Ok(Entry::Keep);
+                }
+                scope.filter_series(data, Some("seriesLabels"), out, &mut filtered)?;
+            }
+            _ => return Err(unexpected("an answer listing series")),
+        }
+        Ok(Entry::Written)
+    })?;
+    Ok((out, filtered))
+}
+
+/// The answers of names and values (small by nature), filtered as a tree.
+fn scope_small_answer(
     api: &Api,
     body: &[u8],
     scope: &ResponseScope,
@@ -81,29 +301,6 @@ pub fn scope_json(
         .ok_or_else(|| UnexpectedAnswer("no \"data\"".into()))?;
     let unexpected = |what: &str| UnexpectedAnswer(format!("\"data\" is not {what}"));
     match api {
-        Api::Query | Api::QueryRange => {
-            let vector_like = matches!(
-                data.get("resultType").and_then(Value::as_str),
-                Some("vector" | "matrix")
-            );
-            if vector_like {
-                let result = data
-                    .get_mut("result")
-                    .and_then(Value::as_array_mut)
-                    .ok_or_else(|| unexpected("a result list"))?;
-                scope.filter_series(result, Some("metric"), &mut filtered);
-            }
-        }
-        Api::Series => {
-            let series = data.as_array_mut().ok_or_else(|| unexpected("a list"))?;
-            scope.filter_series(series, None, &mut filtered);
-        }
-        Api::QueryExemplars => {
-            // VictoriaMetrics answers `null` when there is nothing.
-            if let Some(groups) = data.as_array_mut() {
-                scope.filter_series(groups, Some("seriesLabels"), &mut filtered);
-            }
-        }
         Api::Labels => {
             let names = data.as_array_mut().ok_or_else(|| unexpected("a list"))?;
             names.retain(|name| name.as_str() != Some(scope.label.as_str()));
@@ -114,7 +311,6 @@ pub fn scope_json(
             filtered.foreign_series += values.iter().filter(|value| !own(value)).count() as u64;
             values.retain(|value| !scope.strip && own(value));
         }
-        Api::LabelValues(_) => {}
         Api::Metadata => {
             let families = data
                 .as_object_mut()
@@ -122,7 +318,10 @@ pub fn scope_json(
             let names = tenant_names.ok_or_else(|| unexpected("scoped"))?;
             families.retain(|name, _| names.contains(name));
         }
-        Api::Federate | Api::BuildInfo => {}
+        Api::LabelValues(_) | Api::Federate | Api::BuildInfo => {}
+        Api::Query | Api::QueryRange | Api::Series | Api::QueryExemplars => {
+            return Err(unexpected("a small answer"))
+        }
     }
     let body = serde_json::to_vec(&answer).map_err(|err| UnexpectedAnswer(err.to_string()))?;
     Ok((body, filtered))
@@ -300,6 +499,63 @@ mod tests {
             scoped["data"]["result"],
             json!([{"metric": {"__name__": "up"}, "value": [1, "1"]}, {"metric": {}, "value": [1, "3"]}])
         );
+    }
+
+    #[test]
+    fn repeated_or_escaped_tenant_labels_never_pass_another_tenant() {
+        let body = br#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"tenant_id":"alpha","tenant_id":"beta"},"values":[[1,"1"]]},
+            {"metric":{"tenant_id":"alpha","tenant\u005fid":"beta"},"values":[[1,"2"]]},
+            {"metric":{"tenant\u005fid":"alpha","job":"a\"b"},"values":[[1,"3"]]},
+            {"metric":{"tenant_id":7},"values":[[1,"4"]]},
+            {"metric":{"tenant_id":"alpha"},"metric":{"tenant_id":"beta"},"values":[]},
+            {"values":[[1,"5"]]},
+            "up"
+        ]},"resultType":"scalar"}"#;
+        let (out, filtered) =
+            scope_json(&Api::QueryRange, body, &scope(true), None).expect("valid in this test");
+        assert_eq!(filtered.foreign_series, 6);
+        let scoped: Value = serde_json::from_slice(&out).expect("valid output");
+        assert_eq!(
+            scoped["data"]["result"],
+            json!([{"metric": {"job": "a\"b"}, "values": [[1, "3"]]}])
+        );
+        // A repeated `resultType` cannot turn filtering off.
+        let body = br#"{"status":"success","data":{"resultType":"vector","resultType":"scalar",
+            "result":[{"metric":{"tenant_id":"beta"},"value":[1,"1"]}]}}"#;
+        let (out, filtered) =
+            scope_json(&Api::Query, body, &scope(false), None).expect("valid in this test");
+        assert_eq!(filtered.foreign_series, 1);
+        assert!(!String::from_utf8_lossy(&out).contains("beta"));
+    }
+
+    #[test]
+    fn kept_series_are_passed_on_as_sent() {
+        let body = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"z":"1","tenant_id":"alpha","a":"2"},"value":[1.5,"1e3"]}]},"warnings":["w"]}"#;
+        let (out, _) =
+            scope_json(&Api::Query, body, &scope(false), None).expect("valid in this test");
+        assert_eq!(out, body.to_vec());
+        let (out, _) =
+            scope_json(&Api::Query, body, &scope(true), None).expect("valid in this test");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"z":"1","a":"2"},"value":[1.5,"1e3"]}]},"warnings":["w"]}"#
+        );
+        assert!(scope_json(
+            &Api::Query,
+            br#"{"status":"success","data":[]}"#,
+            &scope(true),
+            None
+        )
+        .is_err());
+        let (out, _) = scope_json(
+            &Api::QueryExemplars,
+            br#"{"status":"success","data":null}"#,
+            &scope(true),
+            None,
+        )
+        .expect("null is nothing");
+        assert_eq!(out, br#"{"status":"success","data":null}"#.to_vec());
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub struct AppState {
     pub tenant_budgets: crate::admission::TenantBudgets,
     /// Requests and decoded bytes in flight, process-wide: the last-resort shed.
     pub in_flight: crate::admission::InFlight,
+    /// Query API answers held at once, process-wide.
+    pub answer_bytes: crate::admission::AnswerBytes,
     /// Threads for CPU-heavy stages, serving tenants in turn.
     pub cpu: crate::admission::CpuPool,
     /// Slows down token guessing on the data listener per source address.

@@ -20,7 +20,7 @@ use super::common::{
     throttled, Endpoint, Failure,
 };
 use super::{Live, SharedState};
-use crate::admission::{ReadGateError, Verdict};
+use crate::admission::{AnswerHold, ReadGateError, Verdict};
 use crate::backend::{BackendClient, QueryAnswer, QueryCall, QueryError};
 use crate::config::ConflictPolicy;
 use crate::error::{AppError, PrometheusError};
@@ -240,6 +240,7 @@ async fn answer(
         params,
         timeout: query_timeout,
         max_bytes: limits.max_query_response_bytes,
+        answer_bytes: &state.answer_bytes,
     };
     let path = api.backend_path();
     let answer = backend
@@ -287,10 +288,11 @@ async fn scoped_answer(
     tenant: &Arc<TenantEntry>,
     backend: &BackendClient,
     api: &Api,
-    answer: QueryAnswer,
+    mut answer: QueryAnswer,
     scope: ResponseScope,
     tenant_names: Option<HashSet<String>>,
 ) -> Result<Response, Failure> {
+    let hold = std::mem::take(&mut answer.hold);
     if *api == Api::BuildInfo {
         // The backend's own version: Grafana picks its features from it.
         return Ok(with_content_type(
@@ -315,7 +317,42 @@ async fn scoped_answer(
         .map_err(|err| cpu_unavailable(tenant, err))?
         .map_err(|err| unexpected(tenant, err))?;
     report_foreign(state, tenant, backend, api, filtered);
+    let body = Body::new(HeldBody {
+        bytes: Some(Bytes::from(body)),
+        _hold: hold,
+    });
     Ok(with_content_type(body.into_response(), content_type))
+}
+
+/// An answer's body that keeps the answer's room in the process-wide budget until it
+/// is sent (or the client goes away).
+struct HeldBody {
+    bytes: Option<Bytes>,
+    _hold: AnswerHold,
+}
+
+impl http_body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.bytes
+                .take()
+                .map(|bytes| Ok(http_body::Frame::data(bytes))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |bytes| bytes.len() as u64))
+    }
 }
 
 fn federate_content_type() -> &'static str {
@@ -420,14 +457,17 @@ fn query_failure(tenant: &Arc<TenantEntry>, err: QueryError) -> Failure {
     let error = match err {
         QueryError::NoQueryUrl => AppError::NotImplemented(err.to_string()),
         QueryError::TooLarge(_) => AppError::Unprocessable(err.to_string()),
-        QueryError::Unavailable(_) | QueryError::TimedOut(_) => AppError::Unavailable {
-            message: err.to_string(),
-            retry_after_seconds: 1,
-        },
+        QueryError::Unavailable(_) | QueryError::TimedOut(_) | QueryError::Busy => {
+            AppError::Unavailable {
+                message: err.to_string(),
+                retry_after_seconds: 1,
+            }
+        }
     };
     let reason = match err {
         QueryError::TooLarge(_) => "query_response_too_large",
         QueryError::TimedOut(_) => "query_timeout",
+        QueryError::Busy => "answer_budget",
         _ => "backend",
     };
     Failure::new(tenant, reason, error)

@@ -252,6 +252,10 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
             a.max_in_flight_decoded_bytes != b.max_in_flight_decoded_bytes,
         ),
         (
+            "server.max_in_flight_answer_bytes",
+            a.max_in_flight_answer_bytes != b.max_in_flight_answer_bytes,
+        ),
+        (
             "server.in_flight_wait",
             a.in_flight_wait != b.in_flight_wait,
         ),
