@@ -78,6 +78,24 @@ pub struct Prepared {
     /// Each placeholder matcher's operator and value as the printer writes them, and the
     /// regex operator and value they stand for, written the same way.
     regexes: Vec<(String, String)>,
+    /// Operators plus the deepest bracket nesting: how deep the parsed tree can be.
+    pub nesting: usize,
+}
+
+/// A query at most this long, with no regex matcher and at most [`LIGHT_QUERY_NESTING`]
+/// deep, is scoped on the request's own thread rather than the CPU pool: it takes
+/// microseconds and a shallow stack, and does not wait behind other tenants' heavy jobs.
+pub const LIGHT_QUERY_BYTES: usize = 2048;
+/// See [`LIGHT_QUERY_BYTES`].
+pub const LIGHT_QUERY_NESTING: usize = 16;
+
+/// Whether `text` is light enough to scope off the CPU pool (see [`LIGHT_QUERY_BYTES`]).
+/// Lexing is iterative, so this is safe on any thread.
+pub fn is_light(text: &str) -> bool {
+    text.len() <= LIGHT_QUERY_BYTES
+        && prepare(text).is_ok_and(|prepared| {
+            prepared.regexes.is_empty() && prepared.nesting <= LIGHT_QUERY_NESTING
+        })
 }
 
 impl Prepared {
@@ -107,6 +125,7 @@ pub fn prepare(text: &str) -> Result<Prepared, TooComplex> {
     let mut prepared = Prepared {
         text: String::with_capacity(text.len()),
         regexes: Vec::new(),
+        nesting: 0,
     };
     let mut copied_to = 0;
     let (mut depth, mut max_depth, mut operators, mut brace_depth) =
@@ -200,6 +219,7 @@ pub fn prepare(text: &str) -> Result<Prepared, TooComplex> {
             return Err(TooComplex::TooDeep(operators + max_depth));
         }
     }
+    prepared.nesting = operators + max_depth;
     prepared.text.push_str(&text[copied_to..]);
     Ok(prepared)
 }
@@ -356,6 +376,23 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn light_queries_are_short_shallow_and_without_regexes() {
+        assert!(is_light(
+            "sum by (job) (rate(http_requests_total{code=\"500\"}[5m]))"
+        ));
+        assert!(!is_light("up{job=~\"a.*\"}"), "a regex to check");
+        assert!(!is_light(&vec!["up"; 20].join("+")), "17 deep");
+        assert!(!is_light(&format!(
+            "up{{a=\"{}\"}}",
+            "x".repeat(LIGHT_QUERY_BYTES)
+        )));
+        assert!(
+            !is_light("up{"),
+            "does not lex: the pool's parse answers it"
+        );
+    }
 
     #[test]
     fn size_nesting_and_regex_budgets_are_refused_before_parsing() {

@@ -24,11 +24,19 @@ use crate::admission::{AnswerHold, ReadGateError, Verdict};
 use crate::backend::{BackendClient, QueryAnswer, QueryCall, QueryError};
 use crate::config::ConflictPolicy;
 use crate::error::{AppError, PrometheusError};
+use crate::query::guard;
 use crate::query::params::{self, Api};
 use crate::query::promql::{tenant_selector, TenantScope};
 use crate::query::response::{self, Filtered, ResponseScope};
 use crate::telemetry::TenantBackend;
 use crate::tenant::TenantEntry;
+
+/// An answer at most this large is filtered on the request's own thread (a
+/// millisecond's work), not queued behind other tenants' jobs on the CPU pool.
+const SMALL_ANSWER_BYTES: usize = 256 * 1024;
+/// Parameters at most this long may be scoped on the request's own thread when every
+/// query in them is light ([`guard::is_light`]).
+const LIGHT_PARAMS_BYTES: usize = 4096;
 
 /// How long a query may wait for one of its tenant's query slots.
 const MAX_QUERY_QUEUE_WAIT: Duration = Duration::from_secs(10);
@@ -211,26 +219,32 @@ async fn answer(
         Bytes::new()
     };
 
+    let light = is_light_request(url_query.as_deref(), &form);
     let label = live.config.tenancy.label.clone();
     let value = tenant.tenant.label_value.clone();
     let reject_conflicts = live.config.tenancy.on_conflict == ConflictPolicy::Reject;
     let query_timeout = limits.query_timeout;
     let scoped = {
         let (api, label, value) = (api.clone(), label.clone(), value.clone());
-        state
-            .cpu
-            .run(&tenant.tenant.id, move || {
-                let scope = TenantScope {
-                    label: &label,
-                    value: &value,
-                    reject_conflicts,
-                };
-                let given = params::collect(url_query.as_deref(), &form)?;
-                params::scope(&api, &given, &scope, query_timeout)
-            })
-            .await
-            .map_err(|err| cpu_unavailable(tenant, err))?
-            .map_err(|err| invalid("invalid_query", err.to_string()))?
+        let scope_params = move || {
+            let scope = TenantScope {
+                label: &label,
+                value: &value,
+                reject_conflicts,
+            };
+            let given = params::collect(url_query.as_deref(), &form)?;
+            params::scope(&api, &given, &scope, query_timeout)
+        };
+        if light {
+            scope_params()
+        } else {
+            state
+                .cpu
+                .run(&tenant.tenant.id, scope_params)
+                .await
+                .map_err(|err| cpu_unavailable(tenant, err))?
+        }
+        .map_err(|err| invalid("invalid_query", err.to_string()))?
     };
 
     let call = |path, form_post, params| QueryCall {
@@ -301,21 +315,27 @@ async fn scoped_answer(
         ));
     }
     let api_owned = api.clone();
-    let (body, filtered, content_type) = state
-        .cpu
-        .run(&tenant.tenant.id, move || {
-            if api_owned == Api::Federate {
-                let text = String::from_utf8_lossy(&answer.body);
-                let (text, filtered) = response::scope_federate(&text, &scope);
-                Ok((text.into_bytes(), filtered, federate_content_type()))
-            } else {
-                response::scope_json(&api_owned, &answer.body, &scope, tenant_names.as_ref())
-                    .map(|(body, filtered)| (body, filtered, "application/json"))
-            }
-        })
-        .await
-        .map_err(|err| cpu_unavailable(tenant, err))?
-        .map_err(|err| unexpected(tenant, err))?;
+    let small = answer.body.len() <= SMALL_ANSWER_BYTES;
+    let filter = move || {
+        if api_owned == Api::Federate {
+            let text = String::from_utf8_lossy(&answer.body);
+            let (text, filtered) = response::scope_federate(&text, &scope);
+            Ok((text.into_bytes(), filtered, federate_content_type()))
+        } else {
+            response::scope_json(&api_owned, &answer.body, &scope, tenant_names.as_ref())
+                .map(|(body, filtered)| (body, filtered, "application/json"))
+        }
+    };
+    let (body, filtered, content_type) = if small {
+        filter()
+    } else {
+        state
+            .cpu
+            .run(&tenant.tenant.id, filter)
+            .await
+            .map_err(|err| cpu_unavailable(tenant, err))?
+    }
+    .map_err(|err| unexpected(tenant, err))?;
     report_foreign(state, tenant, backend, api, filtered);
     let body = Body::new(HeldBody {
         bytes: Some(Bytes::from(body)),
@@ -353,6 +373,21 @@ impl http_body::Body for HeldBody {
     fn size_hint(&self) -> http_body::SizeHint {
         http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |bytes| bytes.len() as u64))
     }
+}
+
+/// Whether the request's parameters are short and every query or selector in them is
+/// light: scoped on the request's own thread, so a tenant's everyday queries never wait
+/// behind another tenant's heaviest allowed query on the CPU pool.
+fn is_light_request(url_query: Option<&str>, form: &[u8]) -> bool {
+    if url_query.map_or(0, str::len) + form.len() > LIGHT_PARAMS_BYTES {
+        return false;
+    }
+    params::collect(url_query, form).is_ok_and(|given| {
+        given
+            .iter()
+            .filter(|(name, _)| name == "query" || name == "match[]")
+            .all(|(_, text)| guard::is_light(text))
+    })
 }
 
 fn federate_content_type() -> &'static str {
