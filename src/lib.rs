@@ -23,6 +23,7 @@ pub mod series;
 pub mod server;
 pub mod telemetry;
 pub mod tenant;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -220,12 +221,15 @@ async fn run_reloadable(
         state.reloader.set_path(path);
     }
     server::series::start(&state).await;
+    let usage = server::usage::start(&state);
     // Also without a file: a SIGHUP is then logged, never the end of the process.
     server::reload::spawn_on_sighup(&state, reload_stop)
         .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.config.backends.len(), "promgate is serving");
     let (data_result, admin_result) = tokio::join!(data, admin);
+    // Every answered request is counted by now: the usage totals' last flush.
+    usage.stop().await;
     // Every acknowledged write is on disk by now; deliver what the deadline allows.
     workers
         .drain_and_stop(state.config.queue.drain_timeout)
