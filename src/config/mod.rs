@@ -1311,6 +1311,38 @@ mod tests {
     }
 
     #[test]
+    fn usage_keys_have_defaults_and_bounds() {
+        let config = parse("").expect("defaults are valid");
+        assert_eq!(config.storage.usage_flush_interval, Duration::from_secs(60));
+        assert_eq!(
+            config.storage.usage_retention,
+            Duration::from_secs(400 * 24 * 3600)
+        );
+        let config = parse("[storage]\nusage_flush_interval = \"1s\"\nusage_retention = \"30d\"\n")
+            .expect("valid");
+        assert_eq!(config.storage.usage_flush_interval, Duration::from_secs(1));
+        assert_eq!(
+            config.storage.usage_retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        for bad in [
+            "usage_flush_interval = \"0s\"",
+            "usage_flush_interval = \"2m\"",
+            "usage_retention = \"12h\"",
+        ] {
+            let errors = parse(&format!("[storage]\n{bad}\n")).expect_err(bad);
+            assert!(
+                errors
+                    .problems
+                    .iter()
+                    .any(|problem| problem.contains("storage.usage_")),
+                "{bad}: {:?}",
+                errors.problems
+            );
+        }
+    }
+
+    #[test]
     fn empty_file_gives_design_defaults() {
         let config = parse("").expect("defaults are valid");
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:9201");
