@@ -660,6 +660,12 @@ async fn two_replicas_on_postgresql_count_what_the_backend_received_and_flush_at
         with["rows"].as_array().expect("rows").len(),
         all_rows.len() + 1
     );
+    // Retention deletes whole days before the cut, in batches, on PostgreSQL too.
+    assert_eq!(store.prune_usage(today() - 2).await.expect("prune"), 1);
+    assert_eq!(store.prune_usage(today() - 2).await.expect("prune"), 0);
+    let (_, pruned) = report(replica, &format!("from={day}&to={day}")).await;
+    assert_eq!(pruned["rows"], json!([]));
+    assert_eq!(report(replica, &range).await.1, body);
     for bad in [
         "from=2024-02-30".to_string(),
         format!("from={}&to={day}", format_day(today())),
