@@ -1,8 +1,9 @@
 //! `GET /admin/v1/usage?from=YYYY-MM-DD&to=YYYY-MM-DD[&tenant=ID][&format=csv]`
 //! (DESIGN §17): each tenant's usage per UTC day, summed over every replica, as JSON rows
 //! or CSV with a header line. `to` defaults to today, `from` to the first day of `to`'s
-//! month. A bad date, a range backwards or longer than [`MAX_DAYS`], an unknown or
-//! repeated parameter is 400: a typo must never turn a one-tenant bill into everyone's.
+//! month. A bad date, a range backwards or longer than [`MAX_DAYS`], an invalid tenant id,
+//! an unknown or repeated parameter is 400: a typo must never turn a one-tenant bill into
+//! everyone's. A report of more than [`MAX_ROWS`] rows is 400 too, naming the way out.
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue};
@@ -13,10 +14,14 @@ use axum::Router;
 use crate::error::{AppError, JsonError};
 use crate::server::SharedState;
 use crate::tenant::store::UsageQuery;
+use crate::tenant::validate_tenant_id;
 use crate::usage::{format_day, parse_day, to_csv, today};
 
 /// Days one report may cover.
 pub const MAX_DAYS: i64 = 1_000;
+/// Rows one report may hold (about 15 MB of JSON): a larger one is refused with a hint to
+/// narrow the range or name a tenant, rather than built in memory.
+pub const MAX_ROWS: usize = 40_000;
 
 pub fn routes() -> Router<SharedState> {
     Router::new().route("/v1/usage", get(usage_report))
@@ -78,8 +83,9 @@ fn parse_query(query: Option<&str>, today: i64) -> Result<(UsageQuery, Format), 
             to_day - from_day + 1
         )));
     }
-    if tenant.as_deref() == Some("") {
-        return Err(AppError::BadRequest("tenant is empty".into()));
+    if let Some(tenant) = &tenant {
+        validate_tenant_id(tenant)
+            .map_err(|problem| AppError::BadRequest(format!("tenant: {problem}")))?;
     }
     let format = match format.as_deref() {
         None | Some("json") => Format::Json,
@@ -108,7 +114,7 @@ async fn usage_report(
     let rows = state
         .registry
         .store()
-        .usage_report(&query)
+        .usage_report(&query, MAX_ROWS + 1)
         .await
         .map_err(|err| {
             tracing::error!(error = %err, "could not read usage from the registry");
@@ -117,6 +123,12 @@ async fn usage_report(
                 retry_after_seconds: 5,
             }
         })?;
+    if rows.len() > MAX_ROWS {
+        return Err(AppError::BadRequest(format!(
+            "the report holds more than {MAX_ROWS} rows; ask for fewer days or one tenant at a time"
+        ))
+        .into());
+    }
     Ok(match format {
         Format::Json => axum::Json(serde_json::json!({
             "from": format_day(query.from_day),
@@ -170,6 +182,7 @@ mod tests {
             "tenants=a",
             "format=xml",
             "tenant=",
+            "tenant=a%7Cb",
         ] {
             let err = parse_query(Some(bad), TODAY).expect_err(bad);
             assert_eq!(err.status(), axum::http::StatusCode::BAD_REQUEST, "{bad}");

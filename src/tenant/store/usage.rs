@@ -89,8 +89,12 @@ impl Store {
     }
 
     /// Each tenant's days in `query`, summed over every instance (the peak: the highest),
-    /// ordered by day, then tenant.
-    pub async fn usage_report(&self, query: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+    /// ordered by day, then tenant; at most `max_rows` of them.
+    pub async fn usage_report(
+        &self,
+        query: &UsageQuery,
+        max_rows: usize,
+    ) -> Result<Vec<UsageRow>, StoreError> {
         let aggregates = ALL_FIELDS
             .iter()
             .map(|field| {
@@ -105,18 +109,19 @@ impl Store {
             .collect::<Vec<_>>()
             .join(", ");
         let tenant_filter = if query.tenant_id.is_some() {
-            " AND tenant_id = $3"
+            " AND tenant_id = $4"
         } else {
             ""
         };
         let statement = format!(
             "SELECT tenant_id, day, {aggregates} FROM tenant_usage \
              WHERE day >= $1 AND day <= $2{tenant_filter} \
-             GROUP BY tenant_id, day ORDER BY day, tenant_id"
+             GROUP BY tenant_id, day ORDER BY day, tenant_id LIMIT $3"
         );
         let mut select = sqlx::query(&statement)
             .bind(query.from_day)
-            .bind(query.to_day);
+            .bind(query.to_day)
+            .bind(i64::try_from(max_rows).unwrap_or(i64::MAX));
         if let Some(tenant) = &query.tenant_id {
             select = select.bind(tenant);
         }
@@ -197,7 +202,7 @@ mod tests {
             to_day: 1_000,
             tenant_id: None,
         };
-        let report = store.usage_report(&all).await.expect("report");
+        let report = store.usage_report(&all, 100).await.expect("report");
         let found: Vec<(String, i64, u64, u64, u64)> = report
             .iter()
             .map(|row| {
@@ -223,14 +228,27 @@ mod tests {
             to_day: 101,
             tenant_id: Some("a".into()),
         };
-        let report = store.usage_report(&only_a_day_101).await.expect("report");
+        let report = store
+            .usage_report(&only_a_day_101, 100)
+            .await
+            .expect("report");
         assert_eq!(report.len(), 1);
         assert_eq!(report[0].day, 101);
         let only_b = UsageQuery {
             tenant_id: Some("b".into()),
             ..all.clone()
         };
-        assert_eq!(store.usage_report(&only_b).await.expect("report").len(), 1);
+        assert_eq!(
+            store
+                .usage_report(&only_b, 100)
+                .await
+                .expect("report")
+                .len(),
+            1
+        );
+        // At most the rows asked for, the first in order.
+        let first = store.usage_report(&all, 1).await.expect("report");
+        assert_eq!((first.len(), first[0].tenant.as_str()), (1, "a"));
     }
 
     #[tokio::test]
@@ -251,11 +269,14 @@ mod tests {
         assert_eq!(store.prune_usage(20).await.expect("prune"), 5);
         assert_eq!(store.prune_usage(20).await.expect("prune"), 0);
         let report = store
-            .usage_report(&UsageQuery {
-                from_day: 0,
-                to_day: 100,
-                tenant_id: None,
-            })
+            .usage_report(
+                &UsageQuery {
+                    from_day: 0,
+                    to_day: 100,
+                    tenant_id: None,
+                },
+                100,
+            )
             .await
             .expect("report");
         assert_eq!(report.len(), 1);
