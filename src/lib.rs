@@ -4,8 +4,9 @@
 //! `config`, `error` and `telemetry` are leaves; `codec` is pure; `tenant` owns the
 //! registry; `auth` maps credentials to tenants; `admission` decides what a request may
 //! take once its tenant is known (budgets, throttles, the CPU pool); `backend` owns the
-//! HTTP client; `delivery` owns the durable per-backend queue; `admin` and `server` are
-//! the only modules that know axum.
+//! HTTP client; `delivery` owns the durable per-backend queue; `usage` owns each tenant's
+//! usage counters by day (DESIGN §17); `admin` and `server` are the only modules that know
+//! axum.
 
 pub mod admin;
 pub mod admission;

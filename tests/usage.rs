@@ -608,6 +608,23 @@ async fn two_replicas_on_postgresql_count_what_the_backend_received_and_flush_at
     assert_eq!(lines.len(), 2, "{table}");
     assert!(lines[1].starts_with("beta  "), "{table}");
 
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_promgate"))
+        .args([
+            "tenant",
+            "list",
+            "--output",
+            "csv",
+            "--admin-url",
+            &replica.admin_url,
+        ])
+        .arg("--admin-token-file")
+        .arg(shared.path().join("admin.token"))
+        .output()
+        .expect("promgate tenant list");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr)
+        .contains("--output csv is for `promgate usage` only"));
+
     // The tenant filter.
     let (status, only_alpha) = report(replica, &format!("{range}&tenant=alpha")).await;
     assert_eq!(status, 200);
