@@ -6,7 +6,7 @@
 //! written stay pending and go with the next flush. About once an hour, rows older than
 //! `storage.usage_retention` are deleted in bounded batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -97,44 +97,54 @@ impl UsageFlusher {
 
 impl Flushes {
     async fn flush(&mut self, state: &AppState) {
-        let today = crate::usage::today();
-        for (tenant, day, figures) in state.registry.usage().take_figures() {
+        let totals = self.plan(state.registry.usage().take_figures());
+        if totals.is_empty() {
+            return;
+        }
+        let store = state.registry.store();
+        match store
+            .upsert_usage(state.registry.replica_id(), now_seconds(), &totals)
+            .await
+        {
+            Ok(()) => self.written_all(),
+            Err(err) => {
+                tracing::warn!(error = %err, rows = totals.len(), "could not write usage totals to the registry; retrying at the next flush");
+            }
+        }
+    }
+
+    /// What to write of the days `taken` from the counters: each day whose totals differ
+    /// from what the registry holds of this process, and what an earlier flush could not
+    /// write. What is remembered as written shrinks to the days the counters still hold,
+    /// so a tenant idle for days is written neither again nor forever.
+    fn plan(&mut self, taken: Vec<(String, i64, Figures)>) -> Vec<UsageTotals> {
+        let mut held = HashSet::with_capacity(taken.len());
+        for (tenant, day, figures) in taken {
             if figures.is_zero() {
                 continue;
             }
             let key = (tenant, day);
             if self.written.get(&key) == Some(&figures) {
                 self.pending.remove(&key);
-                continue;
+            } else {
+                self.pending.insert(key.clone(), figures);
             }
-            self.pending.insert(key, figures);
+            held.insert(key);
         }
-        if self.pending.is_empty() {
-            return;
-        }
-        let totals: Vec<UsageTotals> = self
-            .pending
+        self.written.retain(|key, _| held.contains(key));
+        self.pending
             .iter()
             .map(|((tenant, day), figures)| UsageTotals {
                 tenant_id: tenant.clone(),
                 day: *day,
                 figures: *figures,
             })
-            .collect();
-        let store = state.registry.store();
-        match store
-            .upsert_usage(state.registry.replica_id(), now_seconds(), &totals)
-            .await
-        {
-            Ok(()) => {
-                self.written.extend(self.pending.drain());
-                // Days before yesterday are final: nothing needs remembering of them.
-                self.written.retain(|(_, day), _| *day >= today - 1);
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, rows = totals.len(), "could not write usage totals to the registry; retrying at the next flush");
-            }
-        }
+            .collect()
+    }
+
+    /// The planned totals are in the registry.
+    fn written_all(&mut self) {
+        self.written.extend(self.pending.drain());
     }
 
     async fn prune_when_due(&mut self, state: &AppState) {
@@ -214,4 +224,64 @@ pub(super) fn count_answered(tenant: &TenantEntry, field: Field) {
 /// Counts samples of a write refused whole for the tenant's sample rate.
 pub(super) fn count_throttled(tenant: &TenantEntry, samples: u64) {
     tenant.usage.today().add(Field::RefusedThrottled, samples);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(samples: u64) -> Figures {
+        let mut figures = Figures::default();
+        figures.set(Field::Samples, samples);
+        figures
+    }
+
+    fn planned(totals: &[UsageTotals]) -> Vec<(String, i64, u64)> {
+        let mut planned: Vec<(String, i64, u64)> = totals
+            .iter()
+            .map(|row| {
+                (
+                    row.tenant_id.clone(),
+                    row.day,
+                    row.figures.get(Field::Samples),
+                )
+            })
+            .collect();
+        planned.sort();
+        planned
+    }
+
+    #[test]
+    fn only_changed_days_are_written_and_a_failed_flush_is_retried() {
+        let mut flushes = Flushes::default();
+        let taken = vec![
+            ("a".to_string(), 10, figures(5)),
+            ("b".to_string(), 10, figures(0)),
+        ];
+        assert_eq!(
+            planned(&flushes.plan(taken.clone())),
+            vec![("a".into(), 10, 5)]
+        );
+        flushes.written_all();
+        // Unchanged: nothing to write, however often the flush runs.
+        assert!(flushes.plan(taken.clone()).is_empty());
+        assert!(flushes.plan(taken).is_empty());
+        // Grown, but the write fails: the next flush writes the newest totals, and the
+        // day handed over once (a day rolled out of its slot) is kept until written.
+        let taken = vec![
+            ("a".to_string(), 10, figures(7)),
+            ("a".to_string(), 8, figures(3)),
+        ];
+        assert_eq!(planned(&flushes.plan(taken)).len(), 2);
+        let taken = vec![("a".to_string(), 10, figures(9))];
+        assert_eq!(
+            planned(&flushes.plan(taken.clone())),
+            vec![("a".into(), 8, 3), ("a".into(), 10, 9)]
+        );
+        flushes.written_all();
+        assert!(flushes.plan(taken).is_empty());
+        // A day the counters no longer hold is forgotten.
+        assert!(flushes.plan(Vec::new()).is_empty());
+        assert!(flushes.written.is_empty());
+    }
 }
