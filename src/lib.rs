@@ -4,8 +4,9 @@
 //! `config`, `error` and `telemetry` are leaves; `codec` is pure; `tenant` owns the
 //! registry; `auth` maps credentials to tenants; `admission` decides what a request may
 //! take once its tenant is known (budgets, throttles, the CPU pool); `backend` owns the
-//! HTTP client; `delivery` owns the durable per-backend queue; `admin` and `server` are
-//! the only modules that know axum.
+//! HTTP client; `delivery` owns the durable per-backend queue; `usage` owns each tenant's
+//! usage counters by day (DESIGN §17); `admin` and `server` are the only modules that know
+//! axum.
 
 pub mod admin;
 pub mod admission;
@@ -23,6 +24,7 @@ pub mod series;
 pub mod server;
 pub mod telemetry;
 pub mod tenant;
+pub mod usage;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -221,12 +223,15 @@ async fn run_reloadable(
         state.reloader.set_path(path);
     }
     server::series::start(&state).await;
+    let usage = server::usage::start(&state);
     // Also without a file: a SIGHUP is then logged, never the end of the process.
     server::reload::spawn_on_sighup(&state, reload_stop)
         .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(data = %data_addr, admin = %admin_addr, backends = state.config.backends.len(), "promgate is serving");
     let (data_result, admin_result) = tokio::join!(data, admin);
+    // Every answered request is counted by now: the usage totals' last flush.
+    usage.stop().await;
     // Every acknowledged write is on disk by now; deliver what the deadline allows.
     workers
         .drain_and_stop(state.config.queue.drain_timeout)

@@ -1,5 +1,5 @@
 //! The `promgate` command: `serve`, `check-config`, `queue inspect|verify` and the admin
-//! client `tenant …` / `token …` (DESIGN §2; the client itself is `promgate::cli`).
+//! client `tenant …` / `token …` / `usage` (DESIGN §2; the client itself is `promgate::cli`).
 //! The only place that exits the process. `check-config` also warns, without failing,
 //! about tenants in the registry that name backends the config does not have (DESIGN §9).
 //! `queue inspect|verify` read the durable queues offline and never change them.
@@ -56,6 +56,12 @@ enum Command {
         #[command(subcommand)]
         command: promgate::cli::TokenCommand,
     },
+    /// Each tenant's usage per UTC day, summed over every replica (a table, --output
+    /// json, or --output csv for spreadsheets).
+    Usage {
+        #[command(flatten)]
+        query: promgate::cli::UsageArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -80,6 +86,9 @@ fn main() -> ExitCode {
         }
         Command::Token { command } => {
             admin_command(&cli.admin, promgate::cli::AdminCommand::Token(command))
+        }
+        Command::Usage { query } => {
+            admin_command(&cli.admin, promgate::cli::AdminCommand::Usage(query))
         }
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(loaded) => {

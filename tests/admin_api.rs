@@ -50,7 +50,7 @@ on_both_engines!(
     etags_and_if_match_guard_tenant_writes,
 );
 
-const ROUTES: [(&str, &str); 11] = [
+const ROUTES: [(&str, &str); 12] = [
     ("GET", "/admin/v1/audit"),
     ("GET", "/admin/v1/tenants"),
     ("POST", "/admin/v1/tenants"),
@@ -61,6 +61,7 @@ const ROUTES: [(&str, &str); 11] = [
     ("POST", "/admin/v1/tenants/alpha/tokens"),
     ("DELETE", "/admin/v1/tenants/alpha/tokens/abc"),
     ("GET", "/admin/v1/openapi.json"),
+    ("GET", "/admin/v1/usage"),
     ("GET", "/admin/v1/no-such-route"),
 ];
 

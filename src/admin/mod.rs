@@ -1,8 +1,10 @@
-//! The admin listener: the tenant and token API under `/admin/v1` (DESIGN §5), its
-//! OpenAPI document, `/metrics` and the probes. Everything under `/admin/` needs the
-//! admin bearer token, compared in constant time; there are no cookies and no CORS.
+//! The admin listener: the tenant and token API and the usage report under `/admin/v1`
+//! (DESIGN §5, §17), its OpenAPI document, `/metrics` and the probes. Everything under
+//! `/admin/` needs the admin bearer token, compared in constant time; there are no
+//! cookies and no CORS.
 
 mod tenants;
+mod usage;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -31,6 +33,7 @@ const MAX_ADMIN_BODY_BYTES: usize = 64 * 1024;
 
 pub fn admin_router(state: SharedState) -> Router {
     let api = tenants::routes()
+        .merge(usage::routes())
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/audit", get(list_audit))
         .fallback(|| async { JsonError(AppError::NotFound("no such admin route".into())) })

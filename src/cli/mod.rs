@@ -1,4 +1,5 @@
-//! `promgate tenant …` and `promgate token …` (DESIGN §2): a small client of the admin
+//! `promgate tenant …`, `promgate token …` and `promgate usage` (DESIGN §2, §17): a small
+//! client of the admin
 //! API (DESIGN §5), never a second way into the registry database. A readable table by
 //! default, the API's JSON with `--output json`; `token issue` prints the secret alone on
 //! stdout (so `… > alpha.token` works) and what it is on stderr. Any refusal is the API's
@@ -15,6 +16,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 
 pub use client::{AdminClient, CallError};
+
+use crate::usage::UsageRow;
 
 /// Where the admin API is and how to talk to it; accepted anywhere on the line.
 #[derive(Args, Debug, Clone)]
@@ -37,7 +40,8 @@ pub struct AdminArgs {
         help_heading = "Admin client"
     )]
     pub admin_token_file: PathBuf,
-    /// `table` for people, `json` (the API's own JSON) for scripts.
+    /// `table` for people, `json` (the API's own JSON) for scripts, `csv` for
+    /// spreadsheets (`usage` only).
     #[arg(
         long,
         global = true,
@@ -52,6 +56,7 @@ pub struct AdminArgs {
 pub enum Output {
     Table,
     Json,
+    Csv,
 }
 
 #[derive(Subcommand, Debug)]
@@ -149,11 +154,26 @@ pub enum TokenCommand {
     Revoke { tenant: String, token_id: String },
 }
 
-/// A tenant or token command.
+/// `promgate usage`: each tenant's usage per UTC day (DESIGN §17).
+#[derive(Args, Debug)]
+pub struct UsageArgs {
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// First day, YYYY-MM-DD (UTC; default: the first day of --to's month).
+    #[arg(long, value_name = "DAY")]
+    from: Option<String>,
+    /// Last day, included, YYYY-MM-DD (UTC; default: today).
+    #[arg(long, value_name = "DAY")]
+    to: Option<String>,
+}
+
+/// A tenant, token or usage command.
 #[derive(Debug)]
 pub enum AdminCommand {
     Tenant(TenantCommand),
     Token(TokenCommand),
+    Usage(UsageArgs),
 }
 
 /// How often `tenant update` reads and writes again when another change landed between.
@@ -166,10 +186,14 @@ pub fn run(args: &AdminArgs, command: AdminCommand) -> Result<(), String> {
         .build()
         .map_err(|err| format!("cannot start: {err}"))?;
     runtime.block_on(async {
+        if args.output == Output::Csv && !matches!(command, AdminCommand::Usage(_)) {
+            return Err("--output csv is for `promgate usage` only".to_string());
+        }
         let client = AdminClient::new(&args.admin_url, &args.admin_token_file)?;
         match command {
             AdminCommand::Tenant(command) => tenant(&client, args.output, command).await,
             AdminCommand::Token(command) => token(&client, args.output, command).await,
+            AdminCommand::Usage(query) => usage(&client, args.output, &query).await,
         }
         .map_err(|err| err.to_string())
     })
@@ -223,7 +247,7 @@ async fn tenant(
                 .call(Method::GET, "admin/v1/tenants", None, None)
                 .await?;
             match output {
-                Output::Json => print_json(&answer.body),
+                Output::Json | Output::Csv => print_json(&answer.body),
                 Output::Table => print!("{}", table::tenants(&answer.body)),
             }
         }
@@ -244,7 +268,7 @@ async fn tenant(
                 .call(Method::DELETE, &tenant_path(&id), None, None)
                 .await?;
             match output {
-                Output::Json => print_json(&json!({ "deleted": id })),
+                Output::Json | Output::Csv => print_json(&json!({ "deleted": id })),
                 Output::Table => println!("tenant {id} deleted"),
             }
         }
@@ -381,7 +405,7 @@ async fn token(
                 )
                 .await?;
             match output {
-                Output::Json => print_json(&answer.body),
+                Output::Json | Output::Csv => print_json(&answer.body),
                 Output::Table => {
                     let field = |name: &str| answer.body[name].as_str().unwrap_or_default();
                     eprintln!(
@@ -404,7 +428,7 @@ async fn token(
                 )
                 .await?;
             match output {
-                Output::Json => print_json(&answer.body),
+                Output::Json | Output::Csv => print_json(&answer.body),
                 Output::Table => print!("{}", table::tokens(&answer.body)),
             }
         }
@@ -422,7 +446,9 @@ async fn token(
                 )
                 .await?;
             match output {
-                Output::Json => print_json(&json!({ "revoked": token_id, "tenant_id": tenant })),
+                Output::Json | Output::Csv => {
+                    print_json(&json!({ "revoked": token_id, "tenant_id": tenant }))
+                }
                 Output::Table => println!("token {token_id} of tenant {tenant} revoked"),
             }
         }
@@ -430,9 +456,50 @@ async fn token(
     Ok(())
 }
 
+/// The usage report, in the API's JSON, as a table, or as the API's CSV (made here from
+/// the same rows, by the same code).
+async fn usage(client: &AdminClient, output: Output, query: &UsageArgs) -> Result<(), CallError> {
+    let mut parameters = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in [
+        ("from", &query.from),
+        ("to", &query.to),
+        ("tenant", &query.tenant),
+    ] {
+        if let Some(value) = value {
+            parameters.append_pair(name, value);
+        }
+    }
+    let parameters = parameters.finish();
+    let path = if parameters.is_empty() {
+        "admin/v1/usage".to_string()
+    } else {
+        format!("admin/v1/usage?{parameters}")
+    };
+    let answer = client.call(Method::GET, &path, None, None).await?;
+    let rows = answer.body["rows"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|row| {
+            UsageRow::from_json(row).ok_or_else(|| {
+                CallError::Other(
+                    "the admin API answered a usage row this client cannot read".into(),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match output {
+        Output::Json => print_json(&answer.body),
+        Output::Csv => print!("{}", crate::usage::to_csv(&rows)),
+        Output::Table => print!("{}", table::usage(&rows)),
+    }
+    Ok(())
+}
+
 fn show_tenant(output: Output, tenant: &Value) {
     match output {
-        Output::Json => print_json(tenant),
+        Output::Json | Output::Csv => print_json(tenant),
         Output::Table => print!("{}", table::tenant(tenant)),
     }
 }

@@ -102,6 +102,30 @@ pub fn tenants(body: &Value) -> String {
     )
 }
 
+/// The usage report as a table: a row per tenant and day, a column per figure.
+pub fn usage(rows: &[crate::usage::UsageRow]) -> String {
+    let mut header = vec!["TENANT".to_string(), "DAY".to_string()];
+    header.extend(
+        crate::usage::ALL_FIELDS
+            .iter()
+            .map(|field| field.column().to_uppercase()),
+    );
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let rows = rows
+        .iter()
+        .map(|row| {
+            let mut cells = vec![clean(&row.tenant), crate::usage::format_day(row.day)];
+            cells.extend(
+                crate::usage::ALL_FIELDS
+                    .iter()
+                    .map(|field| row.figures.get(*field).to_string()),
+            );
+            cells
+        })
+        .collect();
+    columns(&header, rows)
+}
+
 /// One tenant, a field a line.
 pub fn tenant(tenant: &Value) -> String {
     let fields = [

@@ -239,6 +239,11 @@ pub struct StorageConfig {
     /// How long an expired token stays in the registry (listed as expired) before it is
     /// deleted.
     pub expired_token_retention: Duration,
+    /// How often each replica writes its usage totals to the registry (DESIGN §17): what
+    /// a `kill -9` can lose at most.
+    pub usage_flush_interval: Duration,
+    /// How long usage rows are kept.
+    pub usage_retention: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -414,6 +419,8 @@ struct RawStorage {
     database_url: Option<String>,
     poll_interval: Option<HumanDuration>,
     expired_token_retention: Option<HumanDuration>,
+    usage_flush_interval: Option<HumanDuration>,
+    usage_retention: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -551,9 +558,26 @@ impl Config {
             expired_token_retention: storage
                 .expired_token_retention
                 .map_or(Duration::from_secs(30 * 24 * 3600), |d| d.0),
+            usage_flush_interval: storage
+                .usage_flush_interval
+                .map_or(Duration::from_secs(60), |d| d.0),
+            usage_retention: storage
+                .usage_retention
+                .map_or(Duration::from_secs(400 * 24 * 3600), |d| d.0),
         };
         if storage.poll_interval.is_zero() {
             problems.push("storage.poll_interval must be longer than 0s".into());
+        }
+        if storage.usage_flush_interval < Duration::from_secs(1)
+            || storage.usage_flush_interval > Duration::from_secs(60)
+        {
+            problems.push(
+                "storage.usage_flush_interval must be between 1s and 60s (usage is written at least every minute)"
+                    .into(),
+            );
+        }
+        if storage.usage_retention < Duration::from_secs(24 * 3600) {
+            problems.push("storage.usage_retention must be at least 1d".into());
         }
         let secrets_dir = secrets_dir(&storage.database_url, &mut problems);
         let mut server_cfg = validate_server(&server, &mut problems);
@@ -1298,6 +1322,38 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::from_toml_str(text, &BTreeMap::new())
+    }
+
+    #[test]
+    fn usage_keys_have_defaults_and_bounds() {
+        let config = parse("").expect("defaults are valid");
+        assert_eq!(config.storage.usage_flush_interval, Duration::from_secs(60));
+        assert_eq!(
+            config.storage.usage_retention,
+            Duration::from_secs(400 * 24 * 3600)
+        );
+        let config = parse("[storage]\nusage_flush_interval = \"1s\"\nusage_retention = \"30d\"\n")
+            .expect("valid");
+        assert_eq!(config.storage.usage_flush_interval, Duration::from_secs(1));
+        assert_eq!(
+            config.storage.usage_retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        for bad in [
+            "usage_flush_interval = \"0s\"",
+            "usage_flush_interval = \"2m\"",
+            "usage_retention = \"12h\"",
+        ] {
+            let errors = parse(&format!("[storage]\n{bad}\n")).expect_err(bad);
+            assert!(
+                errors
+                    .problems
+                    .iter()
+                    .any(|problem| problem.contains("storage.usage_")),
+                "{bad}: {:?}",
+                errors.problems
+            );
+        }
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct TenantSeries {
     /// gauges show the limit).
     limit: AtomicU64,
     idle_seconds: AtomicU64,
+    /// Series that were new when admitted, since usage accounting last took them
+    /// ([`TenantSeries::take_created`]).
+    created: AtomicU64,
     /// Series other replicas hold that this one does not (estimated at the last sync).
     remote_extra: AtomicU64,
     /// The other replicas' shares of the room left under the limit: held back here, so
@@ -173,6 +176,9 @@ impl ActiveSeries {
                 decided(outcome != Outcome::Refused);
             }
         }
+        if admitted.new > 0 {
+            series.created.fetch_add(admitted.new, Ordering::Relaxed);
+        }
         admitted
     }
 
@@ -233,6 +239,7 @@ impl TenantSeries {
             count: AtomicU64::new(0),
             limit: AtomicU64::new(0),
             idle_seconds: AtomicU64::new(1),
+            created: AtomicU64::new(0),
             remote_extra: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             remote_members: RwLock::new(Vec::new()),
@@ -258,6 +265,11 @@ impl TenantSeries {
                 .iter()
                 .map(|shard| shard.lock().allocation_size())
                 .sum::<usize>()
+    }
+
+    /// The series new to this replica since the last call (usage accounting, DESIGN §17).
+    pub fn take_created(&self) -> u64 {
+        self.created.swap(0, Ordering::Relaxed)
     }
 
     /// The series this replica holds.
@@ -529,6 +541,16 @@ mod tests {
         // Other tenants and unlimited ones are unaffected.
         assert_eq!(admit(&tracker, "b", 100, 0..100).0.new, 100);
         assert_eq!(admit(&tracker, "c", 0, 0..10_000).0.new, 10_000);
+        // Usage accounting takes the created series once: the admitted new ones only.
+        assert_eq!(tracker.tenant("a").take_created(), 80 + 20);
+        assert_eq!(tracker.tenant("a").take_created(), 0);
+        admit(&tracker, "a", 100, 0..100);
+        assert_eq!(
+            tracker.tenant("a").take_created(),
+            0,
+            "active series are not new"
+        );
+        assert_eq!(tracker.tenant("b").take_created(), 100);
     }
 
     #[test]

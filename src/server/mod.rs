@@ -9,6 +9,7 @@ pub mod read;
 pub mod reload;
 pub mod series;
 pub mod tls;
+pub mod usage;
 pub mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};

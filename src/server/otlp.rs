@@ -32,8 +32,10 @@ use super::common::{
     count_request, cpu_unavailable, deadline_exceeded, within_deadline, Endpoint, Failure,
 };
 use super::series::{count_refused_samples, Tracking};
+use super::usage::{count_write, WriteCounted};
 use super::write::{admit_samples, admit_write, forward, now_ms, reserve_decoded, Bodies};
 use super::SharedState;
+use crate::backend::Written;
 use crate::codec::otlp::{self, Caps, Enforced};
 use crate::codec::splice::label_set_span;
 use crate::codec::{snappy, CodecError};
@@ -43,6 +45,7 @@ use crate::series::limit::{admit_spans, SeriesLimit};
 use crate::series::{SeriesRefusal, SeriesSpan};
 use crate::telemetry::{TenantLabel, TenantOutcome};
 use crate::tenant::TenantEntry;
+use crate::usage::Field;
 
 const PROTOBUF: &str = "application/x-protobuf";
 
@@ -70,7 +73,12 @@ pub async fn export_metrics(State(state): State<SharedState>, request: Request) 
         .await
         .unwrap_or_else(|| Err(deadline_exceeded(&state, caller.take())));
     match handled {
-        Ok((tenant, enforced)) => {
+        Ok(Exported {
+            tenant,
+            enforced,
+            counted,
+        }) => {
+            count_write(&tenant, counted);
             let id = &tenant.tenant.id;
             state
                 .metrics
@@ -189,13 +197,20 @@ fn check_media_type(headers: &HeaderMap) -> Result<bool, AppError> {
     }
 }
 
+/// An export that went through: its points, and what usage accounting counts of it.
+struct Exported {
+    tenant: Arc<TenantEntry>,
+    enforced: Enforced,
+    counted: WriteCounted,
+}
+
 async fn handle(
     state: &SharedState,
     parts: &Parts,
     body: Body,
     gzip: bool,
     caller: &mut Option<Arc<TenantEntry>>,
-) -> Result<(Arc<TenantEntry>, Enforced), Failure> {
+) -> Result<Exported, Failure> {
     let (tenant, _admission, body) =
         admit_write(state, parts, body, Endpoint::Otlp, caller).await?;
     let limits = &tenant.limits;
@@ -215,6 +230,7 @@ async fn handle(
         }
         length
     };
+    let compressed_bytes = body.len() as u64;
     let _decoded = reserve_decoded(state, &tenant, claimed).await?;
     // One view of the config in force (`[otlp]` and the backends) for the whole request,
     // whatever a reload does meanwhile.
@@ -275,9 +291,20 @@ async fn handle(
             )),
         ));
     }
+    let mut counted = WriteCounted {
+        request: Field::OtlpRequests,
+        written: Written::default(),
+        refused_series_limit: refused.map_or(0, |refused| refused.samples),
+        compressed_bytes,
+        decoded_bytes: claimed,
+    };
     let Some(compressed) = compressed else {
-        // Nothing to forward (an empty export).
-        return Ok((tenant, enforced));
+        // Nothing to forward (an empty export, or every series refused).
+        return Ok(Exported {
+            tenant,
+            enforced,
+            counted,
+        });
     };
     // Each data point counts as one sample against the tenant's sample rate (a
     // histogram point too, however many series it makes).
@@ -296,7 +323,7 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    forward(
+    counted.written = forward(
         state,
         &live,
         &tenant,
@@ -305,7 +332,11 @@ async fn handle(
     )
     .await
     .map_err(|error| Failure::new(&tenant, "backend", error))?;
-    Ok((tenant, enforced))
+    Ok(Exported {
+        tenant,
+        enforced,
+        counted,
+    })
 }
 
 /// Inflates (under the checked claim), decodes, translates and scopes to the tenant;

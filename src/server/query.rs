@@ -93,6 +93,9 @@ async fn serve(state: SharedState, api: Api, request: Request) -> Response {
                 &tenant.tenant.id,
                 response.status(),
             );
+            if response.status().is_success() {
+                super::usage::count_answered(&tenant, crate::usage::Field::QueryRequests);
+            }
             response
         }
         Err(failure) => PrometheusError(failure.record(&state, Endpoint::Query)).into_response(),

@@ -51,6 +51,9 @@ pub async fn remote_read(State(state): State<SharedState>, request: Request) -> 
     match handled {
         Ok((tenant, response)) => {
             count_request(&state, Endpoint::Read, &tenant.tenant.id, response.status());
+            if response.status().is_success() {
+                super::usage::count_answered(&tenant, crate::usage::Field::ReadRequests);
+            }
             observe_duration(&state, Endpoint::Read, &tenant.tenant.id, started);
             response
         }

@@ -301,6 +301,14 @@ fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
             running.storage.poll_interval != new.storage.poll_interval,
         ),
         (
+            "storage.usage_flush_interval",
+            running.storage.usage_flush_interval != new.storage.usage_flush_interval,
+        ),
+        (
+            "storage.usage_retention",
+            running.storage.usage_retention != new.storage.usage_retention,
+        ),
+        (
             "auth.tokens.signing_key_file",
             running.tokens.signing_key_file != new.tokens.signing_key_file,
         ),

@@ -25,6 +25,7 @@ use crate::series::{ActiveSeries, SeriesKey};
 use crate::telemetry::{TenantLabel, TenantReason};
 use crate::tenant::store::ActiveSeriesRow;
 use crate::tenant::TenantEntry;
+use crate::usage::Field;
 
 /// The active series tracker and the identity key a write is counted with.
 pub(super) struct Tracking<'a> {
@@ -84,6 +85,7 @@ pub async fn start(state: &SharedState) {
 }
 
 async fn sweep(state: &SharedState) {
+    record_usage(state);
     let tracker = Arc::clone(&state.active_series);
     let Ok(counts) = tokio::task::spawn_blocking(move || tracker.sweep()).await else {
         return;
@@ -99,6 +101,24 @@ async fn sweep(state: &SharedState) {
             .tenant_active_series_limit
             .get_or_create(&label)
             .set(i64::try_from(count.limit).unwrap_or(i64::MAX));
+    }
+}
+
+/// Adds the series each tenant's tracker created since the last call to its usage of
+/// today, and raises today's peak to its active series now (DESIGN §17). Before each
+/// sweep and before the last usage flush, so the peak is sampled every few seconds.
+pub(super) fn record_usage(state: &AppState) {
+    let ledger = state.registry.usage();
+    for (tenant, series) in state.active_series.tenants() {
+        let created = series.take_created();
+        let active = series.count().active;
+        if created == 0 && active == 0 {
+            continue;
+        }
+        let usage = ledger.tenant(&tenant);
+        let today = usage.today();
+        today.add(Field::NewSeries, created);
+        today.raise(Field::PeakActiveSeries, active);
     }
 }
 

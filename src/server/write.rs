@@ -21,6 +21,7 @@ use super::common::{
     within_deadline, Endpoint, Failure,
 };
 use super::series::{count_refused_samples, Tracking};
+use super::usage::{count_throttled, count_write, WriteCounted};
 use super::{Live, SharedState};
 use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
@@ -37,6 +38,7 @@ use crate::series::limit::SeriesLimit;
 use crate::series::{SeriesRefusal, SeriesSpan};
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
+use crate::usage::Field;
 
 pub async fn remote_write(State(state): State<SharedState>, request: Request) -> Response {
     let started = std::time::Instant::now();
@@ -60,7 +62,19 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
             stats,
             written,
             refused,
+            compressed_bytes,
+            decoded_bytes,
         }) => {
+            count_write(
+                &tenant,
+                WriteCounted {
+                    request: Field::WriteRequests,
+                    written,
+                    refused_series_limit: refused.map_or(0, |refused| refused.samples),
+                    compressed_bytes,
+                    decoded_bytes,
+                },
+            );
             state
                 .metrics
                 .samples_forwarded
@@ -135,6 +149,7 @@ async fn handle(
     };
     let claimed = snappy::checked_decoded_len(&compressed, limits.max_decoded_bytes)
         .map_err(codec_failure)?;
+    let compressed_bytes = compressed.len() as u64;
     let _decoded = reserve_decoded(state, &tenant, claimed).await?;
     // One view of the backends for the whole request, whatever a reload does meanwhile.
     let live = state.live.load_full();
@@ -208,6 +223,8 @@ async fn handle(
         stats,
         written,
         refused,
+        compressed_bytes,
+        decoded_bytes: claimed,
     })
 }
 
@@ -218,6 +235,9 @@ struct Handled {
     stats: WriteStats,
     written: Written,
     refused: Option<SeriesRefusal>,
+    /// The body as received, and decoded (usage accounting).
+    compressed_bytes: u64,
+    decoded_bytes: u64,
 }
 
 /// Which bodies the tenant's backends need.
@@ -476,6 +496,7 @@ pub(super) fn admit_samples(
                     tenant: tenant.tenant.id.clone(),
                 })
                 .inc_by(samples);
+            count_throttled(tenant, samples);
             let seconds = Verdict::retry_after_seconds(retry_after);
             Err(throttled(state, endpoint, tenant, "samples", seconds))
         }

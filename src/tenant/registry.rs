@@ -49,6 +49,9 @@ pub struct TenantEntry {
     /// Backend names the tenant lists that the config does not have (in the tenant's
     /// order); logged when the tenant is loaded or changes.
     pub unknown_backends: Vec<String>,
+    /// The tenant's usage counters (DESIGN §17): the same ones across changes of its
+    /// record, so nothing counted is lost when the entry is rebuilt.
+    pub usage: Arc<crate::usage::TenantUsage>,
 }
 
 /// What an admin write expects of the tenant's current version (`If-Match`).
@@ -172,6 +175,8 @@ pub struct Registry {
     replica_id: String,
     /// Replicas whose heartbeat counts now (at least 1: this one).
     live_replicas: AtomicUsize,
+    /// Every tenant's usage counters in this process (DESIGN §17).
+    usage: Arc<crate::usage::Ledger>,
     /// How long an expired token is kept before it is pruned.
     expired_token_retention: i64,
     metrics: RegistryMetrics,
@@ -240,6 +245,7 @@ impl Registry {
             store_healthy: AtomicBool::new(true),
             replica_id: hex::encode(&crate::auth::secrets::random_bytes()[..8]),
             live_replicas: AtomicUsize::new(1),
+            usage: Arc::new(crate::usage::Ledger::new()),
             expired_token_retention: i64::try_from(
                 config.storage.expired_token_retention.as_secs(),
             )
@@ -498,6 +504,11 @@ impl Registry {
         Ok(total)
     }
 
+    /// Every tenant's usage counters in this process.
+    pub fn usage(&self) -> &Arc<crate::usage::Ledger> {
+        &self.usage
+    }
+
     /// This replica's id in the registry (new at every start).
     pub fn replica_id(&self) -> &str {
         &self.replica_id
@@ -738,7 +749,9 @@ impl Registry {
         for identity in &tenant.identities {
             self.identities.insert(identity.clone(), tenant.id.clone());
         }
+        let usage = self.usage.tenant(&tenant.id);
         let entry = TenantEntry {
+            usage,
             limits,
             policy,
             backends,

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use promgate::config::Config;
 use promgate::proto::{
@@ -107,6 +107,7 @@ impl FakeBackend {
         let router = Router::new()
             .route("/api/v1/write", post(record))
             .route("/api/v1/read", post(answer_read))
+            .route("/api/v1/query", get(answer_query).post(answer_query))
             .with_state(state);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -223,6 +224,14 @@ async fn record(
         format!("fake backend says {}\nsecond line", status.as_u16())
     };
     (status, response_headers, body)
+}
+
+/// An instant query's answer of a Prometheus query API: an empty vector.
+async fn answer_query() -> (StatusCode, HeaderMap, String) {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().expect("value"));
+    let body = r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#;
+    (StatusCode::OK, headers, body.to_string())
 }
 
 /// A remote-read answer with one empty result per query (after the set delay).

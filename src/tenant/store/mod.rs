@@ -43,7 +43,9 @@ use sqlx::{AnyPool, Connection, Row};
 use super::{Tenant, TenantStatus, TokenRecord};
 
 mod active_series;
+mod usage;
 pub use active_series::ActiveSeriesRow;
+pub use usage::{UsageQuery, UsageTotals, USAGE_PRUNE_BATCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
