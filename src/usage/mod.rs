@@ -5,7 +5,7 @@
 //! The write, OTLP, read and query handlers add to a tenant's [`TenantUsage`] (reached
 //! from its registry entry, kept across changes of the tenant's record); a background
 //! task (`server::usage`) writes this process's running totals per tenant and day to the
-//! registry's `usage` table, keyed by (tenant, day, instance), so a write repeated after a
+//! registry's `tenant_usage` table, keyed by (tenant, day, instance), so a write repeated after a
 //! failure or a crash can never count twice: each row holds what one process counted
 //! since it started, replaced by every flush, and a report sums the rows of every
 //! instance (and takes the highest peak).
