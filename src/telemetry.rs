@@ -13,10 +13,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::backend::Outcome;
-use crate::delivery::queue::QueueStats;
-use crate::delivery::worker::DeliveryCounters;
-
 /// Installs the JSON log subscriber. The filter comes from `PROMGATE_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PROMGATE_LOG")
@@ -249,43 +245,39 @@ impl QueueMetrics {
         metrics
     }
 
-    fn backend(backend: &str) -> BackendLabel {
+    pub fn backend(backend: &str) -> BackendLabel {
         BackendLabel {
             backend: backend.to_string(),
         }
     }
 
-    /// The backend's delivery counters, as the worker updates them.
-    pub fn delivery_counters(&self, backend: &str) -> DeliveryCounters {
-        let label = QueueMetrics::backend(backend);
-        let dropped = |reason: &str| {
-            self.dropped
-                .get_or_create(&BackendReason {
-                    backend: backend.to_string(),
-                    reason: reason.to_string(),
-                })
-                .clone()
-        };
-        DeliveryCounters {
-            delivered: self.delivered.get_or_create(&label).clone(),
-            retried: self.retries.get_or_create(&label).clone(),
-            dropped_rejected: dropped("rejected"),
-            dropped_unreadable: dropped("unreadable"),
-            corrupt: self.corrupt.get_or_create(&label).clone(),
-        }
+    /// The backend's counter of records dropped for `reason`.
+    pub fn dropped(&self, backend: &str, reason: &str) -> Counter {
+        self.dropped
+            .get_or_create(&BackendReason {
+                backend: backend.to_string(),
+                reason: reason.to_string(),
+            })
+            .clone()
     }
 
-    /// Sets the backend's gauges from a snapshot of its queue.
-    pub fn set_stats(&self, backend: &str, stats: &QueueStats) {
+    /// Sets the backend's gauges: records pending, bytes on disk, and when the oldest
+    /// pending record was appended.
+    pub fn set_stats(
+        &self,
+        backend: &str,
+        pending_records: u64,
+        bytes: u64,
+        oldest_appended_at: Option<SystemTime>,
+    ) {
         let label = QueueMetrics::backend(backend);
         self.records
             .get_or_create(&label)
-            .set(i64::try_from(stats.pending_records).unwrap_or(i64::MAX));
+            .set(i64::try_from(pending_records).unwrap_or(i64::MAX));
         self.bytes
             .get_or_create(&label)
-            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
-        let age = stats
-            .oldest_appended_at
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let age = oldest_appended_at
             .and_then(|at| SystemTime::now().duration_since(at).ok())
             .map_or(0.0, |age| age.as_secs_f64());
         self.oldest_record_age.get_or_create(&label).set(age);
@@ -352,7 +344,7 @@ impl TlsMetrics {
 
 /// The registry's health as each replica sees it (DESIGN §4, §8): its polls of the shared
 /// database, what they read, and the replicas it shares tenant limits with. The handles
-/// are updated by [`crate::tenant::Registry`] and registered by [`Metrics::register_registry`].
+/// are updated by the tenant registry and registered by [`Metrics::register_registry`].
 #[derive(Clone, Debug)]
 pub struct RegistryMetrics {
     pub last_successful_poll: Gauge<f64, AtomicU64>,
@@ -632,13 +624,8 @@ impl Metrics {
             .clone()
     }
 
-    pub fn observe_backend(&self, backend: &str, outcome: &Outcome, elapsed: Duration) {
-        let outcome = match outcome {
-            Outcome::Accepted => "accepted",
-            Outcome::Rejected { .. } => "rejected",
-            Outcome::Unavailable { .. } => "unavailable",
-            Outcome::Misconfigured { .. } => "misconfigured",
-        };
+    /// One request to a backend: its outcome's name and how long it took.
+    pub fn observe_backend(&self, backend: &str, outcome: &str, elapsed: Duration) {
         self.backend_requests
             .get_or_create(&BackendOutcome {
                 backend: backend.to_string(),

@@ -37,6 +37,18 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The outcome's name in `promgate_backend_requests_total`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Unavailable { .. } => "unavailable",
+            Outcome::Misconfigured { .. } => "misconfigured",
+        }
+    }
+}
+
 /// Retry-After promgate sends with a 503 when the backend named none.
 pub const DEFAULT_RETRY_AFTER_SECONDS: u64 = 5;
 /// How much of a backend's error body is quoted back.
@@ -215,7 +227,7 @@ impl BackendClient {
                 None,
             ),
         };
-        metrics.observe_backend(&self.config.name, &outcome, started.elapsed());
+        metrics.observe_backend(&self.config.name, outcome.name(), started.elapsed());
         (outcome, headers)
     }
 }
@@ -307,7 +319,7 @@ impl BackendClient {
             }),
         };
         let outcome = result.as_ref().err().cloned().unwrap_or(Outcome::Accepted);
-        metrics.observe_backend(&self.config.name, &outcome, started.elapsed());
+        metrics.observe_backend(&self.config.name, outcome.name(), started.elapsed());
         result.map(ReadBody::new)
     }
 }

@@ -80,7 +80,7 @@ impl BackendClient {
                 retry_after_seconds: None,
             },
         };
-        metrics.observe_backend(&self.config.name, &outcome, started.elapsed());
+        metrics.observe_backend(&self.config.name, outcome.name(), started.elapsed());
         answer
     }
 

@@ -16,7 +16,7 @@ use super::backoff::Backoff;
 use super::envelope::QueuedWrite;
 use super::lanes::{Lane, LanesReport, TenantLanes};
 use super::queue::QueueError;
-use super::worker::{self, Deliver};
+use super::worker::{self, Deliver, DeliveryCounters};
 use crate::backend::{BackendClient, Outcome};
 use crate::config::{Config, Delivery, WriteProtocol};
 use crate::telemetry::{BackendLabel, Metrics};
@@ -117,7 +117,13 @@ impl QueuedBackends {
     /// Sets the `promgate_queue_*` gauges from the queues as they are now.
     pub fn refresh_metrics(&self, metrics: &Metrics) {
         for queued in self.iter() {
-            metrics.queue.set_stats(&queued.name, &queued.lanes.stats());
+            let stats = queued.lanes.stats();
+            metrics.queue.set_stats(
+                &queued.name,
+                stats.pending_records,
+                stats.bytes,
+                stats.oldest_appended_at,
+            );
         }
     }
 
@@ -141,7 +147,7 @@ impl QueuedBackends {
                 metrics: Arc::clone(metrics),
                 in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             };
-            let counters = metrics.queue.delivery_counters(&queued.name);
+            let counters = DeliveryCounters::of(&metrics.queue, &queued.name);
             let backend = queued.name.clone();
             let tasks = Arc::clone(&tasks);
             let stopped = stopped.clone();

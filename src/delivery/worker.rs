@@ -29,6 +29,7 @@ use super::queue::{Queue, QueueError, QueueReader, QueuedRecord};
 use crate::backend::Outcome;
 use crate::codec::snappy;
 use crate::config::WriteProtocol;
+use crate::telemetry::QueueMetrics;
 
 /// Sends one queued write to the backend.
 pub trait Deliver: Send + Sync + 'static {
@@ -46,6 +47,20 @@ pub struct DeliveryCounters {
     pub dropped_unreadable: Counter,
     /// Damaged stretches of the queue skipped by the reader.
     pub corrupt: Counter,
+}
+
+impl DeliveryCounters {
+    /// The backend's series of the delivery counters in `metrics`.
+    pub fn of(metrics: &QueueMetrics, backend: &str) -> DeliveryCounters {
+        let label = QueueMetrics::backend(backend);
+        DeliveryCounters {
+            delivered: metrics.delivered.get_or_create(&label).clone(),
+            retried: metrics.retries.get_or_create(&label).clone(),
+            dropped_rejected: metrics.dropped(backend, "rejected"),
+            dropped_unreadable: metrics.dropped(backend, "unreadable"),
+            corrupt: metrics.corrupt.get_or_create(&label).clone(),
+        }
+    }
 }
 
 /// How long an idle worker waits for an append's signal before looking for new records

@@ -243,7 +243,7 @@ impl Registry {
             admin_writes: tokio::sync::Mutex::new(()),
             revision: AtomicI64::new(0),
             store_healthy: AtomicBool::new(true),
-            replica_id: hex::encode(&crate::auth::secrets::random_bytes()[..8]),
+            replica_id: new_replica_id(),
             live_replicas: AtomicUsize::new(1),
             usage: Arc::new(crate::usage::Ledger::new()),
             expired_token_retention: i64::try_from(
@@ -775,6 +775,15 @@ impl Registry {
             .get(identity)
             .map(|owner| owner.value().clone())
     }
+}
+
+/// A random id for this process among the registry's replicas.
+fn new_replica_id() -> String {
+    let mut bytes = [0u8; 8];
+    // getrandom only fails when the OS has no entropy source at all; nothing secure
+    // can run then.
+    getrandom::getrandom(&mut bytes).expect("the operating system's random source failed");
+    hex::encode(bytes)
 }
 
 #[cfg(test)]
