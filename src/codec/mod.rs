@@ -10,6 +10,7 @@ pub mod rw2;
 pub mod snappy;
 pub mod splice;
 pub mod splice_v2;
+pub mod split;
 mod wire;
 pub mod write;
 

@@ -309,6 +309,12 @@ pub struct BackendConfig {
     /// A backend's `Retry-After` is clamped to this before it reaches a sender or a
     /// queue's backoff (a backend asking for a day would otherwise park a queue for one).
     pub max_retry_after: Duration,
+    /// The largest write (snappy-compressed) the backend accepts: larger ones are sent
+    /// as several requests cut at series boundaries (0: no cap; DESIGN §9).
+    pub max_request_bytes: u64,
+    /// The most samples (float and histogram) per write the backend accepts: larger
+    /// writes are cut the same way (0: no cap).
+    pub max_samples_per_request: u64,
     pub bearer_token_file: Option<PathBuf>,
     pub basic_auth: Option<BasicAuth>,
     pub ca_file: Option<PathBuf>,
@@ -473,6 +479,8 @@ struct RawBackend {
     tenant_header: Option<String>,
     timeout: Option<HumanDuration>,
     max_retry_after: Option<HumanDuration>,
+    max_request_bytes: Option<units::HumanSize>,
+    max_samples_per_request: Option<u64>,
     bearer_token_file: Option<PathBuf>,
     basic_auth_username: Option<String>,
     basic_auth_password_file: Option<PathBuf>,
@@ -1087,6 +1095,9 @@ const RESERVED_HEADERS: [&str; 8] = [
     "transfer-encoding",
 ];
 
+/// The smallest `backends[].max_request_bytes` other than 0: room for a series.
+const MIN_BACKEND_REQUEST_BYTES: u64 = 1024;
+
 fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<BackendConfig> {
     if raw.is_empty() {
         return vec![BackendConfig {
@@ -1099,6 +1110,8 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
             tenant_header: None,
             timeout: DEFAULT_BACKEND_TIMEOUT,
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            max_request_bytes: 0,
+            max_samples_per_request: 0,
             bearer_token_file: None,
             basic_auth: None,
             ca_file: None,
@@ -1176,6 +1189,13 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 "{context}.max_retry_after: must be at least 1s (Retry-After counts whole seconds)"
             ));
         }
+        let max_request_bytes = backend.max_request_bytes.map_or(0, |size| size.0);
+        if max_request_bytes > 0 && max_request_bytes < MIN_BACKEND_REQUEST_BYTES {
+            problems.push(format!(
+                "{context}.max_request_bytes: must be 0 (no cap) or at least 1KiB"
+            ));
+        }
+        let max_samples_per_request = backend.max_samples_per_request.unwrap_or(0);
         let protocol = match backend.protocol.as_deref() {
             None | Some("1.0") => WriteProtocol::V1,
             Some("2.0") => WriteProtocol::V2,
@@ -1282,6 +1302,8 @@ fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<Ba
                 tenant_header,
                 timeout,
                 max_retry_after,
+                max_request_bytes,
+                max_samples_per_request,
                 bearer_token_file: backend.bearer_token_file,
                 basic_auth,
                 ca_file: backend.ca_file,
