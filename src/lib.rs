@@ -126,6 +126,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         admin_auth_failures: admin::auth_failure_limiter(config.admin.auth_failures_per_minute),
         ready: AtomicBool::new(false),
         active_series: Arc::new(series::ActiveSeries::new()),
+        ha: Arc::new(series::ha::HaTracker::new()),
         series_key,
         config,
     });
@@ -220,6 +221,7 @@ async fn run_reloadable(
         state.reloader.set_path(path);
     }
     server::series::start(&state).await;
+    server::ha::start(&state);
     // Also without a file: a SIGHUP is then logged, never the end of the process.
     server::reload::spawn_on_sighup(&state, reload_stop)
         .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;

@@ -614,6 +614,7 @@ impl Config {
         let tenancy = validate_tenancy(tenancy, &mut problems);
         let limits = Limits::default().with(&limit_overrides);
         problems.extend(limits.problems());
+        problems.extend(limits.ha_label_problems(&tenancy.label));
         if limits.max_in_flight_decoded_bytes > server_cfg.max_in_flight_decoded_bytes {
             problems.push(format!(
                 "limits.max_in_flight_decoded_bytes ({}) is larger than server.max_in_flight_decoded_bytes ({}), \

@@ -43,7 +43,9 @@ use sqlx::{AnyPool, Connection, Row};
 use super::{Tenant, TenantStatus, TokenRecord};
 
 mod active_series;
+mod ha;
 pub use active_series::ActiveSeriesRow;
+pub use ha::Elected;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
