@@ -9,7 +9,7 @@
 mod common;
 
 use common::protobuf_gen::{apply, damage, maybe_unknown, put_bytes, put_key, put_varint, Choices};
-use promgate::codec::oracle::{same_answer, tight_limits};
+use promgate::codec::oracle::{same_answer, same_answer_ha, tight_limits};
 use promgate::codec::snappy::decompress_capped;
 use promgate::codec::splice::rewrite;
 use promgate::codec::write::{decode, validate_and_enforce, LabelPolicy};
@@ -140,6 +140,8 @@ fn label_name() -> impl Strategy<Value = String> {
         1 => Just("env".to_string()),
         1 => Just("Zone".to_string()),
         2 => Just("job".to_string()),
+        2 => Just("cluster".to_string()),
+        2 => Just("__replica__".to_string()),
         2 => Just("instance".to_string()),
         1 => Just(String::new()),
         1 => Just("a_name_far_too_long".to_string()),
@@ -290,6 +292,8 @@ proptest! {
         let bytes = apply(encode_request(&series, &metadata, seed), &damage);
         same_answer(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
         same_answer(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
+        same_answer_ha(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
+        same_answer_ha(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
     }
 
     #[test]
