@@ -2,6 +2,7 @@
 //! OpenAPI document, `/metrics` and the probes. Everything under `/admin/` needs the
 //! admin bearer token, compared in constant time; there are no cookies and no CORS.
 
+mod ha;
 mod tenants;
 
 use std::net::{IpAddr, SocketAddr};
@@ -252,6 +253,7 @@ mod tests {
             "/admin/v1/tenants/{id}",
             "/admin/v1/tenants/{id}/tokens",
             "/admin/v1/tenants/{id}/tokens/{token_id}",
+            "/admin/v1/tenants/{id}/ha",
             "/admin/v1/openapi.json",
             "/admin/v1/audit",
         ] {
