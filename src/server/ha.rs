@@ -73,16 +73,18 @@ pub(super) async fn resolve(
             })?;
         match answer {
             Elected::Election { election, changed } => {
-                if changed && election.changes > 0 {
-                    tracing::info!(tenant = %id, cluster = %cluster, replica = %election.replica, "HA failover: the elected replica sent nothing for the failover timeout");
+                // Shown from the cluster's first election on, at 0 until a failover.
+                let changes =
                     state
                         .metrics
                         .ha_elected_replica_changes
                         .get_or_create(&TenantCluster {
                             tenant: id.to_string(),
                             cluster: cluster.clone(),
-                        })
-                        .inc();
+                        });
+                if changed && election.changes > 0 {
+                    tracing::info!(tenant = %id, cluster = %cluster, replica = %election.replica, "HA failover: the elected replica sent nothing for the failover timeout");
+                    changes.inc();
                 }
                 resolved.insert(cluster.clone(), Resolved::Elected(election.replica.clone()));
                 state.ha.store(id, election);
