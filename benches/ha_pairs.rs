@@ -1,6 +1,6 @@
 //! HA pairs' de-duplication cost per sample (DESIGN §15), beside the plain path in the
 //! same run, over the captured Prometheus 2.42 bodies (tests/data/prom-2.42, 2000 series
-//! each) with `cluster="prod"` and `__replica__="a"` added to every series, as a pair's
+//! each) with `cluster="prod"` and `__replica__="a"` set on every series, as a pair's
 //! external labels put them:
 //!
 //! - `rewrite_baseline`: the zero-copy rewrite of a tenant without HA (every label kept);
@@ -38,6 +38,10 @@ fn paired_bodies(replica: &str) -> (Vec<Vec<u8>>, u64) {
             let decoded = decompress_capped(body, LIMIT).expect("snappy");
             let mut request = WriteRequest::decode(decoded.as_slice()).expect("protobuf");
             for series in &mut request.timeseries {
+                // The captured Prometheus had external labels of its own.
+                series
+                    .labels
+                    .retain(|label| label.name != "cluster" && label.name != "__replica__");
                 series.labels.push(Label {
                     name: "cluster".into(),
                     value: "prod".into(),
@@ -96,7 +100,7 @@ fn write_path(c: &mut Criterion) {
                 for body in bodies {
                     let mut decisions =
                         HaDecisions::new(&tracker, "alpha", settings, NOW, &resolved);
-                    let mut decide = |cluster: &str, replica: &str, samples: u64| {
+                    let mut decide = |cluster: &[u8], replica: &[u8], samples: u64| {
                         decisions.decide(cluster, replica, samples)
                     };
                     let rewritten = rewrite_gated(

@@ -12,12 +12,16 @@ use super::write::WriteStats;
 use crate::config::Limits;
 use crate::proto::TimeSeries;
 
-/// Whether the series of an HA cluster `cluster`, sent by `replica`, carrying `samples`
+/// Whether the series of an HA cluster `cluster`, sent by `replica` (both label values,
+/// valid UTF-8, as bytes: the zero-copy path never converts them), carrying `samples`
 /// samples and histogram samples, is written. Called once per series carrying both
 /// labels, in request order.
 pub struct HaGate<'a> {
-    pub decide: &'a mut dyn FnMut(&str, &str, u64) -> bool,
+    pub decide: &'a mut HaDecide<'a>,
 }
+
+/// The decision an [`HaGate`] asks: (cluster, replica, samples) → written.
+pub type HaDecide<'a> = dyn FnMut(&[u8], &[u8], u64) -> bool + 'a;
 
 /// The cluster and replica of a label set, when it carries both (non-empty; the first
 /// label of each name counts).
@@ -61,7 +65,7 @@ pub fn apply(
         one.labels
             .retain(|label| label.name != limits.ha_replica_label);
         let samples = (one.samples.len() + one.histograms.len()) as u64;
-        if (gate.decide)(&cluster, &replica, samples) {
+        if (gate.decide)(cluster.as_bytes(), replica.as_bytes(), samples) {
             return true;
         }
         stats.series -= 1;
@@ -110,9 +114,9 @@ mod tests {
             ..WriteStats::default()
         };
         let mut asked = Vec::new();
-        let mut decide = |cluster: &str, replica: &str, samples: u64| {
-            asked.push((cluster.to_string(), replica.to_string(), samples));
-            replica == "a"
+        let mut decide = |cluster: &[u8], replica: &[u8], samples: u64| {
+            asked.push((cluster.to_vec(), replica.to_vec(), samples));
+            replica == b"a"
         };
         apply(
             &mut all,
@@ -124,7 +128,10 @@ mod tests {
         );
         assert_eq!(
             asked,
-            [("one".into(), "a".into(), 1), ("one".into(), "b".into(), 1)]
+            [
+                (b"one".to_vec(), b"a".to_vec(), 1),
+                (b"one".to_vec(), b"b".to_vec(), 1)
+            ]
         );
         assert_eq!((stats.series, stats.samples), (4, 4));
         let names: Vec<Vec<&str>> = all

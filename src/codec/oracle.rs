@@ -141,10 +141,14 @@ pub fn same_answer_v2(
 /// the same series in the same order.
 fn recorded_decide(
     asked: &mut Vec<(String, String, u64)>,
-) -> impl FnMut(&str, &str, u64) -> bool + '_ {
-    move |cluster: &str, replica: &str, samples: u64| {
-        asked.push((cluster.to_string(), replica.to_string(), samples));
-        replica.bytes().last().is_some_and(|byte| byte % 2 == 0)
+) -> impl FnMut(&[u8], &[u8], u64) -> bool + '_ {
+    move |cluster: &[u8], replica: &[u8], samples: u64| {
+        asked.push((
+            String::from_utf8_lossy(cluster).into_owned(),
+            String::from_utf8_lossy(replica).into_owned(),
+            samples,
+        ));
+        replica.last().is_some_and(|byte| byte % 2 == 0)
     }
 }
 
@@ -263,7 +267,7 @@ pub fn same_answer_v2_ha(
                 .copied()
                 .collect();
             let samples = (series.samples.len() + series.histograms.len()) as u64;
-            if decide(cluster, replica, samples) {
+            if decide(cluster.as_bytes(), replica.as_bytes(), samples) {
                 series.labels_refs = refs;
                 return true;
             }

@@ -30,6 +30,7 @@ use crate::proto::{Exemplar, Histogram, MetricMetadata, Sample};
 use crate::series::{SeriesKey, SeriesSpan};
 
 use super::ha::{ha_pair, HaGate};
+use crate::series::ha::same_bytes;
 
 impl SeriesLog<'_> {
     /// Notes the series written as `series` (its `TimeSeries` field) at `start`: its
@@ -544,6 +545,7 @@ impl<'a> Splicer<'a> {
                 self.limits,
                 self.labels.iter().map(|label| (label.name, label.value)),
             )
+            .map(|(cluster, replica)| (cluster.as_bytes(), replica.as_bytes()))
         } else {
             None
         };
@@ -604,7 +606,7 @@ struct CanonicalLabels<'a> {
 }
 
 /// A cluster and a replica, both non-empty.
-type HaPair<'a> = (&'a str, &'a str);
+type HaPair<'a> = (&'a [u8], &'a [u8]);
 
 /// Where a series' replica label lies, and its value (empty when it has none).
 #[derive(Clone, Copy, Default)]
@@ -615,15 +617,14 @@ struct ReplicaField<'a> {
 }
 
 impl<'a> CanonicalLabels<'a> {
-    /// The cluster and replica, when the series carries both (canonical labels are
-    /// ASCII, so both are strings).
+    /// The cluster and replica, when the series carries both.
+    #[inline]
     fn ha_pair(&self) -> Option<HaPair<'a>> {
-        let cluster = std::str::from_utf8(self.cluster?).ok()?;
+        let cluster = self.cluster?;
         if self.replica.value.is_empty() {
             return None;
         }
-        let replica = std::str::from_utf8(self.replica.value).ok()?;
-        Some((cluster, replica))
+        Some((cluster, self.replica.value))
     }
 }
 
@@ -691,9 +692,9 @@ fn canonical_labels<'a>(
             metric_name = Some(&rest[1 + value_bytes..]);
         }
         if let Some((cluster_name, replica_name)) = ha_names {
-            if name == cluster_name {
+            if same_bytes(name, cluster_name) {
                 cluster = Some(&rest[1 + value_bytes..]);
-            } else if name == replica_name {
+            } else if same_bytes(name, replica_name) {
                 replica = ReplicaField {
                     start: pos,
                     end,

@@ -264,7 +264,7 @@ fn dedupe_series(
             }
         }
         let samples = (parts.samples.len() + parts.histograms.len()) as u64;
-        let keep = (ha.decide)(cluster, replica, samples);
+        let keep = (ha.decide)(cluster.as_bytes(), replica.as_bytes(), samples);
         if !keep {
             stats.series -= 1;
             stats.samples -= parts.samples.len();

@@ -19,6 +19,21 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+/// `a == b`, byte-wise; the loop beats a `memcmp` call on label-sized strings, and the
+/// write path compares a few per series.
+#[inline]
+pub fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return false;
+        }
+    }
+    true
+}
+
 /// One (tenant, cluster)'s election, as the registry holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Election {
@@ -254,7 +269,8 @@ pub struct HaDecisions<'a> {
     /// The registry's answers for the clusters asked about on a first pass.
     pub resolved: &'a HashMap<String, Resolved>,
     pub outcome: HaOutcome,
-    last: Option<(String, String, Verdict)>,
+    /// The last (cluster, replica) judged, and its verdict.
+    last: Option<(Vec<u8>, Vec<u8>, Verdict)>,
 }
 
 /// What one request's HA decisions came to.
@@ -291,20 +307,17 @@ impl<'a> HaDecisions<'a> {
         }
     }
 
-    /// Whether a series of `cluster` from `replica` carrying `samples` is written.
-    pub fn decide(&mut self, cluster: &str, replica: &str, samples: u64) -> bool {
+    /// Whether a series of `cluster` from `replica` (label values, UTF-8) carrying
+    /// `samples` is written.
+    #[inline]
+    pub fn decide(&mut self, cluster: &[u8], replica: &[u8], samples: u64) -> bool {
         let verdict = match &self.last {
             Some((last_cluster, last_replica, verdict))
-                if last_cluster == cluster && last_replica == replica =>
+                if same_bytes(last_cluster, cluster) && same_bytes(last_replica, replica) =>
             {
                 *verdict
             }
-            _ => {
-                let verdict = self.judge(cluster, replica);
-                self.first_of(cluster, replica, verdict);
-                self.last = Some((cluster.to_string(), replica.to_string(), verdict));
-                verdict
-            }
+            _ => self.judge_new(cluster, replica),
         };
         match verdict {
             Verdict::Write => true,
@@ -313,13 +326,13 @@ impl<'a> HaDecisions<'a> {
                     .outcome
                     .deduplicated
                     .iter_mut()
-                    .find(|(known, _)| known == cluster)
+                    .find(|(known, _)| same_bytes(known.as_bytes(), cluster))
                 {
                     Some((_, count)) => *count += samples,
                     None => self
                         .outcome
                         .deduplicated
-                        .push((cluster.to_string(), samples)),
+                        .push((String::from_utf8_lossy(cluster).into_owned(), samples)),
                 }
                 false
             }
@@ -330,6 +343,19 @@ impl<'a> HaDecisions<'a> {
             }
             Verdict::Ask => false,
         }
+    }
+
+    /// A (cluster, replica) other than the last one's verdict, noted.
+    #[cold]
+    fn judge_new(&mut self, cluster: &[u8], replica: &[u8]) -> Verdict {
+        let (cluster_text, replica_text) = (
+            String::from_utf8_lossy(cluster),
+            String::from_utf8_lossy(replica),
+        );
+        let verdict = self.judge(&cluster_text, &replica_text);
+        self.first_of(&cluster_text, &replica_text, verdict);
+        self.last = Some((cluster.to_vec(), replica.to_vec(), verdict));
+        verdict
     }
 
     fn judge(&self, cluster: &str, replica: &str) -> Verdict {
@@ -514,7 +540,7 @@ mod tests {
         let send = |relay: usize, replica: &str, now: i64, registry: &mut Option<Election>| {
             let tracker = &relays[relay];
             let mut decisions = HaDecisions::new(tracker, "t", SETTINGS, now, &none);
-            let first = decisions.decide("c", replica, 1);
+            let first = decisions.decide(b"c", replica.as_bytes(), 1);
             if decisions.outcome.asks.is_empty() {
                 if first {
                     tracker.saw("t", "c", replica, now);
@@ -543,7 +569,7 @@ mod tests {
             tracker.store("t", current.clone());
             let resolved = HashMap::from([("c".to_string(), Resolved::Elected(current.replica))]);
             let mut decisions = HaDecisions::new(tracker, "t", SETTINGS, now, &resolved);
-            let written = decisions.decide("c", replica, 1);
+            let written = decisions.decide(b"c", replica.as_bytes(), 1);
             if written {
                 tracker.saw("t", "c", replica, now);
             }
@@ -621,7 +647,9 @@ mod tests {
             ("three", "a", 13),
         ]
         .iter()
-        .map(|(cluster, replica, samples)| decisions.decide(cluster, replica, *samples))
+        .map(|(cluster, replica, samples)| {
+            decisions.decide(cluster.as_bytes(), replica.as_bytes(), *samples)
+        })
         .collect();
         assert_eq!(written, [true, false, false, true, false, false]);
         let outcome = decisions.outcome;

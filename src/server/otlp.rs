@@ -410,7 +410,7 @@ fn dedupe_pairs(
 ) -> HaOutcome {
     let mut decisions = ha.decisions(tenant, now_ms);
     let mut decide =
-        |cluster: &str, replica: &str, samples: u64| decisions.decide(cluster, replica, samples);
+        |cluster: &[u8], replica: &[u8], samples: u64| decisions.decide(cluster, replica, samples);
     let before = enforced.stats;
     crate::codec::ha::apply(
         &mut enforced.request.timeseries,

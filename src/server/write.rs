@@ -384,7 +384,7 @@ fn prepare_v2(
     };
     let gate = (limits.max_active_series > 0).then_some(gate);
     let mut decisions = ha.as_ref().map(|ha| ha.decisions(tenant, now_ms));
-    let mut decide = |cluster: &str, replica: &str, samples: u64| {
+    let mut decide = |cluster: &[u8], replica: &[u8], samples: u64| {
         decisions
             .as_mut()
             .is_none_or(|decisions| decisions.decide(cluster, replica, samples))
@@ -440,7 +440,7 @@ fn rewrite_body(
     ha: Option<HaPass<'_>>,
 ) -> Result<Prepared, CodecError> {
     let mut decisions = ha.as_ref().map(|ha| ha.decisions(tenant, now_ms));
-    let mut decide = |cluster: &str, replica: &str, samples: u64| {
+    let mut decide = |cluster: &[u8], replica: &[u8], samples: u64| {
         decisions
             .as_mut()
             .is_none_or(|decisions| decisions.decide(cluster, replica, samples))
