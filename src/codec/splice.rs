@@ -172,8 +172,22 @@ pub fn rewrite_gated(
                     first_invalid.is_none() && stats.series <= limits.max_series_per_request;
                 let start = out.len();
                 let before = stats;
-                match splicer.series(series, &mut stats, writing.then_some(&mut *out)) {
-                    Ok((labels_len, pair)) => {
+                let written = splicer.series(
+                    series,
+                    &mut stats,
+                    writing.then_some(&mut *out),
+                    ha.as_mut(),
+                );
+                match written {
+                    Ok((_, _, true)) => {
+                        // Left out for HA before it was written.
+                        left_out += 1;
+                        stats.samples = before.samples;
+                        stats.histograms = before.histograms;
+                        stats.exemplars = before.exemplars;
+                    }
+                    Ok((labels_len, pair, false)) => {
+                        // A series written anew is decided once written.
                         if let (Some(gate), Some((cluster, replica)), true) =
                             (ha.as_mut(), pair, out.len() > start)
                         {
@@ -327,13 +341,16 @@ const LEAF_DEPTH: u32 = SERIES_DEPTH - 1;
 impl<'a> Splicer<'a> {
     /// Reads one `TimeSeries` and, when `out` is given and the series is valid, writes
     /// the tenant's version of it; returns the bytes of label fields written (0 when
-    /// nothing was) and, with HA on, its cluster and replica when it carries both.
+    /// nothing was), with HA on its cluster and replica when it carries both and is yet
+    /// to be decided, and whether `ha` left it out. A series with canonical labels is
+    /// decided before it is written, so a dropped one costs no copy.
     fn series(
         &mut self,
         series: &'a [u8],
         stats: &mut WriteStats,
         out: Option<&mut Vec<u8>>,
-    ) -> Result<(usize, Option<HaPair<'a>>), Refusal> {
+        ha: Option<&mut HaGate<'_>>,
+    ) -> Result<(usize, Option<HaPair<'a>>, bool), Refusal> {
         let ha_names = self.ha.then_some((
             self.limits.ha_cluster_label.as_bytes(),
             self.limits.ha_replica_label.as_bytes(),
@@ -361,13 +378,25 @@ impl<'a> Splicer<'a> {
         stats.exemplars += fields.exemplars;
         stats.histograms += fields.histograms;
         let Some(out) = out else {
-            return Ok((0, None));
+            return Ok((0, None, false));
         };
         let result = match canonical {
-            Some(labels) => self
-                .write_spliced(series, labels, fields.newest, out)
-                .map(|len| (len, labels.ha_pair())),
-            None => self.write_enforced(series, fields.newest, out),
+            Some(labels) => {
+                if let (Some(gate), Some((cluster, replica))) = (ha, labels.ha_pair()) {
+                    // Checked as when written, then decided.
+                    self.check_spliced_newest(&labels, fields.newest)
+                        .map_err(Refusal::Invalid)?;
+                    let samples = (fields.samples + fields.histograms) as u64;
+                    if !(gate.decide)(cluster, replica, samples) {
+                        return Ok((0, None, true));
+                    }
+                }
+                self.write_spliced(series, labels, fields.newest, out)
+                    .map(|len| (len, None, false))
+            }
+            None => self
+                .write_enforced(series, fields.newest, out)
+                .map(|(len, pair)| (len, pair, false)),
         };
         result.map_err(Refusal::Invalid)
     }
@@ -497,13 +526,7 @@ impl<'a> Splicer<'a> {
         newest: Option<i64>,
         out: &mut Vec<u8>,
     ) -> Result<usize, CodecError> {
-        if newest.is_some_and(|newest| newest > self.newest_allowed) {
-            let metric_name = [Borrowed {
-                name: "__name__",
-                value: utf8(labels.metric_name).unwrap_or_default(),
-            }];
-            check_newest(&metric_name, newest, self.newest_allowed, self.limits)?;
-        }
+        self.check_spliced_newest(&labels, newest)?;
         let spliced = &self.policy.spliced;
         let inserted: usize = spliced.iter().map(|label| label.field.len()).sum();
         // The replica label of an HA series is left out.
@@ -524,6 +547,24 @@ impl<'a> Splicer<'a> {
         copy_but(out, &series[..labels.end], from, &cut);
         self.write_pieces(series, out);
         Ok(label_bytes)
+    }
+
+    /// The one check of a series with canonical labels left for when it is written: its
+    /// newest sample not too far ahead.
+    #[inline]
+    fn check_spliced_newest(
+        &self,
+        labels: &CanonicalLabels<'_>,
+        newest: Option<i64>,
+    ) -> Result<(), CodecError> {
+        if newest.is_some_and(|newest| newest > self.newest_allowed) {
+            let metric_name = [Borrowed {
+                name: "__name__",
+                value: utf8(labels.metric_name).unwrap_or_default(),
+            }];
+            check_newest(&metric_name, newest, self.newest_allowed, self.limits)?;
+        }
+        Ok(())
     }
 
     /// Writes a series after the full checks, its labels encoded anew.
