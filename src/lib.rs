@@ -129,6 +129,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<SharedState> {
         admin_auth_failures: admin::auth_failure_limiter(config.admin.auth_failures_per_minute),
         ready: AtomicBool::new(false),
         active_series: Arc::new(series::ActiveSeries::new()),
+        ha: Arc::new(series::ha::HaTracker::new()),
         series_key,
         config,
     });
@@ -224,6 +225,7 @@ async fn run_reloadable(
     }
     server::series::start(&state).await;
     let usage = server::usage::start(&state);
+    server::ha::start(&state);
     // Also without a file: a SIGHUP is then logged, never the end of the process.
     server::reload::spawn_on_sighup(&state, reload_stop)
         .map_err(|err| anyhow::anyhow!("cannot listen for SIGHUP: {err}"))?;

@@ -63,6 +63,12 @@ pub struct TenantReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantCluster {
+    pub tenant: String,
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TenantOutcome {
     pub tenant: String,
     /// `accepted` or `rejected`.
@@ -398,6 +404,10 @@ pub struct Metrics {
     /// Each tenant's active series and their limit (DESIGN §14).
     pub tenant_active_series: Family<TenantLabel, Gauge>,
     pub tenant_active_series_limit: Family<TenantLabel, Gauge>,
+    /// Samples of HA series from a replica that is not elected, dropped (DESIGN §15).
+    pub ha_deduplicated_samples: Family<TenantCluster, Counter>,
+    /// Elections this relay changed to another replica (failovers).
+    pub ha_elected_replica_changes: Family<TenantCluster, Counter>,
     pub connections: Family<ListenerLabel, Gauge>,
     pub in_flight_requests: Gauge,
     pub in_flight_decoded_bytes: Gauge,
@@ -425,6 +435,8 @@ impl Metrics {
             refused_samples: Family::default(),
             tenant_active_series: Family::default(),
             tenant_active_series_limit: Family::default(),
+            ha_deduplicated_samples: Family::default(),
+            ha_elected_replica_changes: Family::default(),
             samples_forwarded: Family::default(),
             otlp_data_points: Family::default(),
             auth_failures: Family::default(),
@@ -520,6 +532,16 @@ impl Metrics {
             "promgate_tenant_active_series_limit",
             "Each tenant's max_active_series (0 = unlimited)",
             metrics.tenant_active_series_limit.clone(),
+        );
+        registry.register(
+            "promgate_ha_deduplicated_samples",
+            "Samples and histogram samples of HA series sent by a replica that is not the elected one of its cluster, dropped, by tenant and cluster",
+            metrics.ha_deduplicated_samples.clone(),
+        );
+        registry.register(
+            "promgate_ha_elected_replica_changes",
+            "Times this replica changed the elected replica of an HA cluster (a failover), by tenant and cluster",
+            metrics.ha_elected_replica_changes.clone(),
         );
         registry.register(
             "promgate_open_connections",

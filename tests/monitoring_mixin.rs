@@ -346,13 +346,35 @@ async fn every_metric_the_mixin_uses_is_exported() {
         .await;
     assert_eq!(status(read), 200, "a read is answered");
     let limited = promgate
-        .add_tenant("beta", serde_json::json!({"max_active_series": 1}))
+        .add_tenant(
+            "beta",
+            serde_json::json!({"max_active_series": 1, "accept_ha_samples": true}),
+        )
         .await;
     assert_eq!(
         status(post("/api/v1/write", &limited, samples_body(2)).await),
         400,
         "a new series past the active series limit"
     );
+    // An HA pair: r1 is elected (its new series past the limit), r2 de-duplicated.
+    let pair = snappy_body(&WriteRequest {
+        timeseries: ["r1", "r2"]
+            .into_iter()
+            .map(|replica| {
+                series(
+                    &[
+                        ("__name__", "up"),
+                        ("cluster", "c"),
+                        ("__replica__", replica),
+                    ],
+                    1.0,
+                    now_ms(),
+                )
+            })
+            .collect(),
+        metadata: vec![],
+    });
+    assert_eq!(status(post("/api/v1/write", &limited, pair).await), 400);
     // The active series gauges are set by the tracker's sweep, every few seconds.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let exposition = loop {

@@ -9,7 +9,7 @@
 mod common;
 
 use common::protobuf_gen::{apply, damage, maybe_unknown, put_bytes, put_key, put_varint, Choices};
-use promgate::codec::oracle::{same_answer, tight_limits};
+use promgate::codec::oracle::{same_answer, same_answer_ha, tight_limits};
 use promgate::codec::snappy::decompress_capped;
 use promgate::codec::splice::rewrite;
 use promgate::codec::write::{decode, validate_and_enforce, LabelPolicy};
@@ -140,6 +140,8 @@ fn label_name() -> impl Strategy<Value = String> {
         1 => Just("env".to_string()),
         1 => Just("Zone".to_string()),
         2 => Just("job".to_string()),
+        2 => Just("cluster".to_string()),
+        2 => Just("__replica__".to_string()),
         2 => Just("instance".to_string()),
         1 => Just(String::new()),
         1 => Just("a_name_far_too_long".to_string()),
@@ -252,6 +254,46 @@ fn series_parts() -> impl Strategy<Value = SeriesParts> {
         })
 }
 
+/// A series of an HA pair: `__name__`, `cluster` and `__replica__` with short ASCII values
+/// (the oracle elects a replica whose name ends in an even byte: "b" and "r2", not "a"),
+/// a few other labels, mostly sorted as Prometheus sends them.
+fn ha_series() -> impl Strategy<Value = SeriesParts> {
+    (
+        "[a-z_]{1,6}",
+        prop_oneof![Just("c1"), Just("c2")],
+        prop_oneof![Just("a"), Just("b"), Just("r2")],
+        prop::collection::vec((label_name(), label_value()), 0..3),
+        prop::collection::vec(sample(), 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(metric, cluster, replica, extra, samples, sorted)| {
+            let mut labels = vec![
+                Label {
+                    name: "__name__".into(),
+                    value: metric,
+                },
+                Label {
+                    name: "cluster".into(),
+                    value: cluster.into(),
+                },
+                Label {
+                    name: "__replica__".into(),
+                    value: replica.into(),
+                },
+            ];
+            labels.extend(extra.into_iter().map(|(name, value)| Label { name, value }));
+            if sorted {
+                labels.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+            SeriesParts {
+                labels,
+                samples,
+                exemplars: vec![],
+                histograms: vec![],
+            }
+        })
+}
+
 fn metadata() -> impl Strategy<Value = MetricMetadata> {
     ("[a-z_]{0,8}", "[ -~]{0,12}", 0i32..9).prop_map(|(family, help, kind)| MetricMetadata {
         r#type: kind,
@@ -290,6 +332,22 @@ proptest! {
         let bytes = apply(encode_request(&series, &metadata, seed), &damage);
         same_answer(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
         same_answer(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
+        same_answer_ha(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
+        same_answer_ha(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
+    }
+
+    /// HA pairs de-duplicated (DESIGN §15) on requests where most series carry both HA
+    /// labels: the replica label cut out of spliced and re-encoded series alike, the same
+    /// series left out, the same decisions asked.
+    #[test]
+    fn ha_pairs_match_reference(
+        series in prop::collection::vec(prop_oneof![3 => ha_series(), 1 => series_parts()], 0..7),
+        seed in any::<u64>(),
+        policy in policy(),
+    ) {
+        let bytes = encode_request(&series, &[], seed);
+        same_answer_ha(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
+        same_answer_ha(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
     }
 
     #[test]

@@ -11,7 +11,7 @@
 mod common;
 
 use common::protobuf_gen::{apply, damage, maybe_unknown, put_bytes, put_key, put_varint, Choices};
-use promgate::codec::oracle::{same_answer_v2, tight_limits};
+use promgate::codec::oracle::{same_answer_v2, same_answer_v2_ha, tight_limits};
 use promgate::codec::write::LabelPolicy;
 use promgate::config::{ConflictPolicy, Limits};
 use promgate::proto::write_v2 as v2;
@@ -128,6 +128,8 @@ fn label_name() -> impl Strategy<Value = String> {
         1 => Just("tenant_id".to_string()),
         1 => Just("env".to_string()),
         2 => Just("job".to_string()),
+        2 => Just("cluster".to_string()),
+        2 => Just("__replica__".to_string()),
         2 => Just("instance".to_string()),
         1 => Just(String::new()),
         6 => "[a-z_]{1,6}",
@@ -370,6 +372,8 @@ proptest! {
         let bytes = apply(encode_request(&symbols, &series, seed), &damage);
         same_answer_v2(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
         same_answer_v2(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
+        same_answer_v2_ha(&bytes, &policy, &tight_limits(), NOW).map_err(TestCaseError::fail)?;
+        same_answer_v2_ha(&bytes, &policy, &Limits::default(), NOW).map_err(TestCaseError::fail)?;
     }
 
     #[test]

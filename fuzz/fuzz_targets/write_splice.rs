@@ -2,11 +2,14 @@
 //! (no snappy, so the fuzzer works on protobuf structure directly), the bytes read both
 //! as a remote write 1.0 and as a 2.0 request: each pair must accept or refuse alike, and
 //! what a fast path writes must decode to exactly its reference's request (and, for 2.0,
-//! convert to 1.0 byte for byte alike). The first byte picks the policy and the limits.
+//! convert to 1.0 byte for byte alike). The first byte picks the policy, the limits and
+//! whether HA pairs are de-duplicated.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use promgate::codec::oracle::{same_answer, same_answer_v2, tight_limits};
+use promgate::codec::oracle::{
+    same_answer, same_answer_ha, same_answer_v2, same_answer_v2_ha, tight_limits,
+};
 use promgate::codec::write::LabelPolicy;
 use promgate::config::{ConflictPolicy, Limits};
 
@@ -25,5 +28,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Err(difference) = same_answer_v2(decoded, &policy, &limits, 1_800_000_000_000) {
         panic!("2.0: {difference}");
+    }
+    // HA pairs de-duplicated (DESIGN §15) when the fourth bit is set.
+    if choice & 16 != 0 {
+        if let Err(difference) = same_answer_ha(decoded, &policy, &limits, 1_800_000_000_000) {
+            panic!("1.0 with HA: {difference}");
+        }
+        if let Err(difference) = same_answer_v2_ha(decoded, &policy, &limits, 1_800_000_000_000) {
+            panic!("2.0 with HA: {difference}");
+        }
     }
 });

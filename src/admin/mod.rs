@@ -3,6 +3,7 @@
 //! `/admin/` needs the admin bearer token, compared in constant time; there are no
 //! cookies and no CORS.
 
+mod ha;
 mod tenants;
 mod usage;
 
@@ -255,6 +256,7 @@ mod tests {
             "/admin/v1/tenants/{id}",
             "/admin/v1/tenants/{id}/tokens",
             "/admin/v1/tenants/{id}/tokens/{token_id}",
+            "/admin/v1/tenants/{id}/ha",
             "/admin/v1/openapi.json",
             "/admin/v1/audit",
         ] {

@@ -37,6 +37,7 @@ pub fn routes() -> Router<SharedState> {
             get(list_tokens).post(issue_token),
         )
         .route("/v1/tenants/{id}/tokens/{token_id}", delete(revoke_token))
+        .route("/v1/tenants/{id}/ha", get(super::ha::tenant_ha))
 }
 
 /// The writable fields of a tenant; POST needs `id`, PATCH takes any subset.

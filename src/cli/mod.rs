@@ -83,6 +83,9 @@ pub enum TenantCommand {
     Enable { id: String },
     /// Delete the tenant with its identities and tokens.
     Delete { id: String },
+    /// The tenant's HA clusters: each one's elected replica, when it was elected, when
+    /// its samples were last received, and how many times the election changed.
+    Ha { id: String },
 }
 
 #[derive(Args, Debug)]
@@ -256,6 +259,15 @@ async fn tenant(
                 .call(Method::GET, &tenant_path(&id), None, None)
                 .await?;
             show_tenant(output, &answer.body);
+        }
+        TenantCommand::Ha { id } => {
+            let answer = client
+                .call(Method::GET, &format!("{}/ha", tenant_path(&id)), None, None)
+                .await?;
+            match output {
+                Output::Json | Output::Csv => print_json(&answer.body),
+                Output::Table => print!("{}", table::ha(&answer.body)),
+            }
         }
         TenantCommand::Update { id, change } => {
             let updated = update(client, &id, &change).await?;

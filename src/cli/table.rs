@@ -167,6 +167,44 @@ pub fn tokens(body: &Value) -> String {
     columns(&["ID", "STATUS", "CREATED", "EXPIRES", "DESCRIPTION"], rows)
 }
 
+/// `GET /admin/v1/tenants/{id}/ha` as a table, after a line of the tenant's settings.
+pub fn ha(body: &Value) -> String {
+    let mut out = format!(
+        "accept_ha_samples={} cluster_label={} replica_label={} failover_timeout={} max_clusters={}\n",
+        text(&body["accept_ha_samples"]),
+        text(&body["ha_cluster_label"]),
+        text(&body["ha_replica_label"]),
+        text(&body["ha_failover_timeout"]),
+        text(&body["ha_max_clusters"]),
+    );
+    let rows = body["clusters"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|cluster| {
+            vec![
+                text(&cluster["cluster"]),
+                text(&cluster["elected_replica"]),
+                text(&cluster["elected_at"]),
+                text(&cluster["received_at"]),
+                text(&cluster["changes"]),
+            ]
+        })
+        .collect();
+    out.push_str(&columns(
+        &[
+            "CLUSTER",
+            "ELECTED_REPLICA",
+            "ELECTED_AT",
+            "RECEIVED_AT",
+            "CHANGES",
+        ],
+        rows,
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +228,30 @@ mod tests {
         assert!(lines[1].contains("(all)") && lines[1].contains("requests_per_second=5"));
         assert!(lines[2].contains("b?[2J") && !table.contains('\u{1b}'));
         assert!(lines[2].contains("x, y"));
+    }
+
+    #[test]
+    fn ha_clusters_line_up() {
+        let body = json!({"tenant": "alpha", "accept_ha_samples": true, "ha_cluster_label": "cluster",
+        "ha_replica_label": "__replica__", "ha_failover_timeout": "10s", "ha_max_clusters": 100,
+        "clusters": [
+            {"cluster": "prod", "elected_replica": "r2", "elected_at": "2026-12-08T00:00:00.000Z",
+             "received_at": "2026-12-08T00:01:00.000Z", "changes": 1},
+            {"cluster": "eu\u{1b}", "elected_replica": "a", "elected_at": "2026-12-08T00:00:00.000Z",
+             "received_at": "2026-12-08T00:00:05.000Z", "changes": 0},
+        ]});
+        let table = ha(&body);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].contains("failover_timeout=10s"), "{table}");
+        assert!(
+            lines[1].starts_with("CLUSTER  ELECTED_REPLICA  ELECTED_AT"),
+            "{table}"
+        );
+        assert!(
+            lines[2].starts_with("prod     r2") && lines[2].ends_with(" 1"),
+            "{table}"
+        );
+        assert!(lines[3].contains("eu?") && !table.contains('\u{1b}'));
     }
 }

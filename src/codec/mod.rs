@@ -3,6 +3,7 @@
 //! validation, tenant-label enforcement and re-encoding (DESIGN §6 steps 4, 5, 7;
 //! PROTOCOL.md §2). Pure and synchronous: no I/O, no clocks (callers pass `now`).
 
+pub mod ha;
 pub mod oracle;
 pub mod otlp;
 pub mod refused;

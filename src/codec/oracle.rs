@@ -136,6 +136,217 @@ pub fn same_answer_v2(
     }
 }
 
+/// The HA decision the HA oracles use (DESIGN §15): a replica whose name ends in an
+/// even byte is the elected one. Each call is recorded, so the paths must also ask about
+/// the same series in the same order.
+fn recorded_decide(
+    asked: &mut Vec<(String, String, u64)>,
+) -> impl FnMut(&[u8], &[u8], u64) -> bool + '_ {
+    move |cluster: &[u8], replica: &[u8], samples: u64| {
+        asked.push((
+            String::from_utf8_lossy(cluster).into_owned(),
+            String::from_utf8_lossy(replica).into_owned(),
+            samples,
+        ));
+        replica.last().is_some_and(|byte| byte % 2 == 0)
+    }
+}
+
+/// [`same_answer`] with HA pairs de-duplicated (`limits`' HA labels): the fast path's
+/// [`super::splice::rewrite_gated`] against the reference validated, then
+/// [`super::ha::apply`]: same answer, same output, same decisions asked.
+pub fn same_answer_ha(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<(), String> {
+    use super::ha::{apply, HaGate};
+    let mut reference_asked = Vec::new();
+    let reference = decode(decoded).and_then(|mut request| {
+        let mut stats = validate_and_enforce(&mut request, policy, limits, now_ms)?;
+        let mut decide = recorded_decide(&mut reference_asked);
+        apply(
+            &mut request.timeseries,
+            limits,
+            &mut HaGate {
+                decide: &mut decide,
+            },
+            &mut stats,
+        );
+        Ok((request, stats))
+    });
+    let mut fast_asked = Vec::new();
+    let mut out = Vec::new();
+    let mut decide = recorded_decide(&mut fast_asked);
+    let fast = super::splice::rewrite_gated(
+        decoded,
+        policy,
+        limits,
+        now_ms,
+        &mut out,
+        None,
+        Some(HaGate {
+            decide: &mut decide,
+        }),
+    );
+    drop(decide);
+    match (reference, fast) {
+        (Ok((request, stats)), Ok(rewritten)) => {
+            if rewritten.stats != stats {
+                return Err(format!("stats {:?} != {stats:?}", rewritten.stats));
+            }
+            if fast_asked != reference_asked {
+                return Err(format!(
+                    "asked {fast_asked:?}, the reference asked {reference_asked:?}"
+                ));
+            }
+            let written = WriteRequest::decode(out.as_slice())
+                .map_err(|err| format!("fast output does not decode: {err}"))?;
+            if written.encode_to_vec() != request.encode_to_vec() {
+                return Err(format!("fast {written:?}\nreference {request:?}"));
+            }
+            let series_only = WriteRequest::decode(&out[..rewritten.series_end])
+                .map_err(|err| format!("series prefix does not decode: {err}"))?;
+            // Compared as prost's bytes, so NaN payloads count bit for bit.
+            if series_only.encode_to_vec() != series_only_of(&request) {
+                return Err("series prefix differs".into());
+            }
+            Ok(())
+        }
+        (Err(reference), Err(fast)) => same_refusal(&reference, &fast),
+        (reference, fast) => Err(format!(
+            "paths disagree: reference {:?}, fast {:?}",
+            reference.map(|(_, stats)| stats),
+            fast.map(|rewritten| rewritten.stats)
+        )),
+    }
+}
+
+/// The request's series alone, as prost writes them.
+fn series_only_of(request: &WriteRequest) -> Vec<u8> {
+    WriteRequest {
+        timeseries: request.timeseries.clone(),
+        metadata: vec![],
+    }
+    .encode_to_vec()
+}
+
+/// [`same_answer_v2`] with HA pairs de-duplicated: the fast path against the reference
+/// validated, then de-duplicated on its 2.0 series (each series' label references
+/// resolved, the replica label's pair taken out, the same decision asked): same counts,
+/// same decisions asked, and the fast 2.0 and 1.0 forms decode to the reference's.
+pub fn same_answer_v2_ha(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+) -> Result<(), String> {
+    use super::ha::{ha_pair, HaGate};
+    use super::{rw2, splice_v2};
+    use crate::proto::write_v2::Request;
+    let mut reference_asked = Vec::new();
+    let reference = rw2::decode(decoded).and_then(|mut request| {
+        let mut stats = rw2::validate_and_enforce(&mut request, policy, limits, now_ms)?;
+        let mut decide = recorded_decide(&mut reference_asked);
+        let symbols = request.symbols.clone();
+        let text = |index: u32| symbols.get(index as usize).map_or("", String::as_str);
+        request.timeseries.retain_mut(|series| {
+            let pairs = series
+                .labels_refs
+                .chunks_exact(2)
+                .map(|pair| (text(pair[0]), text(pair[1])));
+            let Some((cluster, replica)) = ha_pair(limits, pairs) else {
+                return true;
+            };
+            let refs: Vec<u32> = series
+                .labels_refs
+                .chunks_exact(2)
+                .filter(|pair| text(pair[0]) != limits.ha_replica_label)
+                .flatten()
+                .copied()
+                .collect();
+            let samples = (series.samples.len() + series.histograms.len()) as u64;
+            if decide(cluster.as_bytes(), replica.as_bytes(), samples) {
+                series.labels_refs = refs;
+                return true;
+            }
+            stats.series -= 1;
+            stats.samples -= series.samples.len();
+            stats.histograms -= series.histograms.len();
+            stats.exemplars -= series.exemplars.len();
+            false
+        });
+        Ok((request, stats))
+    });
+    let mut fast_asked = Vec::new();
+    let mut decide = recorded_decide(&mut fast_asked);
+    let forms = splice_v2::Forms { v2: true, v1: true };
+    let fast = splice_v2::rewrite_v2_gated(
+        decoded,
+        policy,
+        limits,
+        now_ms,
+        forms,
+        Some(HaGate {
+            decide: &mut decide,
+        }),
+        None,
+    );
+    drop(decide);
+    let counts = |stats: &super::write::WriteStats| {
+        (
+            stats.series,
+            stats.samples,
+            stats.histograms,
+            stats.exemplars,
+        )
+    };
+    match (reference, fast) {
+        (Ok((request, stats)), Ok(rewritten)) => {
+            if counts(&rewritten.stats) != counts(&stats) {
+                return Err(format!("stats {:?} != {stats:?}", rewritten.stats));
+            }
+            if fast_asked != reference_asked {
+                return Err(format!(
+                    "asked {fast_asked:?}, the reference asked {reference_asked:?}"
+                ));
+            }
+            let v1 = rewritten.v1.unwrap_or_default();
+            if v1[..rewritten.v1_series_end] != rw2::encode_v1(&request, false) {
+                return Err("the 1.0 series-only forms differ".into());
+            }
+            let v2 = rewritten.v2.unwrap_or_default();
+            let written = Request::decode(v2.as_slice())
+                .map_err(|err| format!("fast 2.0 form does not decode: {err}"))?;
+            // The symbol tables may differ (the fast path keeps the replica's symbols);
+            // compare the series with their labels resolved.
+            if written.timeseries.len() != request.timeseries.len() {
+                return Err("the 2.0 form holds other series".into());
+            }
+            for (fast, reference) in written.timeseries.iter().zip(&request.timeseries) {
+                let resolve = |symbols: &[String], refs: &[u32]| -> Vec<String> {
+                    refs.iter()
+                        .map(|index| symbols.get(*index as usize).cloned().unwrap_or_default())
+                        .collect()
+                };
+                if resolve(&written.symbols, &fast.labels_refs)
+                    != resolve(&request.symbols, &reference.labels_refs)
+                {
+                    return Err("a 2.0 series has other labels".into());
+                }
+            }
+            Ok(())
+        }
+        (Err(reference), Err(fast)) => same_refusal(&reference, &fast),
+        (reference, fast) => Err(format!(
+            "paths disagree: reference {:?}, fast {:?}",
+            reference.map(|(_, stats)| stats),
+            fast.map(|rewritten| rewritten.stats)
+        )),
+    }
+}
+
 /// Each message's fields, and which hold a message (by the message's name).
 type Fields = &'static [(u32, Option<&'static str>)];
 type SchemaOf = fn(&str) -> Fields;

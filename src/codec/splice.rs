@@ -29,6 +29,9 @@ use crate::config::Limits;
 use crate::proto::{Exemplar, Histogram, MetricMetadata, Sample};
 use crate::series::{SeriesKey, SeriesSpan};
 
+use super::ha::{ha_pair, HaGate};
+use crate::series::ha::same_bytes;
+
 impl SeriesLog<'_> {
     /// Notes the series written as `series` (its `TimeSeries` field) at `start`: its
     /// identity is the hash of its label fields, which come first, `labels_len` bytes.
@@ -110,7 +113,22 @@ pub fn rewrite_tracked(
     limits: &Limits,
     now_ms: i64,
     out: &mut Vec<u8>,
+    log: Option<SeriesLog<'_>>,
+) -> Result<Rewritten, CodecError> {
+    rewrite_gated(decoded, policy, limits, now_ms, out, log, None)
+}
+
+/// As [`rewrite_tracked`], and with `ha` given, the tenant's HA pairs are de-duplicated
+/// (DESIGN §15, [`super::ha`]): a series carrying both HA labels is written without its
+/// replica label when `ha` says so and left out otherwise (neither counted nor logged).
+pub fn rewrite_gated(
+    decoded: &[u8],
+    policy: &LabelPolicy,
+    limits: &Limits,
+    now_ms: i64,
+    out: &mut Vec<u8>,
     mut log: Option<SeriesLog<'_>>,
+    mut ha: Option<HaGate<'_>>,
 ) -> Result<Rewritten, CodecError> {
     if let Some(log) = log.as_mut() {
         log.spans.clear();
@@ -129,6 +147,7 @@ pub fn rewrite_tracked(
             })
             .collect(),
         newest_allowed: newest_allowed_ms(now_ms, limits),
+        ha: ha.is_some(),
         labels: Vec::with_capacity(32),
         pieces: Vec::with_capacity(4),
         owned: Vec::new(),
@@ -136,6 +155,8 @@ pub fn rewrite_tracked(
     let mut metadata = Vec::new();
     let mut metadata_owned = Vec::new();
     let mut stats = WriteStats::default();
+    // Series left out for HA: taken from the counts once the request's count is checked.
+    let mut left_out = 0;
     let mut first_invalid = None;
     let mut reader = Reader::new(decoded);
     while !reader.is_empty() {
@@ -151,8 +172,37 @@ pub fn rewrite_tracked(
                     first_invalid.is_none() && stats.series <= limits.max_series_per_request;
                 let start = out.len();
                 let before = stats;
-                match splicer.series(series, &mut stats, writing.then_some(&mut *out)) {
-                    Ok(labels_len) => {
+                let written = splicer.series(
+                    series,
+                    &mut stats,
+                    writing.then_some(&mut *out),
+                    ha.as_mut(),
+                );
+                match written {
+                    Ok((_, _, true)) => {
+                        // Left out for HA before it was written.
+                        left_out += 1;
+                        stats.samples = before.samples;
+                        stats.histograms = before.histograms;
+                        stats.exemplars = before.exemplars;
+                    }
+                    Ok((labels_len, pair, false)) => {
+                        // A series written anew is decided once written.
+                        if let (Some(gate), Some((cluster, replica)), true) =
+                            (ha.as_mut(), pair, out.len() > start)
+                        {
+                            let samples = (stats.samples - before.samples + stats.histograms
+                                - before.histograms)
+                                as u64;
+                            if !(gate.decide)(cluster, replica, samples) {
+                                out.truncate(start);
+                                left_out += 1;
+                                stats.samples = before.samples;
+                                stats.histograms = before.histograms;
+                                stats.exemplars = before.exemplars;
+                                continue;
+                            }
+                        }
                         if let (Some(log), true) = (log.as_mut(), out.len() > start) {
                             log.note(&out[start..], labels_len, start, &before, &stats);
                         }
@@ -184,6 +234,7 @@ pub fn rewrite_tracked(
     if let Some(err) = first_invalid {
         return Err(err);
     }
+    stats.series -= left_out;
     let series_end = out.len();
     for piece in &metadata {
         out.extend_from_slice(piece.bytes(decoded, &metadata_owned));
@@ -275,6 +326,8 @@ struct Splicer<'a> {
     limits: &'a Limits,
     enforced: Vec<Borrowed<'a>>,
     newest_allowed: i64,
+    /// Whether series carrying both HA labels lose their replica label.
+    ha: bool,
     labels: Vec<Borrowed<'a>>,
     pieces: Vec<Piece>,
     owned: Vec<u8>,
@@ -288,15 +341,22 @@ const LEAF_DEPTH: u32 = SERIES_DEPTH - 1;
 impl<'a> Splicer<'a> {
     /// Reads one `TimeSeries` and, when `out` is given and the series is valid, writes
     /// the tenant's version of it; returns the bytes of label fields written (0 when
-    /// nothing was).
+    /// nothing was), with HA on its cluster and replica when it carries both and is yet
+    /// to be decided, and whether `ha` left it out. A series with canonical labels is
+    /// decided before it is written, so a dropped one costs no copy.
     fn series(
         &mut self,
         series: &'a [u8],
         stats: &mut WriteStats,
         out: Option<&mut Vec<u8>>,
-    ) -> Result<usize, Refusal> {
+        ha: Option<&mut HaGate<'_>>,
+    ) -> Result<(usize, Option<HaPair<'a>>, bool), Refusal> {
+        let ha_names = self.ha.then_some((
+            self.limits.ha_cluster_label.as_bytes(),
+            self.limits.ha_replica_label.as_bytes(),
+        ));
         let canonical = match out {
-            Some(_) => canonical_labels(series, &self.policy.spliced, self.limits),
+            Some(_) => canonical_labels(series, &self.policy.spliced, self.limits, ha_names),
             None => None,
         };
         // Canonical labels come first; a label field after other fields sends the series
@@ -318,11 +378,25 @@ impl<'a> Splicer<'a> {
         stats.exemplars += fields.exemplars;
         stats.histograms += fields.histograms;
         let Some(out) = out else {
-            return Ok(0);
+            return Ok((0, None, false));
         };
         let result = match canonical {
-            Some(labels) => self.write_spliced(series, labels, fields.newest, out),
-            None => self.write_enforced(series, fields.newest, out),
+            Some(labels) => {
+                if let (Some(gate), Some((cluster, replica))) = (ha, labels.ha_pair()) {
+                    // Checked as when written, then decided.
+                    self.check_spliced_newest(&labels, fields.newest)
+                        .map_err(Refusal::Invalid)?;
+                    let samples = (fields.samples + fields.histograms) as u64;
+                    if !(gate.decide)(cluster, replica, samples) {
+                        return Ok((0, None, true));
+                    }
+                }
+                self.write_spliced(series, labels, fields.newest, out)
+                    .map(|len| (len, None, false))
+            }
+            None => self
+                .write_enforced(series, fields.newest, out)
+                .map(|(len, pair)| (len, pair, false)),
         };
         result.map_err(Refusal::Invalid)
     }
@@ -452,6 +526,37 @@ impl<'a> Splicer<'a> {
         newest: Option<i64>,
         out: &mut Vec<u8>,
     ) -> Result<usize, CodecError> {
+        self.check_spliced_newest(&labels, newest)?;
+        let spliced = &self.policy.spliced;
+        let inserted: usize = spliced.iter().map(|label| label.field.len()).sum();
+        // The replica label of an HA series is left out.
+        let cut = match labels.ha_pair() {
+            Some(_) => labels.replica.start..labels.replica.end,
+            None => 0..0,
+        };
+        let label_bytes = labels.end - cut.len() + inserted;
+        let len = label_bytes + self.pieces_len();
+        out.push(0x0a);
+        wire::put_varint(out, len as u64);
+        let mut from = 0;
+        for (label, &at) in spliced.iter().zip(&labels.splice_at) {
+            copy_but(out, &series[..at], from, &cut);
+            out.extend_from_slice(&label.field);
+            from = at;
+        }
+        copy_but(out, &series[..labels.end], from, &cut);
+        self.write_pieces(series, out);
+        Ok(label_bytes)
+    }
+
+    /// The one check of a series with canonical labels left for when it is written: its
+    /// newest sample not too far ahead.
+    #[inline]
+    fn check_spliced_newest(
+        &self,
+        labels: &CanonicalLabels<'_>,
+        newest: Option<i64>,
+    ) -> Result<(), CodecError> {
         if newest.is_some_and(|newest| newest > self.newest_allowed) {
             let metric_name = [Borrowed {
                 name: "__name__",
@@ -459,20 +564,7 @@ impl<'a> Splicer<'a> {
             }];
             check_newest(&metric_name, newest, self.newest_allowed, self.limits)?;
         }
-        let spliced = &self.policy.spliced;
-        let inserted: usize = spliced.iter().map(|label| label.field.len()).sum();
-        let len = labels.end + inserted + self.pieces_len();
-        out.push(0x0a);
-        wire::put_varint(out, len as u64);
-        let mut from = 0;
-        for (label, &at) in spliced.iter().zip(&labels.splice_at) {
-            out.extend_from_slice(&series[from..at]);
-            out.extend_from_slice(&label.field);
-            from = at;
-        }
-        out.extend_from_slice(&series[from..labels.end]);
-        self.write_pieces(series, out);
-        Ok(labels.end + inserted)
+        Ok(())
     }
 
     /// Writes a series after the full checks, its labels encoded anew.
@@ -481,7 +573,7 @@ impl<'a> Splicer<'a> {
         series: &[u8],
         newest: Option<i64>,
         out: &mut Vec<u8>,
-    ) -> Result<usize, CodecError> {
+    ) -> Result<(usize, Option<HaPair<'a>>), CodecError> {
         enforce_labels(
             &mut self.labels,
             &self.enforced,
@@ -489,6 +581,19 @@ impl<'a> Splicer<'a> {
             self.limits,
         )?;
         check_newest(&self.labels, newest, self.newest_allowed, self.limits)?;
+        let pair = if self.ha {
+            ha_pair(
+                self.limits,
+                self.labels.iter().map(|label| (label.name, label.value)),
+            )
+            .map(|(cluster, replica)| (cluster.as_bytes(), replica.as_bytes()))
+        } else {
+            None
+        };
+        if pair.is_some() {
+            let replica = self.limits.ha_replica_label.as_str();
+            self.labels.retain(|label| label.name != replica);
+        }
         let labels_len: usize = self
             .labels
             .iter()
@@ -506,7 +611,7 @@ impl<'a> Splicer<'a> {
             put_string(out, 0x12, label.value);
         }
         self.write_pieces(series, out);
-        Ok(labels_len)
+        Ok((labels_len, pair))
     }
 
     fn pieces_len(&self) -> usize {
@@ -535,6 +640,45 @@ struct CanonicalLabels<'a> {
     splice_at: [usize; MAX_SPLICED],
     /// The value of `__name__` (ASCII).
     metric_name: &'a [u8],
+    /// With HA on: the value of the cluster label (ASCII), and the replica label's
+    /// field (`start..end` in the series' bytes) and value.
+    cluster: Option<&'a [u8]>,
+    replica: ReplicaField<'a>,
+}
+
+/// A cluster and a replica, both non-empty.
+type HaPair<'a> = (&'a [u8], &'a [u8]);
+
+/// Where a series' replica label lies, and its value (empty when it has none).
+#[derive(Clone, Copy, Default)]
+struct ReplicaField<'a> {
+    start: usize,
+    end: usize,
+    value: &'a [u8],
+}
+
+impl<'a> CanonicalLabels<'a> {
+    /// The cluster and replica, when the series carries both.
+    #[inline]
+    fn ha_pair(&self) -> Option<HaPair<'a>> {
+        let cluster = self.cluster?;
+        if self.replica.value.is_empty() {
+            return None;
+        }
+        Some((cluster, self.replica.value))
+    }
+}
+
+/// Appends `bytes[from..]` to `out`, without the part inside `cut`.
+#[inline]
+fn copy_but(out: &mut Vec<u8>, bytes: &[u8], from: usize, cut: &std::ops::Range<usize>) {
+    let to = bytes.len();
+    if cut.is_empty() || cut.end <= from || cut.start >= to {
+        out.extend_from_slice(&bytes[from..]);
+        return;
+    }
+    out.extend_from_slice(&bytes[from..cut.start.max(from)]);
+    out.extend_from_slice(&bytes[cut.end.min(to)..]);
 }
 
 /// Recognises canonical labels at the start of a series, or says `None` for the full
@@ -543,6 +687,7 @@ fn canonical_labels<'a>(
     series: &'a [u8],
     spliced: &[SplicedLabel],
     limits: &Limits,
+    ha_names: Option<(&[u8], &[u8])>,
 ) -> Option<CanonicalLabels<'a>> {
     if spliced.len() > MAX_SPLICED {
         return None;
@@ -553,6 +698,8 @@ fn canonical_labels<'a>(
     let mut count = 0;
     let mut previous: &[u8] = &[];
     let mut metric_name = None;
+    let mut cluster = None;
+    let mut replica = ReplicaField::default();
     while series.get(pos) == Some(&0x0a) {
         let (len, len_bytes) = short_varint(series, pos + 1)?;
         let end = pos + 1 + len_bytes + len;
@@ -585,6 +732,17 @@ fn canonical_labels<'a>(
         if name == b"__name__" {
             metric_name = Some(&rest[1 + value_bytes..]);
         }
+        if let Some((cluster_name, replica_name)) = ha_names {
+            if same_bytes(name, cluster_name) {
+                cluster = Some(&rest[1 + value_bytes..]);
+            } else if same_bytes(name, replica_name) {
+                replica = ReplicaField {
+                    start: pos,
+                    end,
+                    value: &rest[1 + value_bytes..],
+                };
+            }
+        }
         previous = name;
         count += 1;
         pos = end;
@@ -599,6 +757,8 @@ fn canonical_labels<'a>(
         end: pos,
         splice_at,
         metric_name: metric_name?,
+        cluster,
+        replica,
     })
 }
 

@@ -21,6 +21,7 @@ use std::ops::Range;
 use prost::encoding::{encode_key, encode_varint, message, WireType};
 use prost::Message;
 
+use super::ha::{ha_pair, HaGate};
 use super::rw2::{
     check_series, encode_label, enforced_labels, exemplar_to_v1, histogram_problem,
     histogram_to_v1, intern_enforced, metadata_from, sample_to_v1, symbol, SeriesFacts,
@@ -95,7 +96,7 @@ pub fn rewrite_v2(
     now_ms: i64,
     forms: Forms,
 ) -> Result<Rewritten2, CodecError> {
-    rewrite_v2_gated(decoded, policy, limits, now_ms, forms, None)
+    rewrite_v2_gated(decoded, policy, limits, now_ms, forms, None, None)
 }
 
 /// Decides which of a request's checked series are written (DESIGN §14): called once
@@ -106,13 +107,16 @@ pub struct SeriesGate<'a> {
     pub admit: &'a mut dyn FnMut(&[SeriesSpan]) -> Vec<bool>,
 }
 
-/// As [`rewrite_v2`], with the series `gate` admits only.
+/// As [`rewrite_v2`], with the tenant's HA pairs de-duplicated by `ha` first (DESIGN
+/// §15, [`super::ha`]: a series carrying both HA labels loses its replica label, and is
+/// left out when `ha` says so), then with the series `gate` admits only.
 pub fn rewrite_v2_gated(
     decoded: &[u8],
     policy: &LabelPolicy,
     limits: &Limits,
     now_ms: i64,
     forms: Forms,
+    ha: Option<HaGate<'_>>,
     gate: Option<SeriesGate<'_>>,
 ) -> Result<Rewritten2, CodecError> {
     let mut symbols: Vec<&str> = Vec::new();
@@ -222,10 +226,74 @@ pub fn rewrite_v2_gated(
         stats.exemplars += parts.exemplars.len();
         carry_created_timestamp(parts, &mut store)?;
     }
+    if let Some(ha) = ha {
+        dedupe_series(ha, limits, &symbols, &mut series, &mut store, &mut stats);
+    }
     if let Some(gate) = gate {
         admit_series(gate, &symbols, &mut series, &mut store, &mut stats);
     }
     Ok(write_forms(&symbols, &series, &store, forms, stats))
+}
+
+/// Takes the replica label out of the checked labels of each series carrying both HA
+/// labels, and leaves out the series `ha` refuses (as [`admit_series`] does).
+fn dedupe_series(
+    ha: HaGate<'_>,
+    limits: &Limits,
+    symbols: &[&str],
+    series: &mut Vec<Parts>,
+    store: &mut Store<'_>,
+    stats: &mut WriteStats,
+) {
+    let mut kept = Vec::with_capacity(series.len());
+    for (index, parts) in series.iter().enumerate() {
+        let range = store.checked_ranges[index].clone();
+        let pairs = store.checked[range.clone()]
+            .chunks_exact(2)
+            .map(|pair| (symbols[pair[0] as usize], symbols[pair[1] as usize]));
+        let Some((cluster, replica)) = ha_pair(limits, pairs) else {
+            kept.push(true);
+            continue;
+        };
+        // Blank the replica label's pair (a name reference of 0 never names a label:
+        // the table starts with the empty string); the pairs are compacted below.
+        let replica_name = limits.ha_replica_label.as_str();
+        for pair in store.checked[range].chunks_exact_mut(2) {
+            if symbols[pair[0] as usize] == replica_name {
+                pair[0] = 0;
+            }
+        }
+        let samples = (parts.samples.len() + parts.histograms.len()) as u64;
+        let keep = (ha.decide)(cluster.as_bytes(), replica.as_bytes(), samples);
+        if !keep {
+            stats.series -= 1;
+            stats.samples -= parts.samples.len();
+            stats.histograms -= parts.histograms.len();
+            stats.exemplars -= parts.exemplars.len();
+        }
+        kept.push(keep);
+    }
+    // Compact: every checked range without its blanked pairs.
+    let mut compacted = Vec::with_capacity(store.checked.len());
+    for range in &mut store.checked_ranges {
+        let start = compacted.len();
+        for pair in store.checked[range.clone()].chunks_exact(2) {
+            if pair[0] != 0 {
+                compacted.extend_from_slice(pair);
+            }
+        }
+        *range = start..compacted.len();
+    }
+    store.checked = compacted;
+    if kept.iter().all(|&keep| keep) {
+        return;
+    }
+    let mut keep = kept.iter();
+    series.retain(|_| *keep.next().unwrap_or(&true));
+    let mut keep = kept.iter();
+    store
+        .checked_ranges
+        .retain(|_| *keep.next().unwrap_or(&true));
 }
 
 /// Leaves out the series `gate` refuses, from the series, their checked labels' ranges

@@ -37,7 +37,7 @@ macro_rules! limit_keys {
         impl Limits {
             /// Applies `overrides` on top of `self`.
             pub fn with(&self, overrides: &LimitOverrides) -> Limits {
-                Limits { $( $name: overrides.$name.map_or(self.$name, Into::into), )* }
+                Limits { $( $name: overrides.$name.clone().map_or_else(|| self.$name.clone(), Into::into), )* }
             }
         }
     };
@@ -106,6 +106,19 @@ limit_keys! {
     max_active_series: u64 = 150_000, written as u64;
     /// A series not written for this long stops counting as active.
     active_series_idle_timeout: Duration = Duration::from_secs(20 * 60), written as HumanDuration;
+    /// De-duplicate the tenant's Prometheus HA pairs (DESIGN §15): a series carrying
+    /// both `ha_cluster_label` and `ha_replica_label` is written only from the elected
+    /// replica of its cluster, without the replica label.
+    accept_ha_samples: bool = false, written as bool;
+    /// The label naming a series' HA cluster (kept on the series).
+    ha_cluster_label: String = "cluster".to_string(), written as String;
+    /// The label naming a series' HA replica (removed from written series).
+    ha_replica_label: String = "__replica__".to_string(), written as String;
+    /// After this long without samples from the elected replica, the replica then
+    /// sending is elected.
+    ha_failover_timeout: Duration = Duration::from_secs(30), written as HumanDuration;
+    /// HA clusters the tenant may have; series of a new cluster past it are refused.
+    ha_max_clusters: u64 = 100, written as u64;
 }
 
 impl From<HumanSize> for u64 {
@@ -124,6 +137,12 @@ impl From<HumanDuration> for Duration {
 /// Prometheus 3.x) refuse more than 32 MiB, Mimir 100 MiB; promgate buffers the body.
 const MAX_CONFIGURABLE_BYTES: u64 = 256 * 1024 * 1024;
 
+/// The shortest HA failover timeout: the election is refreshed every third of it, and
+/// a remote-write sender sends at least every few seconds.
+pub const MIN_HA_FAILOVER_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest HA failover timeout.
+pub const MAX_HA_FAILOVER_TIMEOUT: Duration = Duration::from_secs(86_400);
+
 /// The longest idle timeout: the tracker's second stamps wrap after 194 days.
 pub const MAX_ACTIVE_SERIES_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 
@@ -141,6 +160,20 @@ impl Limits {
             query_requests_per_second: share(self.query_requests_per_second),
             ..self.clone()
         }
+    }
+
+    /// The HA labels may not be the tenancy label, which promgate owns.
+    pub fn ha_label_problems(&self, tenant_label: &str) -> Vec<String> {
+        [
+            ("ha_cluster_label", &self.ha_cluster_label),
+            ("ha_replica_label", &self.ha_replica_label),
+        ]
+        .into_iter()
+        .filter(|(_, name)| name.as_str() == tenant_label)
+        .map(|(key, name)| {
+            format!("limits.{key} {name:?} is the tenancy label, which promgate owns")
+        })
+        .collect()
     }
 
     /// Every problem with these limits, one sentence each.
@@ -194,6 +227,35 @@ impl Limits {
         {
             problems.push("limits.active_series_idle_timeout must be between 1s and 30d".into());
         }
+        if self.ha_failover_timeout < MIN_HA_FAILOVER_TIMEOUT
+            || self.ha_failover_timeout > MAX_HA_FAILOVER_TIMEOUT
+        {
+            problems.push("limits.ha_failover_timeout must be between 1s and 1d".into());
+        }
+        for (key, name) in [
+            ("ha_cluster_label", &self.ha_cluster_label),
+            ("ha_replica_label", &self.ha_replica_label),
+        ] {
+            if !valid_label_name(name) {
+                problems.push(format!(
+                    "limits.{key} {name:?} is not a valid label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+                ));
+            }
+        }
+        if self.ha_cluster_label == self.ha_replica_label {
+            problems.push("limits.ha_cluster_label and limits.ha_replica_label must differ".into());
+        }
+        for (key, name) in [
+            ("ha_cluster_label", &self.ha_cluster_label),
+            ("ha_replica_label", &self.ha_replica_label),
+        ] {
+            if name == "__name__" {
+                problems.push(format!("limits.{key} must not be __name__"));
+            }
+        }
+        if self.ha_max_clusters == 0 {
+            problems.push("limits.ha_max_clusters must be at least 1".into());
+        }
         if self.max_read_range.is_zero() {
             problems.push("limits.max_read_range must be longer than 0s".into());
         }
@@ -205,6 +267,15 @@ impl Limits {
         }
         problems
     }
+}
+
+/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`.
+fn valid_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == b'_')
+        && bytes.all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
 }
 
 #[cfg(test)]
@@ -254,6 +325,35 @@ mod tests {
             "{problems:?}"
         );
         assert!(Limits::default().problems().is_empty());
+    }
+
+    #[test]
+    fn ha_keys_are_checked() {
+        let overrides: LimitOverrides = serde_json::from_str(
+            r#"{"accept_ha_samples": true, "ha_cluster_label": "pair", "ha_failover_timeout": "10s"}"#,
+        )
+        .expect("valid");
+        let limits = Limits::default().with(&overrides);
+        assert!(limits.accept_ha_samples);
+        assert_eq!(limits.ha_cluster_label, "pair");
+        assert_eq!(limits.ha_replica_label, "__replica__");
+        assert_eq!(limits.ha_failover_timeout, Duration::from_secs(10));
+        assert!(limits.problems().is_empty());
+        for bad in [
+            r#"{"ha_failover_timeout": "500ms"}"#,
+            r#"{"ha_cluster_label": "1cluster"}"#,
+            r#"{"ha_replica_label": "re-plica"}"#,
+            r#"{"ha_replica_label": "cluster"}"#,
+            r#"{"ha_cluster_label": "__name__"}"#,
+            r#"{"ha_max_clusters": 0}"#,
+        ] {
+            let overrides: LimitOverrides = serde_json::from_str(bad).expect("parses");
+            assert_eq!(
+                Limits::default().with(&overrides).problems().len(),
+                1,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -651,9 +651,15 @@ impl Config {
         if tokens.default_ttl.is_zero() {
             problems.push("auth.tokens.default_ttl must be longer than 0s".into());
         }
+        let before_tenancy = problems.len();
         let tenancy = validate_tenancy(tenancy, &mut problems);
+        let tenancy_valid = problems.len() == before_tenancy;
         let limits = Limits::default().with(&limit_overrides);
         problems.extend(limits.problems());
+        // A tenancy label refused already (such as "cluster") is not reported twice.
+        if tenancy_valid {
+            problems.extend(limits.ha_label_problems(&tenancy.label));
+        }
         if limits.max_in_flight_decoded_bytes > server_cfg.max_in_flight_decoded_bytes {
             problems.push(format!(
                 "limits.max_in_flight_decoded_bytes ({}) is larger than server.max_in_flight_decoded_bytes ({}), \
@@ -1698,5 +1704,16 @@ mod tests {
             );
         }
         assert_eq!(parse("").expect("default").tenancy.label, "tenant_id");
+    }
+
+    #[test]
+    fn ha_labels_may_not_be_the_tenancy_label() {
+        let errors =
+            parse("[tenancy]\nlabel = \"org_id\"\n[limits]\nha_replica_label = \"org_id\"\n")
+                .expect_err("the replica label is the tenancy label");
+        assert!(errors.to_string().contains("ha_replica_label"), "{errors}");
+        assert!(
+            parse("[limits]\naccept_ha_samples = true\nha_failover_timeout = \"10s\"\n").is_ok()
+        );
     }
 }

@@ -8,8 +8,12 @@
 //! - [`sketch`]: what replicas share of them through the registry, so the limit is
 //!   global;
 //! - [`limit`]: a request's series admitted or refused, and the refusal's words (the
-//!   refused series are cut out of a 1.0 body by `codec::refused`).
+//!   refused series are cut out of a 1.0 body by `codec::refused`);
+//! - [`ha`]: Prometheus HA pairs (DESIGN §15), the elected replica of each (tenant,
+//!   cluster) and each series' verdict (the codec removes the replica label and leaves
+//!   dropped series out, `codec::ha`).
 
+pub mod ha;
 pub mod identity;
 pub mod limit;
 pub mod sketch;

@@ -2,6 +2,7 @@
 //! remote write, remote read, OTLP metrics and the query API; the admin listener serves the admin API, `/metrics` and probes.
 
 mod common;
+pub mod ha;
 pub mod listener;
 pub mod otlp;
 pub mod query;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub active_series: Arc<crate::series::ActiveSeries>,
     /// The key of series identities.
     pub series_key: crate::series::SeriesKey,
+    /// The cached HA elections (DESIGN §15).
+    pub ha: Arc<crate::series::ha::HaTracker>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -15,6 +15,7 @@
 //! 503 with `Retry-After` when a backend is unavailable. Refusals carry a protobuf
 //! `google.rpc.Status` body.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -33,14 +34,16 @@ use super::common::{
 };
 use super::series::{count_refused_samples, Tracking};
 use super::usage::{count_write, WriteCounted};
-use super::write::{admit_samples, admit_write, forward, now_ms, reserve_decoded, Bodies};
-use super::SharedState;
+use super::write::{admit_samples, admit_write, forward, now_ms, reserve_decoded, Bodies, HaPass};
+use super::{Live, SharedState};
 use crate::backend::Written;
+use crate::codec::ha::HaGate;
 use crate::codec::otlp::{self, Caps, Enforced};
 use crate::codec::splice::label_set_span;
 use crate::codec::{snappy, CodecError};
 use crate::config::OtlpConfig;
 use crate::error::AppError;
+use crate::series::ha::{HaOutcome, HaRefusal, HaSettings, Resolved};
 use crate::series::limit::{admit_spans, SeriesLimit};
 use crate::series::{SeriesRefusal, SeriesSpan};
 use crate::telemetry::{TenantLabel, TenantOutcome};
@@ -236,51 +239,44 @@ async fn handle(
     // whatever a reload does meanwhile.
     let live = state.live.load_full();
     let now = now_ms();
-    let tracker = Arc::clone(&state.active_series);
-    let key = state.series_key;
-    let (compressed, enforced, refused) = if gzip || claimed > OFFLOAD_DECODED_BYTES {
-        let job_tenant = Arc::clone(&tenant);
-        let job_live = Arc::clone(&live);
-        state
-            .cpu
-            .run(&tenant.tenant.id, move || {
-                prepare(
-                    &body,
-                    gzip,
-                    claimed,
-                    &job_live.config.otlp,
-                    &job_tenant,
-                    now,
-                    Tracking {
-                        tracker: &tracker,
-                        key: &key,
-                    },
-                )
-            })
-            .await
-            .map_err(|err| cpu_unavailable(&tenant, err))?
-    } else {
-        let tracking = Tracking {
-            tracker: &tracker,
-            key: &key,
-        };
-        prepare(
+    // HA pairs (DESIGN §15), on the translated series: as for remote write, a second
+    // pass with the registry's answers when the cache cannot judge a cluster.
+    let mut resolved: Option<Arc<HashMap<String, Resolved>>> = None;
+    let (compressed, enforced, refused, ha_outcome) = loop {
+        let prepared = prepare_export(
+            state,
+            &tenant,
+            &live,
             &body,
             gzip,
             claimed,
-            &live.config.otlp,
-            &tenant,
             now,
-            tracking,
+            resolved.clone(),
         )
-    }
-    .map_err(codec_failure)?;
+        .await?
+        .map_err(codec_failure)?;
+        match &prepared.3 {
+            Some(outcome) if !outcome.asks.is_empty() && resolved.is_none() => {
+                let answers = super::ha::resolve(state, &tenant, &outcome.asks, now).await?;
+                resolved = Some(Arc::new(answers));
+            }
+            _ => break prepared,
+        }
+    };
     if let Some(refused) = &refused {
         count_refused_samples(state, &tenant, "series_limit", refused.samples);
     }
+    if let Some(outcome) = &ha_outcome {
+        super::ha::commit(state, &tenant, outcome, now);
+    }
+    let ha_refused = ha_outcome.is_some_and(|outcome| outcome.refused_series > 0);
     // Points refused for the series limit are answered in `partial_success` (DESIGN
     // §14), even when no point is left; other refusals of every point are a 400.
-    if enforced.accepted_points == 0 && enforced.rejected_points > 0 && refused.is_none() {
+    if enforced.accepted_points == 0
+        && enforced.rejected_points > 0
+        && refused.is_none()
+        && !ha_refused
+    {
         count_points(state, &tenant.tenant.id, &enforced);
         return Err(Failure::new(
             &tenant,
@@ -339,9 +335,72 @@ async fn handle(
     })
 }
 
+/// An export prepared for the backends: the compressed body (`None` when no series is
+/// left), the translated request's counts, what the active series limit refused and,
+/// for a tenant with HA on, what the HA decisions came to.
+type Prepared = (
+    Option<Bytes>,
+    Enforced,
+    Option<SeriesRefusal>,
+    Option<HaOutcome>,
+);
+
+/// Prepares the export on the CPU pool when it is compressed or large, here otherwise.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_export(
+    state: &SharedState,
+    tenant: &Arc<TenantEntry>,
+    live: &Arc<Live>,
+    body: &Bytes,
+    gzip: bool,
+    claimed: u64,
+    now: i64,
+    resolved: Option<Arc<HashMap<String, Resolved>>>,
+) -> Result<Result<Prepared, CodecError>, Failure> {
+    let tracker = Arc::clone(&state.active_series);
+    let ha_tracker = Arc::clone(&state.ha);
+    let key = state.series_key;
+    let job = move |body: &[u8], tenant: &TenantEntry, live: &Live| {
+        let no_answers = HashMap::new();
+        let ha = tenant.limits.accept_ha_samples.then(|| HaPass {
+            tracker: &ha_tracker,
+            resolved: resolved.as_deref().unwrap_or(&no_answers),
+        });
+        let tracking = Tracking {
+            tracker: &tracker,
+            key: &key,
+        };
+        prepare(
+            body,
+            gzip,
+            claimed,
+            &live.config.otlp,
+            tenant,
+            now,
+            tracking,
+            ha,
+        )
+    };
+    if gzip || claimed > OFFLOAD_DECODED_BYTES {
+        let job_tenant = Arc::clone(tenant);
+        let job_live = Arc::clone(live);
+        let job_body = body.clone();
+        state
+            .cpu
+            .run(&tenant.tenant.id, move || {
+                job(&job_body, &job_tenant, &job_live)
+            })
+            .await
+            .map_err(|err| cpu_unavailable(tenant, err))
+    } else {
+        Ok(job(body, tenant, live))
+    }
+}
+
 /// Inflates (under the checked claim), decodes, translates and scopes to the tenant;
 /// the snappy-compressed remote write 1.0 body for the backends, `None` when there
 /// is no series to send.
+#[allow(clippy::too_many_arguments)]
 fn prepare(
     body: &[u8],
     gzip: bool,
@@ -350,7 +409,8 @@ fn prepare(
     tenant: &TenantEntry,
     now_ms: i64,
     tracking: Tracking<'_>,
-) -> Result<(Option<Bytes>, Enforced, Option<SeriesRefusal>), CodecError> {
+    ha: Option<HaPass<'_>>,
+) -> Result<Prepared, CodecError> {
     let inflated;
     let decoded = if gzip {
         inflated = otlp::gunzip(body, claimed)?;
@@ -363,10 +423,49 @@ fn prepare(
     let translated = otlp::translate(&request, config, Caps::of(limits))?;
     drop(request);
     let mut enforced = otlp::enforce(translated, &tenant.policy, limits, now_ms)?;
+    let ha_outcome = ha.map(|ha| dedupe_pairs(&mut enforced, tenant, &ha, now_ms));
     let refused = limit_series(&mut enforced, tenant, &tracking);
     let compressed = (!enforced.request.timeseries.is_empty())
         .then(|| Bytes::from(snappy::compress(&enforced.request.encode_to_vec())));
-    Ok((compressed, enforced, refused))
+    Ok((compressed, enforced, refused, ha_outcome))
+}
+
+/// The tenant's HA pairs (DESIGN §15) on translated series: the replica label taken off,
+/// series of non-elected replicas dropped (still answered as accepted, as remote write
+/// answers 2xx), series of new clusters past `ha_max_clusters` answered as rejected.
+fn dedupe_pairs(
+    enforced: &mut Enforced,
+    tenant: &TenantEntry,
+    ha: &HaPass<'_>,
+    now_ms: i64,
+) -> HaOutcome {
+    let mut decisions = ha.decisions(tenant, now_ms);
+    let mut decide =
+        |cluster: &[u8], replica: &[u8], samples: u64| decisions.decide(cluster, replica, samples);
+    let before = enforced.stats;
+    crate::codec::ha::apply(
+        &mut enforced.request.timeseries,
+        &tenant.limits,
+        &mut HaGate {
+            decide: &mut decide,
+        },
+        &mut enforced.stats,
+    );
+    let outcome = decisions.outcome;
+    let dropped = (before.samples - enforced.stats.samples + before.histograms
+        - enforced.stats.histograms) as u64;
+    enforced.accepted_points = enforced.accepted_points.saturating_sub(dropped);
+    if outcome.refused_series > 0 {
+        enforced.rejected_points += outcome.refused_samples;
+        if !enforced.message.is_empty() {
+            enforced.message.push_str("; ");
+        }
+        let refusal = HaRefusal::of(&outcome, HaSettings::of(&tenant.limits));
+        if let Some(refusal) = refusal {
+            enforced.message.push_str(&refusal.reason());
+        }
+    }
+    outcome
 }
 
 /// The tenant's active series limit (DESIGN §14) on translated series: new ones past it

@@ -4,6 +4,7 @@
 //! known.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,6 +26,7 @@ use super::usage::{count_throttled, count_write, WriteCounted};
 use super::{Live, SharedState};
 use crate::admission::{BudgetError, Verdict};
 use crate::backend::{self, Outcome, Written};
+use crate::codec::ha::HaGate;
 use crate::codec::refused::apply_limit;
 use crate::codec::splice::{self, Rewritten, SeriesLog};
 use crate::codec::write::WriteStats;
@@ -33,6 +35,7 @@ use crate::config::{BackendConfig, WriteProtocol};
 use crate::delivery::envelope::QueuedWrite;
 use crate::delivery::queue::QueueError;
 use crate::error::AppError;
+use crate::series::ha::{HaDecisions, HaOutcome, HaRefusal, HaSettings, HaTracker, Resolved};
 use crate::series::limit::admit_spans;
 use crate::series::limit::SeriesLimit;
 use crate::series::{SeriesRefusal, SeriesSpan};
@@ -64,6 +67,7 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
             refused,
             compressed_bytes,
             decoded_bytes,
+            ha_refused,
         }) => {
             count_write(
                 &tenant,
@@ -82,23 +86,37 @@ pub async fn remote_write(State(state): State<SharedState>, request: Request) ->
                     tenant: tenant.tenant.id.clone(),
                 })
                 .inc_by(stats.total_samples() as u64);
-            let response = match refused {
+            let response = match (refused, ha_refused) {
                 // The rest is written; the sender must not retry the refused series.
-                Some(refused) => {
-                    tracing::info!(
-                        tenant = %tenant.tenant.id,
-                        refused_series = refused.refused,
-                        limit = refused.limit,
-                        "new series refused: the tenant is at its active series limit"
-                    );
-                    Failure::new(
-                        &tenant,
-                        "series_limit",
-                        AppError::BadRequest(refused.reason()),
-                    )
-                    .respond(&state, Endpoint::Write)
+                (refused, ha_refused) if refused.is_some() || ha_refused.is_some() => {
+                    let mut reasons = Vec::new();
+                    if let Some(refused) = &refused {
+                        tracing::info!(
+                            tenant = %tenant.tenant.id,
+                            refused_series = refused.refused,
+                            limit = refused.limit,
+                            "new series refused: the tenant is at its active series limit"
+                        );
+                        reasons.push(refused.reason());
+                    }
+                    if let Some(ha_refused) = &ha_refused {
+                        tracing::info!(
+                            tenant = %tenant.tenant.id,
+                            refused_series = ha_refused.series,
+                            limit = ha_refused.max_clusters,
+                            "series of new HA clusters refused: the tenant is at its ha_max_clusters"
+                        );
+                        reasons.push(ha_refused.reason());
+                    }
+                    let reason = if refused.is_some() {
+                        "series_limit"
+                    } else {
+                        "ha_max_clusters"
+                    };
+                    Failure::new(&tenant, reason, AppError::BadRequest(reasons.join("; ")))
+                        .respond(&state, Endpoint::Write)
                 }
-                None => {
+                _ => {
                     count_request(
                         &state,
                         Endpoint::Write,
@@ -155,47 +173,41 @@ async fn handle(
     let live = state.live.load_full();
     let targets = Targets::of(&live, &tenant);
     let now = now_ms();
-    let tracker = Arc::clone(&state.active_series);
-    let key = state.series_key;
-    let prepare = move |compressed: &[u8], tenant: &TenantEntry| match protocol {
-        WriteProtocol::V1 => {
-            let tracking = Tracking {
-                tracker: &tracker,
-                key: &key,
-            };
-            rewrite_body(
-                compressed,
-                tenant,
-                targets.any_by_label,
-                now,
-                Some(tracking),
-            )
-        }
-        WriteProtocol::V2 => {
-            let tracking = Tracking {
-                tracker: &tracker,
-                key: &key,
-            };
-            prepare_v2(compressed, tenant, targets, now, tracking)
+    // HA pairs (DESIGN §15): a first pass judges every series from the cache; when the
+    // cache cannot judge a cluster (new, or an election older than the failover
+    // timeout), the registry is asked and the request is prepared again with its
+    // answers. Only a tenant with HA on can take the second pass.
+    let mut resolved: Option<Arc<HashMap<String, Resolved>>> = None;
+    let (bodies, stats, refused, ha_outcome) = loop {
+        let prepared = prepare_write(
+            state,
+            &tenant,
+            &compressed,
+            claimed,
+            protocol,
+            targets,
+            now,
+            resolved.clone(),
+        )
+        .await?
+        .map_err(codec_failure)?;
+        match &prepared.3 {
+            Some(outcome) if !outcome.asks.is_empty() && resolved.is_none() => {
+                let answers = super::ha::resolve(state, &tenant, &outcome.asks, now).await?;
+                resolved = Some(Arc::new(answers));
+            }
+            _ => break prepared,
         }
     };
-    let prepared = if claimed > OFFLOAD_DECODED_BYTES {
-        let job_tenant = Arc::clone(&tenant);
-        state
-            .cpu
-            .run(&tenant.tenant.id, move || prepare(&compressed, &job_tenant))
-            .await
-            .map_err(|err| cpu_unavailable(&tenant, err))?
-    } else {
-        let prepared = prepare(&compressed, &tenant);
-        // Not held while the backends answer.
-        drop(compressed);
-        prepared
-    };
-    let (bodies, stats, refused) = prepared.map_err(codec_failure)?;
+    // Not held while the backends answer.
+    drop(compressed);
     if let Some(refused) = &refused {
         count_refused_samples(state, &tenant, "series_limit", refused.samples);
     }
+    let ha_refused = ha_outcome.as_ref().and_then(|outcome| {
+        super::ha::commit(state, &tenant, outcome, now);
+        HaRefusal::of(outcome, HaSettings::of(&tenant.limits))
+    });
     let samples = stats.total_samples() as u64;
     admit_samples(state, Endpoint::Write, &tenant, samples, samples, |burst| {
         format!(
@@ -210,8 +222,12 @@ async fn handle(
             tenant: tenant.tenant.id.clone(),
         })
         .inc_by(samples);
-    // A request whose every series was refused has nothing left to write.
-    let written = if refused.is_some() && stats.series == 0 {
+    // A request whose every series was refused or de-duplicated has nothing left to
+    // write.
+    let ha_dropped = ha_outcome
+        .as_ref()
+        .is_some_and(|outcome| !outcome.deduplicated.is_empty() || outcome.refused_series > 0);
+    let written = if (refused.is_some() || ha_dropped) && stats.series == 0 {
         Written::default()
     } else {
         forward(state, &live, &tenant, bodies, &stats)
@@ -225,11 +241,85 @@ async fn handle(
         refused,
         compressed_bytes,
         decoded_bytes: claimed,
+        ha_refused,
     })
 }
 
+/// A request prepared for the backends: its bodies, counts, what the active series
+/// limit refused and, for a tenant with HA on, what the HA decisions came to.
+type Prepared = (Bodies, WriteStats, Option<SeriesRefusal>, Option<HaOutcome>);
+
+/// Prepares the request on the CPU pool when it is large, here otherwise; with
+/// `resolved`, the registry's answers for the HA clusters a first pass asked about.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_write(
+    state: &SharedState,
+    tenant: &Arc<TenantEntry>,
+    compressed: &Bytes,
+    claimed: u64,
+    protocol: WriteProtocol,
+    targets: Targets,
+    now: i64,
+    resolved: Option<Arc<HashMap<String, Resolved>>>,
+) -> Result<Result<Prepared, CodecError>, Failure> {
+    let tracker = Arc::clone(&state.active_series);
+    let ha_tracker = Arc::clone(&state.ha);
+    let key = state.series_key;
+    let prepare = move |compressed: &[u8], tenant: &TenantEntry| {
+        let tracking = Tracking {
+            tracker: &tracker,
+            key: &key,
+        };
+        let no_answers = HashMap::new();
+        let ha = tenant.limits.accept_ha_samples.then(|| HaPass {
+            tracker: &ha_tracker,
+            resolved: resolved.as_deref().unwrap_or(&no_answers),
+        });
+        match protocol {
+            WriteProtocol::V1 => rewrite_body(
+                compressed,
+                tenant,
+                targets.any_by_label,
+                now,
+                Some(tracking),
+                ha,
+            ),
+            WriteProtocol::V2 => prepare_v2(compressed, tenant, targets, now, tracking, ha),
+        }
+    };
+    if claimed > OFFLOAD_DECODED_BYTES {
+        let job_tenant = Arc::clone(tenant);
+        let job_body = compressed.clone();
+        state
+            .cpu
+            .run(&tenant.tenant.id, move || prepare(&job_body, &job_tenant))
+            .await
+            .map_err(|err| cpu_unavailable(tenant, err))
+    } else {
+        Ok(prepare(compressed, tenant))
+    }
+}
+
+/// The HA cache and the registry's answers a request is judged with.
+pub(super) struct HaPass<'a> {
+    pub tracker: &'a HaTracker,
+    pub resolved: &'a HashMap<String, Resolved>,
+}
+
+impl HaPass<'_> {
+    pub(super) fn decisions<'d>(&'d self, tenant: &'d TenantEntry, now: i64) -> HaDecisions<'d> {
+        HaDecisions::new(
+            self.tracker,
+            &tenant.tenant.id,
+            HaSettings::of(&tenant.limits),
+            now,
+            self.resolved,
+        )
+    }
+}
+
 /// A write that reached its backends, whole or with series refused for the tenant's
-/// active series limit.
+/// active series limit or its HA cluster limit.
 struct Handled {
     tenant: Arc<TenantEntry>,
     stats: WriteStats,
@@ -238,6 +328,7 @@ struct Handled {
     /// The body as received, and decoded (usage accounting).
     compressed_bytes: u64,
     decoded_bytes: u64,
+    ha_refused: Option<HaRefusal>,
 }
 
 /// Which bodies the tenant's backends need.
@@ -287,7 +378,8 @@ fn prepare_v2(
     targets: Targets,
     now_ms: i64,
     tracking: Tracking<'_>,
-) -> Result<(Bodies, WriteStats, Option<SeriesRefusal>), CodecError> {
+    ha: Option<HaPass<'_>>,
+) -> Result<Prepared, CodecError> {
     let limits = &tenant.limits;
     let decoded = snappy::decompress_capped(compressed, limits.max_decoded_bytes)?;
     let forms = splice_v2::Forms {
@@ -311,9 +403,26 @@ fn prepare_v2(
         admit: &mut admit,
     };
     let gate = (limits.max_active_series > 0).then_some(gate);
-    let rewritten =
-        splice_v2::rewrite_v2_gated(&decoded, &tenant.policy, limits, now_ms, forms, gate)?;
+    let mut decisions = ha.as_ref().map(|ha| ha.decisions(tenant, now_ms));
+    let mut decide = |cluster: &[u8], replica: &[u8], samples: u64| {
+        decisions
+            .as_mut()
+            .is_none_or(|decisions| decisions.decide(cluster, replica, samples))
+    };
+    let ha_gate = ha.is_some().then_some(HaGate {
+        decide: &mut decide,
+    });
+    let rewritten = splice_v2::rewrite_v2_gated(
+        &decoded,
+        &tenant.policy,
+        limits,
+        now_ms,
+        forms,
+        ha_gate,
+        gate,
+    )?;
     drop(decoded);
+    let ha_outcome = decisions.map(|decisions| decisions.outcome);
     let stats = rewritten.stats;
     let has_metadata = stats.metadata > 0;
     let v1 = rewritten.v1.unwrap_or_default();
@@ -325,7 +434,7 @@ fn prepare_v2(
         has_metadata,
         v2: rewritten.v2.map(|v2| Bytes::from(snappy::compress(&v2))),
     };
-    Ok((bodies, stats, refused))
+    Ok((bodies, stats, refused, ha_outcome))
 }
 
 thread_local! {
@@ -348,8 +457,18 @@ fn rewrite_body(
     split_metadata: bool,
     now_ms: i64,
     tracking: Option<Tracking<'_>>,
-) -> Result<(Bodies, WriteStats, Option<SeriesRefusal>), CodecError> {
-    BUFFERS.with(|buffers| {
+    ha: Option<HaPass<'_>>,
+) -> Result<Prepared, CodecError> {
+    let mut decisions = ha.as_ref().map(|ha| ha.decisions(tenant, now_ms));
+    let mut decide = |cluster: &[u8], replica: &[u8], samples: u64| {
+        decisions
+            .as_mut()
+            .is_none_or(|decisions| decisions.decide(cluster, replica, samples))
+    };
+    let ha_gate = ha.is_some().then_some(HaGate {
+        decide: &mut decide,
+    });
+    let result = BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
         let (decoded, encoded, spans) = &mut *buffers;
         let limits = &tenant.limits;
@@ -361,7 +480,15 @@ fn rewrite_body(
         });
         let result = snappy::decompress_capped_into(compressed, limits.max_decoded_bytes, decoded)
             .and_then(|()| {
-                splice::rewrite_tracked(decoded, &tenant.policy, limits, now_ms, encoded, log)
+                splice::rewrite_gated(
+                    decoded,
+                    &tenant.policy,
+                    limits,
+                    now_ms,
+                    encoded,
+                    log,
+                    ha_gate,
+                )
             })
             .map(|mut rewritten| {
                 let refused = tracking.and_then(|tracking| {
@@ -393,7 +520,9 @@ fn rewrite_body(
             }
         }
         result
-    })
+    });
+    let ha_outcome = decisions.map(|decisions| decisions.outcome);
+    result.map(|(bodies, stats, refused)| (bodies, stats, refused, ha_outcome))
 }
 
 /// What a write-like request (remote write, OTLP) holds once admitted: its tenant's write

@@ -129,6 +129,7 @@ pub fn validate_tenant(tenant: &Tenant, tenant_label: &str, backend_names: &[&st
     }
     let effective = crate::config::Limits::default().with(&tenant.limits);
     problems.extend(effective.problems());
+    problems.extend(effective.ha_label_problems(tenant_label));
     problems
 }
 

@@ -43,8 +43,10 @@ use sqlx::{AnyPool, Connection, Row};
 use super::{Tenant, TenantStatus, TokenRecord};
 
 mod active_series;
+mod ha;
 mod usage;
 pub use active_series::ActiveSeriesRow;
+pub use ha::Elected;
 pub use usage::{UsageQuery, UsageTotals, USAGE_PRUNE_BATCH};
 
 #[derive(Debug, thiserror::Error)]
