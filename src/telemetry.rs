@@ -104,6 +104,14 @@ pub struct BackendLabel {
     pub backend: String,
 }
 
+impl BackendLabel {
+    pub fn of(backend: &str) -> BackendLabel {
+        BackendLabel {
+            backend: backend.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendReason {
     pub backend: String,
@@ -396,6 +404,10 @@ pub struct Metrics {
     pub auth_failures: Family<CauseLabel, Counter>,
     pub backend_requests: Family<BackendOutcome, Counter>,
     pub backend_duration: Family<BackendLabel, Histogram, fn() -> Histogram>,
+    /// Writes sent to a backend as several requests (over its caps, or after a 413).
+    pub backend_split_writes: Family<BackendLabel, Counter>,
+    /// Single series a backend refused as too large (413): a permanent refusal.
+    pub backend_oversized_series: Family<BackendLabel, Counter>,
     pub throttled_requests: Family<ThrottleLabels, Counter>,
     pub throttled_samples: Family<TenantLabel, Counter>,
     /// Samples, histogram samples and exemplars refused alone (the rest of their request
@@ -442,6 +454,8 @@ impl Metrics {
             auth_failures: Family::default(),
             backend_requests: Family::default(),
             backend_duration: Family::new_with_constructor(duration_histogram),
+            backend_split_writes: Family::default(),
+            backend_oversized_series: Family::default(),
             throttled_requests: Family::default(),
             throttled_samples: Family::default(),
             connections: Family::default(),
@@ -507,6 +521,16 @@ impl Metrics {
             "promgate_backend_request_duration_seconds",
             "Latency of requests to backends",
             metrics.backend_duration.clone(),
+        );
+        registry.register(
+            "promgate_backend_split_writes",
+            "Writes sent to a backend as several requests cut at series boundaries (over its max_request_bytes or max_samples_per_request, or after a 413)",
+            metrics.backend_split_writes.clone(),
+        );
+        registry.register(
+            "promgate_backend_oversized_series",
+            "Single series a backend refused as too large (413), dropped from the write",
+            metrics.backend_oversized_series.clone(),
         );
         registry.register(
             "promgate_throttled_requests",

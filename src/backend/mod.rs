@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::config::{BackendConfig, WriteProtocol};
 use crate::error::AppError;
@@ -16,6 +16,7 @@ pub mod tls;
 use crate::telemetry::Metrics;
 
 mod query;
+mod split;
 pub use query::{QueryAnswer, QueryCall, QueryError};
 
 /// What one backend did with one write.
@@ -138,11 +139,12 @@ impl BackendClient {
         })
     }
 
-    /// Sends one snappy-compressed remote-write 1.0 body for `tenant_id`.
+    /// Sends one snappy-compressed remote-write 1.0 body for `tenant_id` (in parts when
+    /// it is over the backend's caps: [`split`]).
     pub async fn write(&self, tenant_id: &str, body: Bytes, metrics: &Metrics) -> Outcome {
-        self.send(tenant_id, body, WriteProtocol::V1, metrics)
+        self.send_write(tenant_id, body, WriteProtocol::V1, metrics)
             .await
-            .0
+            .outcome
     }
 
     /// Sends one snappy-compressed remote-write 2.0 body for `tenant_id`, holding `sent`.
@@ -157,11 +159,13 @@ impl BackendClient {
         sent: Written,
         metrics: &Metrics,
     ) -> (Outcome, Written) {
-        let (outcome, headers) = self.send(tenant_id, body, WriteProtocol::V2, metrics).await;
-        if outcome != Outcome::Accepted {
-            return (outcome, Written::default());
+        let sent_write = self
+            .send_write(tenant_id, body, WriteProtocol::V2, metrics)
+            .await;
+        if sent_write.outcome != Outcome::Accepted {
+            return (sent_write.outcome, Written::default());
         }
-        let Some(written) = headers.as_ref().and_then(Written::from_headers) else {
+        let Some(written) = sent_write.written else {
             return (
                 Outcome::Misconfigured {
                     message: "answered 2xx to a remote write 2.0 request without the \
@@ -183,16 +187,18 @@ impl BackendClient {
                 written,
             );
         }
-        (outcome, written)
+        (Outcome::Accepted, written)
     }
 
-    async fn send(
+    /// One request to the write URL: its outcome, and the response's status and headers
+    /// when one came.
+    pub(crate) async fn send(
         &self,
         tenant_id: &str,
         body: Bytes,
         protocol: WriteProtocol,
         metrics: &Metrics,
-    ) -> (Outcome, Option<HeaderMap>) {
+    ) -> (Outcome, Option<(StatusCode, HeaderMap)>) {
         let started = Instant::now();
         let (content_type, version) = match protocol {
             WriteProtocol::V1 => ("application/x-protobuf", "0.1.0"),
@@ -213,10 +219,10 @@ impl BackendClient {
         }
         let (outcome, headers) = match request.send().await {
             Ok(response) => {
-                let headers = response.headers().clone();
+                let head = (response.status(), response.headers().clone());
                 (
                     classify(response, self.config.max_retry_after).await,
-                    Some(headers),
+                    Some(head),
                 )
             }
             Err(err) => (
@@ -258,6 +264,15 @@ impl Written {
             histograms: count(HISTOGRAMS_WRITTEN)?,
             exemplars: count(EXEMPLARS_WRITTEN)?,
         })
+    }
+
+    /// Both counts added: what two parts of one write wrote.
+    pub fn plus(self, other: Written) -> Written {
+        Written {
+            samples: self.samples + other.samples,
+            histograms: self.histograms + other.histograms,
+            exemplars: self.exemplars + other.exemplars,
+        }
     }
 
     /// What every backend wrote: the least of each count.

@@ -266,6 +266,13 @@ impl Deliver for ToBackend {
             }
         }
     }
+
+    fn max_request_bytes(&self) -> usize {
+        match self.client.config.max_request_bytes {
+            0 => usize::MAX,
+            cap => usize::try_from(cap).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// The running delivery workers.

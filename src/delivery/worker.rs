@@ -34,6 +34,12 @@ use crate::telemetry::QueueMetrics;
 /// Sends one queued write to the backend.
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, write: &QueuedWrite) -> impl Future<Output = Outcome> + Send;
+
+    /// The largest request (snappy-compressed bytes) the backend takes: records are
+    /// merged up to it, so a backlog is not merged only to be cut again.
+    fn max_request_bytes(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// What a worker did: the backend's series of the `promgate_queue_*` counters.
@@ -114,7 +120,8 @@ pub async fn run<D: Deliver>(
         let Some(taken) = reader.take() else {
             return;
         };
-        let (returned, next) = match next_batch(taken, carry.take()).await {
+        let max_bytes = worker.deliver.max_request_bytes().min(MAX_BATCH_BYTES);
+        let (returned, next) = match next_batch(taken, carry.take(), max_bytes).await {
             Some(pair) => pair,
             None => {
                 tracing::error!(backend = %worker.backend, "queue reader task failed; delivery stops");
@@ -169,17 +176,22 @@ pub async fn run<D: Deliver>(
 async fn next_batch(
     mut reader: QueueReader,
     carry: Option<QueuedRecord>,
+    max_bytes: usize,
 ) -> Option<(QueueReader, Result<Batch, QueueError>)> {
     tokio::task::spawn_blocking(move || {
-        let next = read_batch(&mut reader, carry);
+        let next = read_batch(&mut reader, carry, max_bytes);
         (reader, next)
     })
     .await
     .ok()
 }
 
-/// Reads records while they can join one merged request.
-fn read_batch(reader: &mut QueueReader, carry: Option<QueuedRecord>) -> Result<Batch, QueueError> {
+/// Reads records while they can join one merged request of at most `max_bytes`.
+fn read_batch(
+    reader: &mut QueueReader,
+    carry: Option<QueuedRecord>,
+    max_bytes: usize,
+) -> Result<Batch, QueueError> {
     let mut records: Vec<(u64, Result<QueuedWrite, EnvelopeError>)> = Vec::new();
     let mut bytes = 0;
     let mut decoded_bytes = 0;
@@ -208,7 +220,7 @@ fn read_batch(reader: &mut QueueReader, carry: Option<QueuedRecord>) -> Result<B
                     && write.protocol == WriteProtocol::V1
                     && first.tenant_id == write.tenant_id
                     && records.len() < MAX_BATCH_RECORDS
-                    && bytes + record.payload.len() <= MAX_BATCH_BYTES
+                    && bytes + record.payload.len() <= max_bytes
                     && decoded_bytes + decoded <= MAX_BATCH_DECODED_BYTES
             }
             _ => false,

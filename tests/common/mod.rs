@@ -56,6 +56,7 @@ pub struct FakeBackend {
     delay_ms: Arc<AtomicU64>,
     v2_counts: Arc<AtomicBool>,
     tenant_status: Arc<Mutex<BTreeMap<String, u16>>>,
+    max_body_bytes: Arc<AtomicU64>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -67,6 +68,8 @@ struct FakeState {
     v2_counts: Arc<AtomicBool>,
     /// Answers for one tenant (by the `X-Scope-OrgID` header), before `status`.
     tenant_status: Arc<Mutex<BTreeMap<String, u16>>>,
+    /// Bodies larger than this (compressed) are answered 413 (0: any size).
+    max_body_bytes: Arc<AtomicU64>,
 }
 
 /// The header a fake backend reads the tenant from for per-tenant answers.
@@ -97,7 +100,9 @@ impl FakeBackend {
         let delay_ms = Arc::new(AtomicU64::new(0));
         let v2_counts = Arc::new(AtomicBool::new(true));
         let tenant_status = Arc::new(Mutex::new(BTreeMap::new()));
+        let max_body_bytes = Arc::new(AtomicU64::new(0));
         let state = FakeState {
+            max_body_bytes: Arc::clone(&max_body_bytes),
             received: Arc::clone(&received),
             status: Arc::clone(&status),
             delay_ms: Arc::clone(&delay_ms),
@@ -126,8 +131,15 @@ impl FakeBackend {
             delay_ms,
             v2_counts,
             tenant_status,
+            max_body_bytes,
             _stop: stop,
         }
+    }
+
+    /// Answers 413 to write bodies over `bytes` (as received, compressed), as Thanos,
+    /// Mimir and nginx-fronted receivers do above their request caps.
+    pub fn refuse_bodies_over(&self, bytes: u64) {
+        self.max_body_bytes.store(bytes, Ordering::SeqCst);
     }
 
     pub fn write_url(&self) -> String {
@@ -195,6 +207,12 @@ async fn record(
                 .copied()
         });
     let status = tenant_status.unwrap_or_else(|| state.status.load(Ordering::SeqCst));
+    let max_body_bytes = state.max_body_bytes.load(Ordering::SeqCst);
+    let status = if max_body_bytes > 0 && body.len() as u64 > max_body_bytes {
+        413
+    } else {
+        status
+    };
     let status = StatusCode::from_u16(status).expect("status");
     state.received.lock().expect("lock").push(Recorded {
         headers,
