@@ -318,3 +318,62 @@ async fn v2_series_past_the_active_series_limit_are_refused_and_the_rest_written
         .collect();
     assert_eq!(names, ["a", "b"]);
 }
+
+/// A 2.0 write over a 2.0 backend's sample cap and a 1.0 backend's 413 threshold: each
+/// gets it in parts (every 2.0 part with the symbol table), every series once, and the
+/// Written headers count every sample, summed over the parts.
+#[tokio::test]
+async fn a_v2_write_over_a_backends_caps_is_sent_in_parts_and_counted_whole() {
+    let v1 = FakeBackend::start().await;
+    v1.refuse_bodies_over(2048);
+    let v2 = FakeBackend::start().await;
+    let toml = format!(
+        "[[backends]]\nname = \"b0\"\nwrite_url = \"{}\"\ntimeout = \"2s\"\n\
+         [[backends]]\nname = \"b1\"\nwrite_url = \"{}\"\nprotocol = \"2.0\"\ntimeout = \"2s\"\nmax_samples_per_request = 70\n",
+        v1.write_url(),
+        v2.write_url()
+    );
+    let relay = Relay::start(&toml).await;
+    let token = relay.tenant_with_token("alpha").await;
+    let names: Vec<String> = (0..500).map(|i| format!("s{i}")).collect();
+    let labels: Vec<[(&str, &str); 2]> = names
+        .iter()
+        .map(|name| [("__name__", "cut"), ("series", name.as_str())])
+        .collect();
+    let series: Vec<&[(&str, &str)]> = labels.iter().map(|pairs| &pairs[..]).collect();
+    let request = v2_request(&series, now_ms());
+    let response = send_v2(&relay, &token, compress(&request.encode_to_vec())).await;
+    assert_eq!(response.status(), 204);
+    assert_eq!(written(&response), (500, 0, 0));
+
+    let parts: Vec<v2::Request> = v2
+        .received
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(decoded_v2)
+        .collect();
+    assert_eq!(parts.len(), 8, "500 samples at 70 a request");
+    let mut seen = Vec::new();
+    for part in &parts {
+        assert!(part.timeseries.len() <= 70);
+        for index in 0..part.timeseries.len() {
+            let labels = resolved(part, index);
+            assert!(labels.contains(&("tenant_id".into(), "alpha".into())));
+            seen.push(labels);
+        }
+    }
+    assert_eq!(seen.len(), 500);
+    let v1_series: usize = v1
+        .received
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|recorded| recorded.status < 300)
+        .map(|recorded| recorded.write_request().timeseries.len())
+        .sum();
+    assert_eq!(
+        v1_series, 500,
+        "the 1.0 backend got every series once, past its 413s"
+    );
+}
