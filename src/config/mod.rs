@@ -2,12 +2,14 @@
 //! into a validated [`Config`]. Every problem is collected so `check-config` can
 //! report them all in one run; unknown keys are problems, never silently ignored.
 
+pub mod backends;
 pub mod limits;
 pub mod network;
 pub mod otlp;
+pub mod server;
 pub mod units;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,20 +17,24 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use backends::{validate_backends, RawBackend};
+pub use backends::{
+    BackendConfig, BasicAuth, ClientCertFiles, Delivery, WriteProtocol, DEFAULT_BACKEND_TIMEOUT,
+    DEFAULT_MAX_RETRY_AFTER, MAX_BACKEND_TIMEOUT,
+};
 pub use limits::{LimitOverrides, Limits};
 pub use network::{IpNetwork, NetworkError, TrustedProxies};
 pub use otlp::{OtlpConfig, Promotion, TranslationStrategy};
+use server::{
+    check_proxy_protocol, parse_addr, validate_server, validate_tls, validate_trusted_proxies,
+    RawServer,
+};
+pub use server::{
+    ClientAuth, ConnectionLimits, ServerConfig, TlsConfig, DEFAULT_IN_FLIGHT_ANSWER_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
+};
 use units::HumanDuration;
 
-/// Prometheus' default `remote_timeout` is 30 s: a backend timeout must stay below it
-/// so promgate answers before the sender gives up (SECURITY.md §1).
-pub const MAX_BACKEND_TIMEOUT: Duration = Duration::from_secs(29);
-pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(20);
-/// The longest `Retry-After` of a backend passed on to senders and taken as the floor of
-/// a queued backend's backoff, unless configured.
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-/// How long a data request may take in all, waits, body and backends included.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
 /// The `iss` of the tokens promgate issues itself; no external issuer may claim it.
 pub const PROMGATE_ISSUER: &str = "promgate";
 
@@ -46,175 +52,6 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[otlp]`: how OpenTelemetry metrics are translated (DESIGN §12).
     pub otlp: OtlpConfig,
-}
-
-/// Room for two answers of the default `max_query_response_bytes` at once, and the
-/// small ones beside them.
-pub const DEFAULT_IN_FLIGHT_ANSWER_BYTES: u64 = 512 * 1024 * 1024;
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    /// TLS on the data listener; `None` serves plain HTTP.
-    pub tls: Option<TlsConfig>,
-    pub connections: ConnectionLimits,
-    /// Requests being handled at once (writes and reads, until the answer began).
-    pub max_in_flight_requests: usize,
-    /// Decoded write bodies held at once, by their announced decoded size.
-    pub max_in_flight_decoded_bytes: u64,
-    /// Query API answers held at once (three times each answer's size: as received,
-    /// room to grow, and the tenant's copy); an answer that does not fit is 503.
-    pub max_in_flight_answer_bytes: u64,
-    /// How long a request may wait for either budget before 503.
-    pub in_flight_wait: Duration,
-    /// Failed authentications per source address and minute before 429. Never applied
-    /// to a credential already known good (a cached verified token, a registered client
-    /// certificate), nor to a configured issuer's token within a few signature checks:
-    /// strangers behind the same address cannot lock a tenant out.
-    pub auth_failures_per_minute: u32,
-    /// Every data request is answered within this (503 + Retry-After when it runs out),
-    /// below Prometheus' 30 s `remote_timeout`, so the sender hears back before it gives up.
-    pub request_timeout: Duration,
-    /// Peers believed about the client address (PROXY header, `X-Forwarded-For`);
-    /// everyone else is the client (SECURITY.md T16).
-    pub trusted_proxies: TrustedProxies,
-    /// Every connection starts with a PROXY protocol header (v1 or v2) from one of
-    /// `trusted_proxies`; any other connection is closed.
-    pub proxy_protocol: bool,
-}
-
-/// TLS on the data listener (DESIGN §4c; SECURITY.md T6–T8, T22).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// The only roots client certificates are verified against (never system roots).
-    pub client_ca_file: Option<PathBuf>,
-    pub client_auth: ClientAuth,
-    /// Revocation lists; a certificate whose status cannot be determined is refused and
-    /// an expired list fails verification.
-    pub crl_files: Vec<PathBuf>,
-    /// TLS 1.2 (default) or 1.3 as the lowest version.
-    pub min_version_13: bool,
-    /// How often the files are checked for changes and reloaded.
-    pub reload_interval: Duration,
-    pub handshake_timeout: Duration,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAuth {
-    None,
-    Optional,
-    Required,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawTls {
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    client_ca_file: Option<PathBuf>,
-    client_auth: Option<String>,
-    crl_files: Option<Vec<PathBuf>>,
-    min_version: Option<String>,
-    reload_interval: Option<HumanDuration>,
-    handshake_timeout: Option<HumanDuration>,
-}
-
-fn validate_tls(raw: RawTls, problems: &mut Vec<String>) -> TlsConfig {
-    let mut required_file = |key: &str, value: Option<PathBuf>| {
-        let path = value.unwrap_or_default();
-        if path.as_os_str().is_empty() {
-            problems.push(format!("server.tls.{key} is required"));
-        } else if !path.is_file() {
-            problems.push(format!(
-                "server.tls.{key}: {} is not a readable file",
-                path.display()
-            ));
-        }
-        path
-    };
-    let cert_file = required_file("cert_file", raw.cert_file);
-    let key_file = required_file("key_file", raw.key_file);
-    let client_auth = match raw.client_auth.as_deref().unwrap_or("none") {
-        "none" => ClientAuth::None,
-        "optional" => ClientAuth::Optional,
-        "required" => ClientAuth::Required,
-        other => {
-            problems.push(format!(
-                "server.tls.client_auth: {other:?} must be \"none\", \"optional\" or \"required\""
-            ));
-            ClientAuth::None
-        }
-    };
-    let client_ca_file = raw.client_ca_file;
-    match (&client_ca_file, client_auth) {
-        (None, ClientAuth::Optional | ClientAuth::Required) => {
-            problems.push("server.tls.client_ca_file is required for client certificates".into())
-        }
-        (Some(path), _) if !path.is_file() => problems.push(format!(
-            "server.tls.client_ca_file: {} is not a readable file",
-            path.display()
-        )),
-        _ => {}
-    }
-    let crl_files = raw.crl_files.unwrap_or_default();
-    for path in &crl_files {
-        if !path.is_file() {
-            problems.push(format!(
-                "server.tls.crl_files: {} is not a readable file",
-                path.display()
-            ));
-        }
-    }
-    let min_version_13 = match raw.min_version.as_deref().unwrap_or("1.2") {
-        "1.2" => false,
-        "1.3" => true,
-        other => {
-            problems.push(format!(
-                "server.tls.min_version: {other:?} must be \"1.2\" or \"1.3\""
-            ));
-            false
-        }
-    };
-    TlsConfig {
-        cert_file,
-        key_file,
-        client_ca_file,
-        client_auth,
-        crl_files,
-        min_version_13,
-        reload_interval: raw.reload_interval.map_or(Duration::from_secs(30), |d| d.0),
-        handshake_timeout: raw
-            .handshake_timeout
-            .map_or(Duration::from_secs(10), |d| d.0),
-    }
-}
-
-/// Connection-level protection of a listener (SECURITY.md T13).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// From the connection's first byte (or the end of the previous response) to the end
-    /// of the request headers; also closes idle keep-alive connections.
-    pub header_read_timeout: Duration,
-    /// Request line + headers; more → 431.
-    pub max_header_bytes: usize,
-    /// The whole request body must arrive within this.
-    pub body_read_timeout: Duration,
-    /// After a grace second, the body must keep arriving at least this fast.
-    pub min_body_bytes_per_second: u64,
-    pub max_connections: usize,
-}
-
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        ConnectionLimits {
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-            body_read_timeout: Duration::from_secs(20),
-            min_body_bytes_per_second: 1000,
-            max_connections: 4096,
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -294,61 +131,6 @@ pub struct TokenConfig {
     pub default_ttl: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackendConfig {
-    pub name: String,
-    pub write_url: url::Url,
-    pub read_url: Option<url::Url>,
-    /// The root of the backend's Prometheus HTTP API (DESIGN §13): `/api/v1/query` and
-    /// the rest are resolved under it.
-    pub query_url: Option<url::Url>,
-    /// When set, promgate sends the tenant id in this header (Mimir/Cortex `X-Scope-OrgID`,
-    /// Thanos `THANOS-TENANT`); such backends also receive metadata-only requests.
-    pub tenant_header: Option<http::HeaderName>,
-    pub timeout: Duration,
-    /// A backend's `Retry-After` is clamped to this before it reaches a sender or a
-    /// queue's backoff (a backend asking for a day would otherwise park a queue for one).
-    pub max_retry_after: Duration,
-    /// The largest write (snappy-compressed) the backend accepts: larger ones are sent
-    /// as several requests cut at series boundaries (0: no cap; DESIGN §9).
-    pub max_request_bytes: u64,
-    /// The most samples (float and histogram) per write the backend accepts: larger
-    /// writes are cut the same way (0: no cap).
-    pub max_samples_per_request: u64,
-    pub bearer_token_file: Option<PathBuf>,
-    pub basic_auth: Option<BasicAuth>,
-    pub ca_file: Option<PathBuf>,
-    /// promgate's client certificate (PEM chain) and key towards this backend.
-    pub client_cert: Option<ClientCertFiles>,
-    /// The name the backend's certificate must carry (and the SNI sent), when it is not
-    /// the URL's host.
-    pub server_name: Option<String>,
-    /// The remote-write version the backend accepts: 2.0 requests are converted to 1.0
-    /// for a 1.0 backend; a 1.0 request stays 1.0 for a 2.0 backend.
-    pub protocol: WriteProtocol,
-    /// When a write counts as delivered to this backend.
-    pub delivery: Delivery,
-}
-
-/// How a backend receives writes (DESIGN §9).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
-    /// The sender's request is acknowledged only after this backend accepted it.
-    Sync,
-    /// The request is acknowledged once its copy for this backend is on disk; a worker
-    /// delivers it in order, retrying until the backend takes it.
-    Queued,
-}
-
-/// A remote-write protocol version (DESIGN §5, §9).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteProtocol {
-    /// `prometheus.WriteRequest`
-    V1,
-    /// `io.prometheus.write.v2.Request` (spec 2.0-rc.4)
-    V2,
-}
-
 /// The durable per-backend delivery queues of `delivery = "queued"` backends (DESIGN §9).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueConfig {
@@ -375,41 +157,9 @@ impl QueueConfig {
     }
 }
 
-/// A client certificate promgate presents to a backend (mutual TLS).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientCertFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BasicAuth {
-    pub username: String,
-    pub password_file: PathBuf,
-}
-
 // ---------------------------------------------------------------------------
 // Raw file shapes. Unknown keys are collected with serde_ignored, not rejected at the
 // first one, so every unknown key is reported.
-
-#[derive(Debug, Default, Deserialize)]
-struct RawServer {
-    listen: Option<String>,
-    tls: Option<RawTls>,
-    header_read_timeout: Option<HumanDuration>,
-    max_header_bytes: Option<units::HumanSize>,
-    body_read_timeout: Option<HumanDuration>,
-    min_body_bytes_per_second: Option<u64>,
-    max_connections: Option<usize>,
-    max_in_flight_requests: Option<usize>,
-    max_in_flight_decoded_bytes: Option<units::HumanSize>,
-    max_in_flight_answer_bytes: Option<units::HumanSize>,
-    in_flight_wait: Option<HumanDuration>,
-    auth_failures_per_minute: Option<u32>,
-    request_timeout: Option<HumanDuration>,
-    trusted_proxies: Option<Vec<String>>,
-    proxy_protocol: Option<bool>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct RawAdmin {
@@ -468,29 +218,6 @@ struct RawQueue {
     directory: Option<PathBuf>,
     max_bytes: Option<units::HumanSize>,
     drain_timeout: Option<HumanDuration>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RawBackend {
-    name: Option<String>,
-    write_url: Option<String>,
-    read_url: Option<String>,
-    query_url: Option<String>,
-    tenant_header: Option<String>,
-    timeout: Option<HumanDuration>,
-    max_retry_after: Option<HumanDuration>,
-    max_request_bytes: Option<units::HumanSize>,
-    max_samples_per_request: Option<u64>,
-    bearer_token_file: Option<PathBuf>,
-    basic_auth_username: Option<String>,
-    basic_auth_password_file: Option<PathBuf>,
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-    server_name: Option<String>,
-    insecure_skip_verify: Option<bool>,
-    protocol: Option<String>,
-    delivery: Option<String>,
 }
 
 const SECTIONS: [&str; 9] = [
@@ -811,146 +538,6 @@ pub fn sqlite_path(database_url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(path))
 }
 
-fn parse_addr(
-    key: &str,
-    value: Option<&str>,
-    default: &str,
-    problems: &mut Vec<String>,
-) -> SocketAddr {
-    let text = value.unwrap_or(default);
-    match text.parse() {
-        Ok(addr) => addr,
-        Err(_) => {
-            problems.push(format!(
-                "{key}: {text:?} is not an address such as 127.0.0.1:9201"
-            ));
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        }
-    }
-}
-
-fn validate_server(raw: &RawServer, problems: &mut Vec<String>) -> ServerConfig {
-    let defaults = ConnectionLimits::default();
-    let connections = ConnectionLimits {
-        header_read_timeout: raw
-            .header_read_timeout
-            .map_or(defaults.header_read_timeout, |d| d.0),
-        max_header_bytes: raw
-            .max_header_bytes
-            .map_or(defaults.max_header_bytes, |size| {
-                usize::try_from(size.0).unwrap_or(usize::MAX)
-            }),
-        body_read_timeout: raw
-            .body_read_timeout
-            .map_or(defaults.body_read_timeout, |d| d.0),
-        min_body_bytes_per_second: raw
-            .min_body_bytes_per_second
-            .unwrap_or(defaults.min_body_bytes_per_second),
-        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
-    };
-    let config = ServerConfig {
-        tls: None,
-        listen: parse_addr(
-            "server.listen",
-            raw.listen.as_deref(),
-            "127.0.0.1:9201",
-            problems,
-        ),
-        connections,
-        max_in_flight_requests: raw.max_in_flight_requests.unwrap_or(128),
-        max_in_flight_decoded_bytes: raw
-            .max_in_flight_decoded_bytes
-            .map_or(256 * 1024 * 1024, |size| size.0),
-        max_in_flight_answer_bytes: raw
-            .max_in_flight_answer_bytes
-            .map_or(DEFAULT_IN_FLIGHT_ANSWER_BYTES, |size| size.0),
-        in_flight_wait: raw.in_flight_wait.map_or(Duration::from_secs(5), |d| d.0),
-        auth_failures_per_minute: raw.auth_failures_per_minute.unwrap_or(30),
-        request_timeout: raw.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |d| d.0),
-        trusted_proxies: validate_trusted_proxies(
-            "server",
-            raw.trusted_proxies.as_deref(),
-            problems,
-        ),
-        proxy_protocol: raw.proxy_protocol.unwrap_or(false),
-    };
-    if config.request_timeout < Duration::from_secs(1)
-        || config.request_timeout > MAX_BACKEND_TIMEOUT
-    {
-        problems.push(format!(
-            "server.request_timeout must be between 1s and {}s (below Prometheus' 30s remote_timeout)",
-            MAX_BACKEND_TIMEOUT.as_secs()
-        ));
-    }
-    check_proxy_protocol(
-        "server",
-        config.proxy_protocol,
-        &config.trusted_proxies,
-        problems,
-    );
-    for (key, value) in [
-        ("header_read_timeout", connections.header_read_timeout),
-        ("body_read_timeout", connections.body_read_timeout),
-    ] {
-        if value.is_zero() {
-            problems.push(format!("server.{key} must be longer than 0s"));
-        }
-    }
-    if !(8 * 1024..=1024 * 1024).contains(&connections.max_header_bytes) {
-        problems.push("server.max_header_bytes must be between 8KiB and 1MiB".into());
-    }
-    for (key, value) in [
-        ("max_connections", connections.max_connections),
-        ("max_in_flight_requests", config.max_in_flight_requests),
-        (
-            "auth_failures_per_minute",
-            config.auth_failures_per_minute as usize,
-        ),
-    ] {
-        if value == 0 {
-            problems.push(format!("server.{key} must be at least 1"));
-        }
-    }
-    if config.max_in_flight_decoded_bytes < 1024 * 1024 {
-        problems.push("server.max_in_flight_decoded_bytes must be at least 1MiB".into());
-    }
-    if config.max_in_flight_answer_bytes < 1024 * 1024 {
-        problems.push("server.max_in_flight_answer_bytes must be at least 1MiB".into());
-    }
-    config
-}
-
-/// `[section] trusted_proxies`: one problem line per entry that is not a network.
-fn validate_trusted_proxies(
-    section: &str,
-    entries: Option<&[String]>,
-    problems: &mut Vec<String>,
-) -> TrustedProxies {
-    match TrustedProxies::parse(entries.unwrap_or_default()) {
-        Ok(trusted) => trusted,
-        Err(errors) => {
-            for error in errors {
-                problems.push(format!("{section}.trusted_proxies: {error}"));
-            }
-            TrustedProxies::default()
-        }
-    }
-}
-
-/// With nobody trusted to send a PROXY header, every connection would be closed.
-fn check_proxy_protocol(
-    section: &str,
-    proxy_protocol: bool,
-    trusted: &TrustedProxies,
-    problems: &mut Vec<String>,
-) {
-    if proxy_protocol && trusted.is_empty() {
-        problems.push(format!(
-            "{section}.proxy_protocol: list the proxies that send the header in {section}.trusted_proxies"
-        ));
-    }
-}
-
 fn validate_issuers(raw: Vec<RawIssuer>, problems: &mut Vec<String>) -> Vec<IssuerConfig> {
     let mut issuers: Vec<IssuerConfig> = Vec::new();
     for (index, issuer) in raw.into_iter().enumerate() {
@@ -1086,254 +673,6 @@ fn validate_tenancy(raw: RawTenancy, problems: &mut Vec<String>) -> TenancyConfi
         label,
         on_conflict,
         strip_label_on_read: raw.strip_label_on_read.unwrap_or(true),
-    }
-}
-
-/// Headers promgate owns on the way to a backend; a tenant header may not be one of them.
-const RESERVED_HEADERS: [&str; 8] = [
-    "authorization",
-    "content-type",
-    "content-encoding",
-    "content-length",
-    "host",
-    "user-agent",
-    "x-prometheus-remote-write-version",
-    "transfer-encoding",
-];
-
-/// The smallest `backends[].max_request_bytes` other than 0: room for a series.
-const MIN_BACKEND_REQUEST_BYTES: u64 = 1024;
-
-fn validate_backends(raw: Vec<RawBackend>, problems: &mut Vec<String>) -> Vec<BackendConfig> {
-    if raw.is_empty() {
-        return vec![BackendConfig {
-            name: "primary".into(),
-            write_url: url::Url::parse("http://127.0.0.1:9090/api/v1/write").expect("static URL"),
-            read_url: Some(
-                url::Url::parse("http://127.0.0.1:9090/api/v1/read").expect("static URL"),
-            ),
-            query_url: Some(url::Url::parse("http://127.0.0.1:9090/").expect("static URL")),
-            tenant_header: None,
-            timeout: DEFAULT_BACKEND_TIMEOUT,
-            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-            max_request_bytes: 0,
-            max_samples_per_request: 0,
-            bearer_token_file: None,
-            basic_auth: None,
-            ca_file: None,
-            client_cert: None,
-            server_name: None,
-            protocol: WriteProtocol::V1,
-            delivery: Delivery::Sync,
-        }];
-    }
-    let mut seen = HashSet::new();
-    let mut backends = Vec::new();
-    for (index, backend) in raw.into_iter().enumerate() {
-        let context = format!("backends[{index}]");
-        let name = backend.name.unwrap_or_default();
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            problems.push(format!(
-                "{context}.name: {name:?} must be non-empty [a-zA-Z0-9_-]"
-            ));
-        } else if !seen.insert(name.clone()) {
-            problems.push(format!(
-                "{context}.name: {name:?} is used by another backend"
-            ));
-        }
-        let write_url = parse_url(
-            &format!("{context}.write_url"),
-            backend.write_url.as_deref(),
-            problems,
-        );
-        let read_url = backend
-            .read_url
-            .as_deref()
-            .map(|text| parse_url(&format!("{context}.read_url"), Some(text), problems));
-        let query_url = backend.query_url.as_deref().map(|text| {
-            parse_url(&format!("{context}.query_url"), Some(text), problems).map(|mut url| {
-                // A root: paths are resolved under it, so it must end with a slash.
-                if !url.path().ends_with('/') {
-                    let path = format!("{}/", url.path());
-                    url.set_path(&path);
-                }
-                url
-            })
-        });
-        let tenant_header = backend.tenant_header.as_deref().and_then(|text| {
-            match http::HeaderName::from_bytes(text.as_bytes()) {
-                Ok(header) if !RESERVED_HEADERS.contains(&header.as_str()) => Some(header),
-                Ok(_) => {
-                    problems.push(format!(
-                        "{context}.tenant_header: {text:?} is a header promgate sets itself"
-                    ));
-                    None
-                }
-                Err(_) => {
-                    problems.push(format!(
-                        "{context}.tenant_header: {text:?} is not a valid header name"
-                    ));
-                    None
-                }
-            }
-        });
-        let timeout = backend.timeout.map_or(DEFAULT_BACKEND_TIMEOUT, |d| d.0);
-        if timeout.is_zero() || timeout > MAX_BACKEND_TIMEOUT {
-            problems.push(format!(
-                "{context}.timeout: must be between 1ms and 29s, below Prometheus' 30s remote_timeout"
-            ));
-        }
-        let max_retry_after = backend
-            .max_retry_after
-            .map_or(DEFAULT_MAX_RETRY_AFTER, |d| d.0);
-        if max_retry_after < Duration::from_secs(1) {
-            problems.push(format!(
-                "{context}.max_retry_after: must be at least 1s (Retry-After counts whole seconds)"
-            ));
-        }
-        let max_request_bytes = backend.max_request_bytes.map_or(0, |size| size.0);
-        if max_request_bytes > 0 && max_request_bytes < MIN_BACKEND_REQUEST_BYTES {
-            problems.push(format!(
-                "{context}.max_request_bytes: must be 0 (no cap) or at least 1KiB"
-            ));
-        }
-        let max_samples_per_request = backend.max_samples_per_request.unwrap_or(0);
-        let protocol = match backend.protocol.as_deref() {
-            None | Some("1.0") => WriteProtocol::V1,
-            Some("2.0") => WriteProtocol::V2,
-            Some(other) => {
-                problems.push(format!(
-                    "{context}.protocol: {other:?} must be \"1.0\" or \"2.0\""
-                ));
-                WriteProtocol::V1
-            }
-        };
-        let delivery = match backend.delivery.as_deref() {
-            None | Some("sync") => Delivery::Sync,
-            Some("queued") => Delivery::Queued,
-            Some(other) => {
-                problems.push(format!(
-                    "{context}.delivery: {other:?} must be \"sync\" or \"queued\""
-                ));
-                Delivery::Sync
-            }
-        };
-        let basic_auth = match (
-            backend.basic_auth_username,
-            backend.basic_auth_password_file,
-        ) {
-            (Some(username), Some(password_file)) => Some(BasicAuth {
-                username,
-                password_file,
-            }),
-            (None, None) => None,
-            _ => {
-                problems.push(format!(
-                    "{context}: basic_auth_username and basic_auth_password_file go together"
-                ));
-                None
-            }
-        };
-        if backend.bearer_token_file.is_some() && basic_auth.is_some() {
-            problems.push(format!(
-                "{context}: choose bearer_token_file or basic auth, not both"
-            ));
-        }
-        let client_cert = match (backend.cert_file, backend.key_file) {
-            (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
-                cert_file,
-                key_file,
-            }),
-            (None, None) => None,
-            _ => {
-                problems.push(format!("{context}: cert_file and key_file go together"));
-                None
-            }
-        };
-        if backend.insecure_skip_verify.is_some() {
-            problems.push(format!(
-                "{context}.insecure_skip_verify: promgate always verifies a backend's certificate; \
-                 give the backend's CA in ca_file (and server_name when the certificate names another host)"
-            ));
-        }
-        let server_name = backend.server_name.filter(|name| {
-            let valid = rustls::pki_types::ServerName::try_from(name.as_str()).is_ok();
-            if !valid {
-                problems.push(format!(
-                    "{context}.server_name: {name:?} is not a DNS name or IP address"
-                ));
-            }
-            valid
-        });
-        let tls_keys_set =
-            backend.ca_file.is_some() || client_cert.is_some() || server_name.is_some();
-        if tls_keys_set
-            && write_url
-                .as_ref()
-                .is_some_and(|url| url.scheme() != "https")
-        {
-            problems.push(format!(
-                "{context}: ca_file, cert_file, key_file and server_name need an https:// write_url"
-            ));
-        }
-        for (key, file) in [
-            ("bearer_token_file", backend.bearer_token_file.as_ref()),
-            ("ca_file", backend.ca_file.as_ref()),
-            ("cert_file", client_cert.as_ref().map(|c| &c.cert_file)),
-            ("key_file", client_cert.as_ref().map(|c| &c.key_file)),
-            (
-                "basic_auth_password_file",
-                basic_auth.as_ref().map(|b| &b.password_file),
-            ),
-        ] {
-            if let Some(file) = file {
-                if !file.is_file() {
-                    problems.push(format!(
-                        "{context}.{key}: {} is not a readable file",
-                        file.display()
-                    ));
-                }
-            }
-        }
-        if let Some(write_url) = write_url {
-            backends.push(BackendConfig {
-                name,
-                write_url,
-                read_url: read_url.flatten(),
-                query_url: query_url.flatten(),
-                tenant_header,
-                timeout,
-                max_retry_after,
-                max_request_bytes,
-                max_samples_per_request,
-                bearer_token_file: backend.bearer_token_file,
-                basic_auth,
-                ca_file: backend.ca_file,
-                client_cert,
-                server_name,
-                protocol,
-                delivery,
-            });
-        }
-    }
-    backends
-}
-
-fn parse_url(key: &str, text: Option<&str>, problems: &mut Vec<String>) -> Option<url::Url> {
-    let Some(text) = text else {
-        problems.push(format!("{key} is required"));
-        return None;
-    };
-    match url::Url::parse(text) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-        _ => {
-            problems.push(format!("{key}: {text:?} is not an http(s) URL"));
-            None
-        }
     }
 }
 
