@@ -130,32 +130,13 @@ pub(super) fn validate_backends(
     problems: &mut Vec<String>,
 ) -> Vec<BackendConfig> {
     if raw.is_empty() {
-        return vec![BackendConfig {
-            name: "primary".into(),
-            write_url: url::Url::parse("http://127.0.0.1:9090/api/v1/write").expect("static URL"),
-            read_url: Some(
-                url::Url::parse("http://127.0.0.1:9090/api/v1/read").expect("static URL"),
-            ),
-            query_url: Some(url::Url::parse("http://127.0.0.1:9090/").expect("static URL")),
-            tenant_header: None,
-            timeout: DEFAULT_BACKEND_TIMEOUT,
-            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-            max_request_bytes: 0,
-            max_samples_per_request: 0,
-            bearer_token_file: None,
-            basic_auth: None,
-            ca_file: None,
-            client_cert: None,
-            server_name: None,
-            protocol: WriteProtocol::V1,
-            delivery: Delivery::Sync,
-        }];
+        return vec![default_backend()];
     }
     let mut seen = HashSet::new();
     let mut backends = Vec::new();
     for (index, backend) in raw.into_iter().enumerate() {
         let context = format!("backends[{index}]");
-        let name = backend.name.unwrap_or_default();
+        let name = backend.name.clone().unwrap_or_default();
         if name.is_empty()
             || !name
                 .chars()
@@ -169,182 +150,283 @@ pub(super) fn validate_backends(
                 "{context}.name: {name:?} is used by another backend"
             ));
         }
-        let write_url = parse_url(
-            &format!("{context}.write_url"),
-            backend.write_url.as_deref(),
-            problems,
-        );
-        let read_url = backend
-            .read_url
-            .as_deref()
-            .map(|text| parse_url(&format!("{context}.read_url"), Some(text), problems));
-        let query_url = backend.query_url.as_deref().map(|text| {
-            parse_url(&format!("{context}.query_url"), Some(text), problems).map(|mut url| {
-                // A root: paths are resolved under it, so it must end with a slash.
-                if !url.path().ends_with('/') {
-                    let path = format!("{}/", url.path());
-                    url.set_path(&path);
-                }
-                url
-            })
-        });
-        let tenant_header = backend.tenant_header.as_deref().and_then(|text| {
-            match http::HeaderName::from_bytes(text.as_bytes()) {
-                Ok(header) if !RESERVED_HEADERS.contains(&header.as_str()) => Some(header),
-                Ok(_) => {
-                    problems.push(format!(
-                        "{context}.tenant_header: {text:?} is a header promgate sets itself"
-                    ));
-                    None
-                }
-                Err(_) => {
-                    problems.push(format!(
-                        "{context}.tenant_header: {text:?} is not a valid header name"
-                    ));
-                    None
-                }
-            }
-        });
-        let timeout = backend.timeout.map_or(DEFAULT_BACKEND_TIMEOUT, |d| d.0);
-        if timeout.is_zero() || timeout > MAX_BACKEND_TIMEOUT {
-            problems.push(format!(
-                "{context}.timeout: must be between 1ms and 29s, below Prometheus' 30s remote_timeout"
-            ));
-        }
-        let max_retry_after = backend
-            .max_retry_after
-            .map_or(DEFAULT_MAX_RETRY_AFTER, |d| d.0);
-        if max_retry_after < Duration::from_secs(1) {
-            problems.push(format!(
-                "{context}.max_retry_after: must be at least 1s (Retry-After counts whole seconds)"
-            ));
-        }
-        let max_request_bytes = backend.max_request_bytes.map_or(0, |size| size.0);
-        if max_request_bytes > 0 && max_request_bytes < MIN_BACKEND_REQUEST_BYTES {
-            problems.push(format!(
-                "{context}.max_request_bytes: must be 0 (no cap) or at least 1KiB"
-            ));
-        }
-        let max_samples_per_request = backend.max_samples_per_request.unwrap_or(0);
-        let protocol = match backend.protocol.as_deref() {
-            None | Some("1.0") => WriteProtocol::V1,
-            Some("2.0") => WriteProtocol::V2,
-            Some(other) => {
-                problems.push(format!(
-                    "{context}.protocol: {other:?} must be \"1.0\" or \"2.0\""
-                ));
-                WriteProtocol::V1
-            }
-        };
-        let delivery = match backend.delivery.as_deref() {
-            None | Some("sync") => Delivery::Sync,
-            Some("queued") => Delivery::Queued,
-            Some(other) => {
-                problems.push(format!(
-                    "{context}.delivery: {other:?} must be \"sync\" or \"queued\""
-                ));
-                Delivery::Sync
-            }
-        };
-        let basic_auth = match (
-            backend.basic_auth_username,
-            backend.basic_auth_password_file,
-        ) {
-            (Some(username), Some(password_file)) => Some(BasicAuth {
-                username,
-                password_file,
-            }),
-            (None, None) => None,
-            _ => {
-                problems.push(format!(
-                    "{context}: basic_auth_username and basic_auth_password_file go together"
-                ));
-                None
-            }
-        };
-        if backend.bearer_token_file.is_some() && basic_auth.is_some() {
-            problems.push(format!(
-                "{context}: choose bearer_token_file or basic auth, not both"
-            ));
-        }
-        let client_cert = match (backend.cert_file, backend.key_file) {
-            (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
-                cert_file,
-                key_file,
-            }),
-            (None, None) => None,
-            _ => {
-                problems.push(format!("{context}: cert_file and key_file go together"));
-                None
-            }
-        };
-        if backend.insecure_skip_verify.is_some() {
-            problems.push(format!(
-                "{context}.insecure_skip_verify: promgate always verifies a backend's certificate; \
-                 give the backend's CA in ca_file (and server_name when the certificate names another host)"
-            ));
-        }
-        let server_name = backend.server_name.filter(|name| {
-            let valid = rustls::pki_types::ServerName::try_from(name.as_str()).is_ok();
-            if !valid {
-                problems.push(format!(
-                    "{context}.server_name: {name:?} is not a DNS name or IP address"
-                ));
-            }
-            valid
-        });
-        let tls_keys_set =
-            backend.ca_file.is_some() || client_cert.is_some() || server_name.is_some();
-        if tls_keys_set
-            && write_url
-                .as_ref()
-                .is_some_and(|url| url.scheme() != "https")
-        {
-            problems.push(format!(
-                "{context}: ca_file, cert_file, key_file and server_name need an https:// write_url"
-            ));
-        }
-        for (key, file) in [
-            ("bearer_token_file", backend.bearer_token_file.as_ref()),
-            ("ca_file", backend.ca_file.as_ref()),
-            ("cert_file", client_cert.as_ref().map(|c| &c.cert_file)),
-            ("key_file", client_cert.as_ref().map(|c| &c.key_file)),
-            (
-                "basic_auth_password_file",
-                basic_auth.as_ref().map(|b| &b.password_file),
-            ),
-        ] {
-            if let Some(file) = file {
-                if !file.is_file() {
-                    problems.push(format!(
-                        "{context}.{key}: {} is not a readable file",
-                        file.display()
-                    ));
-                }
-            }
-        }
-        if let Some(write_url) = write_url {
-            backends.push(BackendConfig {
-                name,
-                write_url,
-                read_url: read_url.flatten(),
-                query_url: query_url.flatten(),
-                tenant_header,
-                timeout,
-                max_retry_after,
-                max_request_bytes,
-                max_samples_per_request,
-                bearer_token_file: backend.bearer_token_file,
-                basic_auth,
-                ca_file: backend.ca_file,
-                client_cert,
-                server_name,
-                protocol,
-                delivery,
-            });
-        }
+        backends.extend(validate_backend(&context, name, backend, problems));
     }
     backends
+}
+
+/// The backend promgate writes to when the config names none: a Prometheus on loopback.
+fn default_backend() -> BackendConfig {
+    BackendConfig {
+        name: "primary".into(),
+        write_url: url::Url::parse("http://127.0.0.1:9090/api/v1/write").expect("static URL"),
+        read_url: Some(url::Url::parse("http://127.0.0.1:9090/api/v1/read").expect("static URL")),
+        query_url: Some(url::Url::parse("http://127.0.0.1:9090/").expect("static URL")),
+        tenant_header: None,
+        timeout: DEFAULT_BACKEND_TIMEOUT,
+        max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+        max_request_bytes: 0,
+        max_samples_per_request: 0,
+        bearer_token_file: None,
+        basic_auth: None,
+        ca_file: None,
+        client_cert: None,
+        server_name: None,
+        protocol: WriteProtocol::V1,
+        delivery: Delivery::Sync,
+    }
+}
+
+/// One `[[backends]]` entry; `None` without a usable write URL.
+fn validate_backend(
+    context: &str,
+    name: String,
+    backend: RawBackend,
+    problems: &mut Vec<String>,
+) -> Option<BackendConfig> {
+    let (write_url, read_url, query_url) = backend_urls(context, &backend, problems);
+    let tenant_header = tenant_header(context, backend.tenant_header.as_deref(), problems);
+    let bounds = request_bounds(context, &backend, problems);
+    let (protocol, delivery) = modes(context, &backend, problems);
+    let credentials = credentials(context, backend, write_url.as_ref(), problems);
+    Some(BackendConfig {
+        name,
+        write_url: write_url?,
+        read_url: read_url.flatten(),
+        query_url: query_url.flatten(),
+        tenant_header,
+        timeout: bounds.timeout,
+        max_retry_after: bounds.max_retry_after,
+        max_request_bytes: bounds.max_request_bytes,
+        max_samples_per_request: bounds.max_samples_per_request,
+        bearer_token_file: credentials.bearer_token_file,
+        basic_auth: credentials.basic_auth,
+        ca_file: credentials.ca_file,
+        client_cert: credentials.client_cert,
+        server_name: credentials.server_name,
+        protocol,
+        delivery,
+    })
+}
+
+type BackendUrls = (
+    Option<url::Url>,
+    Option<Option<url::Url>>,
+    Option<Option<url::Url>>,
+);
+
+/// The write, read and query URLs (a query URL made a root that paths resolve under).
+fn backend_urls(context: &str, backend: &RawBackend, problems: &mut Vec<String>) -> BackendUrls {
+    let write_url = parse_url(
+        &format!("{context}.write_url"),
+        backend.write_url.as_deref(),
+        problems,
+    );
+    let read_url = backend
+        .read_url
+        .as_deref()
+        .map(|text| parse_url(&format!("{context}.read_url"), Some(text), problems));
+    let query_url = backend.query_url.as_deref().map(|text| {
+        parse_url(&format!("{context}.query_url"), Some(text), problems).map(|mut url| {
+            // A root: paths are resolved under it, so it must end with a slash.
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            url
+        })
+    });
+    (write_url, read_url, query_url)
+}
+
+/// The header the tenant id is also sent in, never one promgate sets itself.
+fn tenant_header(
+    context: &str,
+    text: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<http::HeaderName> {
+    text.and_then(|text| match http::HeaderName::from_bytes(text.as_bytes()) {
+        Ok(header) if !RESERVED_HEADERS.contains(&header.as_str()) => Some(header),
+        Ok(_) => {
+            problems.push(format!(
+                "{context}.tenant_header: {text:?} is a header promgate sets itself"
+            ));
+            None
+        }
+        Err(_) => {
+            problems.push(format!(
+                "{context}.tenant_header: {text:?} is not a valid header name"
+            ));
+            None
+        }
+    })
+}
+
+/// How long a request may take and how large it may be.
+struct RequestBounds {
+    timeout: Duration,
+    max_retry_after: Duration,
+    max_request_bytes: u64,
+    max_samples_per_request: u64,
+}
+
+fn request_bounds(
+    context: &str,
+    backend: &RawBackend,
+    problems: &mut Vec<String>,
+) -> RequestBounds {
+    let timeout = backend.timeout.map_or(DEFAULT_BACKEND_TIMEOUT, |d| d.0);
+    if timeout.is_zero() || timeout > MAX_BACKEND_TIMEOUT {
+        problems.push(format!(
+            "{context}.timeout: must be between 1ms and 29s, below Prometheus' 30s remote_timeout"
+        ));
+    }
+    let max_retry_after = backend
+        .max_retry_after
+        .map_or(DEFAULT_MAX_RETRY_AFTER, |d| d.0);
+    if max_retry_after < Duration::from_secs(1) {
+        problems.push(format!(
+            "{context}.max_retry_after: must be at least 1s (Retry-After counts whole seconds)"
+        ));
+    }
+    let max_request_bytes = backend.max_request_bytes.map_or(0, |size| size.0);
+    if max_request_bytes > 0 && max_request_bytes < MIN_BACKEND_REQUEST_BYTES {
+        problems.push(format!(
+            "{context}.max_request_bytes: must be 0 (no cap) or at least 1KiB"
+        ));
+    }
+    let max_samples_per_request = backend.max_samples_per_request.unwrap_or(0);
+    RequestBounds {
+        timeout,
+        max_retry_after,
+        max_request_bytes,
+        max_samples_per_request,
+    }
+}
+
+/// The protocol the backend speaks and how writes reach it.
+fn modes(
+    context: &str,
+    backend: &RawBackend,
+    problems: &mut Vec<String>,
+) -> (WriteProtocol, Delivery) {
+    let protocol = match backend.protocol.as_deref() {
+        None | Some("1.0") => WriteProtocol::V1,
+        Some("2.0") => WriteProtocol::V2,
+        Some(other) => {
+            problems.push(format!(
+                "{context}.protocol: {other:?} must be \"1.0\" or \"2.0\""
+            ));
+            WriteProtocol::V1
+        }
+    };
+    let delivery = match backend.delivery.as_deref() {
+        None | Some("sync") => Delivery::Sync,
+        Some("queued") => Delivery::Queued,
+        Some(other) => {
+            problems.push(format!(
+                "{context}.delivery: {other:?} must be \"sync\" or \"queued\""
+            ));
+            Delivery::Sync
+        }
+    };
+    (protocol, delivery)
+}
+
+/// What promgate presents to the backend and how it checks the backend's certificate.
+struct Credentials {
+    bearer_token_file: Option<PathBuf>,
+    basic_auth: Option<BasicAuth>,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<ClientCertFiles>,
+    server_name: Option<String>,
+}
+
+fn credentials(
+    context: &str,
+    backend: RawBackend,
+    write_url: Option<&url::Url>,
+    problems: &mut Vec<String>,
+) -> Credentials {
+    let basic_auth = match (
+        backend.basic_auth_username,
+        backend.basic_auth_password_file,
+    ) {
+        (Some(username), Some(password_file)) => Some(BasicAuth {
+            username,
+            password_file,
+        }),
+        (None, None) => None,
+        _ => {
+            problems.push(format!(
+                "{context}: basic_auth_username and basic_auth_password_file go together"
+            ));
+            None
+        }
+    };
+    if backend.bearer_token_file.is_some() && basic_auth.is_some() {
+        problems.push(format!(
+            "{context}: choose bearer_token_file or basic auth, not both"
+        ));
+    }
+    let client_cert = match (backend.cert_file, backend.key_file) {
+        (Some(cert_file), Some(key_file)) => Some(ClientCertFiles {
+            cert_file,
+            key_file,
+        }),
+        (None, None) => None,
+        _ => {
+            problems.push(format!("{context}: cert_file and key_file go together"));
+            None
+        }
+    };
+    if backend.insecure_skip_verify.is_some() {
+        problems.push(format!(
+            "{context}.insecure_skip_verify: promgate always verifies a backend's certificate; \
+             give the backend's CA in ca_file (and server_name when the certificate names another host)"
+        ));
+    }
+    let server_name = backend.server_name.filter(|name| {
+        let valid = rustls::pki_types::ServerName::try_from(name.as_str()).is_ok();
+        if !valid {
+            problems.push(format!(
+                "{context}.server_name: {name:?} is not a DNS name or IP address"
+            ));
+        }
+        valid
+    });
+    let tls_keys_set = backend.ca_file.is_some() || client_cert.is_some() || server_name.is_some();
+    if tls_keys_set && write_url.is_some_and(|url| url.scheme() != "https") {
+        problems.push(format!(
+            "{context}: ca_file, cert_file, key_file and server_name need an https:// write_url"
+        ));
+    }
+    for (key, file) in [
+        ("bearer_token_file", backend.bearer_token_file.as_ref()),
+        ("ca_file", backend.ca_file.as_ref()),
+        ("cert_file", client_cert.as_ref().map(|c| &c.cert_file)),
+        ("key_file", client_cert.as_ref().map(|c| &c.key_file)),
+        (
+            "basic_auth_password_file",
+            basic_auth.as_ref().map(|b| &b.password_file),
+        ),
+    ] {
+        if let Some(file) = file {
+            if !file.is_file() {
+                problems.push(format!(
+                    "{context}.{key}: {} is not a readable file",
+                    file.display()
+                ));
+            }
+        }
+    }
+    Credentials {
+        bearer_token_file: backend.bearer_token_file,
+        basic_auth,
+        ca_file: backend.ca_file,
+        client_cert,
+        server_name,
+    }
 }
 
 pub(super) fn parse_url(
