@@ -188,6 +188,71 @@ async fn answer(
         .map_err(|_: ReadGateError| throttled(state, Endpoint::Query, tenant, "query_slots", 1))?;
     let _global = global_slot(state, tenant).await?;
 
+    let (url_query, form) = read_params(state, tenant, parts, body).await?;
+    let label = live.config.tenancy.label.clone();
+    let value = tenant.tenant.label_value.clone();
+    let reject_conflicts = live.config.tenancy.on_conflict == ConflictPolicy::Reject;
+    let query_timeout = limits.query_timeout;
+    let scope = TenantScope {
+        label: &label,
+        value: &value,
+        reject_conflicts,
+    };
+    let scoped = scope_params(state, tenant, api, &scope, url_query, form, query_timeout).await?;
+
+    let call = |path, form_post, params| QueryCall {
+        tenant_id: &tenant.tenant.id,
+        path,
+        form_post,
+        params,
+        timeout: query_timeout,
+        max_bytes: limits.max_query_response_bytes,
+        answer_bytes: &state.answer_bytes,
+    };
+    let path = api.backend_path();
+    let answer = backend
+        .query(call(&path, api.posts_form(), &scoped), &state.metrics)
+        .await
+        .map_err(|err| query_failure(tenant, err))?;
+    if !answer.status.is_success() {
+        return backend_error(tenant, backend, answer);
+    }
+    // `metadata` is per metric name, not per series: keep the names the tenant has series of.
+    let tenant_names = if *api == Api::Metadata {
+        let names_params = [("match[]".to_string(), tenant_selector(&scope))];
+        let names = backend
+            .query(
+                call("api/v1/label/__name__/values", false, &names_params),
+                &state.metrics,
+            )
+            .await
+            .map_err(|err| query_failure(tenant, err))?;
+        if !names.status.is_success() {
+            return backend_error(tenant, backend, names);
+        }
+        Some(response::label_values(&names.body).map_err(|err| unexpected(tenant, err))?)
+    } else {
+        None
+    };
+
+    let scope = ResponseScope {
+        label,
+        value,
+        strip: live.config.tenancy.strip_label_on_read,
+    };
+    let response = scoped_answer(state, tenant, backend, api, answer, scope, tenant_names).await?;
+    Ok(response)
+}
+
+/// The request's parameters: the URL's query string and a form body, each under the
+/// tenant's request limit.
+async fn read_params(
+    state: &SharedState,
+    tenant: &Arc<TenantEntry>,
+    parts: &Parts,
+    body: Body,
+) -> Result<(Option<String>, Bytes), Failure> {
+    let limits = &tenant.limits;
     let url_query = parts.uri.query().map(str::to_string);
     if url_query
         .as_ref()
@@ -222,81 +287,52 @@ async fn answer(
         Bytes::new()
     };
 
-    let light = is_light_request(url_query.as_deref(), &form);
-    let label = live.config.tenancy.label.clone();
-    let value = tenant.tenant.label_value.clone();
-    let reject_conflicts = live.config.tenancy.on_conflict == ConflictPolicy::Reject;
-    let query_timeout = limits.query_timeout;
-    let scoped = {
-        let (api, label, value) = (api.clone(), label.clone(), value.clone());
-        let scope_params = move || {
-            let scope = TenantScope {
-                label: &label,
-                value: &value,
-                reject_conflicts,
-            };
-            let given = params::collect(url_query.as_deref(), &form)?;
-            params::scope(&api, &given, &scope, query_timeout)
-        };
-        if light {
-            scope_params()
-        } else {
-            state
-                .cpu
-                .run(&tenant.tenant.id, scope_params)
-                .await
-                .map_err(|err| cpu_unavailable(tenant, err))?
-        }
-        .map_err(|err| invalid("invalid_query", err.to_string()))?
-    };
+    Ok((url_query, form))
+}
 
-    let call = |path, form_post, params| QueryCall {
-        tenant_id: &tenant.tenant.id,
-        path,
-        form_post,
-        params,
-        timeout: query_timeout,
-        max_bytes: limits.max_query_response_bytes,
-        answer_bytes: &state.answer_bytes,
-    };
-    let path = api.backend_path();
-    let answer = backend
-        .query(call(&path, api.posts_form(), &scoped), &state.metrics)
-        .await
-        .map_err(|err| query_failure(tenant, err))?;
-    if !answer.status.is_success() {
-        return backend_error(tenant, backend, answer);
-    }
-    // `metadata` is per metric name, not per series: keep the names the tenant has series of.
-    let tenant_names = if *api == Api::Metadata {
+/// The parameters to send to the backend, scoped to the tenant: light ones on this
+/// thread, the rest on the CPU pool.
+async fn scope_params(
+    state: &SharedState,
+    tenant: &Arc<TenantEntry>,
+    api: &Api,
+    scope: &TenantScope<'_>,
+    url_query: Option<String>,
+    form: Bytes,
+    query_timeout: Duration,
+) -> Result<Vec<(String, String)>, Failure> {
+    let light = is_light_request(url_query.as_deref(), &form);
+    let (api, label, value) = (
+        api.clone(),
+        scope.label.to_string(),
+        scope.value.to_string(),
+    );
+    let reject_conflicts = scope.reject_conflicts;
+    let scope_params = move || {
         let scope = TenantScope {
             label: &label,
             value: &value,
             reject_conflicts,
         };
-        let names_params = [("match[]".to_string(), tenant_selector(&scope))];
-        let names = backend
-            .query(
-                call("api/v1/label/__name__/values", false, &names_params),
-                &state.metrics,
-            )
-            .await
-            .map_err(|err| query_failure(tenant, err))?;
-        if !names.status.is_success() {
-            return backend_error(tenant, backend, names);
-        }
-        Some(response::label_values(&names.body).map_err(|err| unexpected(tenant, err))?)
+        let given = params::collect(url_query.as_deref(), &form)?;
+        params::scope(&api, &given, &scope, query_timeout)
+    };
+    if light {
+        scope_params()
     } else {
-        None
-    };
-
-    let scope = ResponseScope {
-        label,
-        value,
-        strip: live.config.tenancy.strip_label_on_read,
-    };
-    let response = scoped_answer(state, tenant, backend, api, answer, scope, tenant_names).await?;
-    Ok(response)
+        state
+            .cpu
+            .run(&tenant.tenant.id, scope_params)
+            .await
+            .map_err(|err| cpu_unavailable(tenant, err))?
+    }
+    .map_err(|err| {
+        Failure::new(
+            tenant,
+            "invalid_query",
+            AppError::BadRequest(err.to_string()),
+        )
+    })
 }
 
 /// The backend's successful answer, made the tenant's on the CPU pool.
