@@ -283,101 +283,14 @@ impl Config {
         let raw_otlp: otlp::RawOtlp = section(&root, "otlp", &mut problems);
         let otlp = raw_otlp.validate(&mut problems);
 
-        let storage = StorageConfig {
-            database_url: storage
-                .database_url
-                .unwrap_or_else(|| "sqlite://promgate.db".into()),
-            poll_interval: storage
-                .poll_interval
-                .map_or(Duration::from_secs(1), |d| d.0),
-            expired_token_retention: storage
-                .expired_token_retention
-                .map_or(Duration::from_secs(30 * 24 * 3600), |d| d.0),
-            usage_flush_interval: storage
-                .usage_flush_interval
-                .map_or(Duration::from_secs(60), |d| d.0),
-            usage_retention: storage
-                .usage_retention
-                .map_or(Duration::from_secs(400 * 24 * 3600), |d| d.0),
-        };
-        if storage.poll_interval.is_zero() {
-            problems.push("storage.poll_interval must be longer than 0s".into());
-        }
-        if storage.usage_flush_interval < Duration::from_secs(1)
-            || storage.usage_flush_interval > Duration::from_secs(60)
-        {
-            problems.push(
-                "storage.usage_flush_interval must be between 1s and 60s (usage is written at least every minute)"
-                    .into(),
-            );
-        }
-        if storage.usage_retention < Duration::from_secs(24 * 3600) {
-            problems.push("storage.usage_retention must be at least 1d".into());
-        }
+        let storage = validate_storage(storage, &mut problems);
         let secrets_dir = secrets_dir(&storage.database_url, &mut problems);
         let mut server_cfg = validate_server(&server, &mut problems);
         server_cfg.tls = server.tls.map(|raw| validate_tls(raw, &mut problems));
-        let admin_cfg = AdminConfig {
-            listen: parse_addr(
-                "admin.listen",
-                admin.listen.as_deref(),
-                "127.0.0.1:9202",
-                &mut problems,
-            ),
-            token_file: admin
-                .token_file
-                .unwrap_or_else(|| secrets_dir.join("promgate-admin.token")),
-            auth_failures_per_minute: admin.auth_failures_per_minute.unwrap_or(5),
-            trusted_proxies: validate_trusted_proxies(
-                "admin",
-                admin.trusted_proxies.as_deref(),
-                &mut problems,
-            ),
-            proxy_protocol: admin.proxy_protocol.unwrap_or(false),
-        };
-        check_proxy_protocol(
-            "admin",
-            admin_cfg.proxy_protocol,
-            &admin_cfg.trusted_proxies,
-            &mut problems,
-        );
-        if admin_cfg.auth_failures_per_minute == 0 {
-            problems.push("admin.auth_failures_per_minute must be at least 1".into());
-        }
-        let queue = QueueConfig {
-            directory: raw_queue
-                .directory
-                .unwrap_or_else(|| secrets_dir.join("promgate-queue")),
-            max_bytes: raw_queue
-                .max_bytes
-                .map_or(DEFAULT_QUEUE_BYTES, |size| size.0),
-            drain_timeout: raw_queue
-                .drain_timeout
-                .map_or(DEFAULT_QUEUE_DRAIN_TIMEOUT, |d| d.0),
-        };
-        if queue.directory.as_os_str().is_empty() {
-            problems.push("queue.directory must not be empty".into());
-        }
-        if queue.max_bytes < MIN_QUEUE_BYTES {
-            problems.push(format!(
-                "queue.max_bytes must be at least {}",
-                units::HumanSize(MIN_QUEUE_BYTES)
-            ));
-        }
+        let admin_cfg = validate_admin(admin, &secrets_dir, &mut problems);
+        let queue = validate_queue(raw_queue, &secrets_dir, &mut problems);
         let issuers = validate_issuers(auth.issuers, &mut problems);
-        let tokens = TokenConfig {
-            signing_key_file: auth
-                .tokens
-                .signing_key_file
-                .unwrap_or_else(|| secrets_dir.join("promgate-signing.key")),
-            default_ttl: auth
-                .tokens
-                .default_ttl
-                .map_or(Duration::from_secs(90 * 86_400), |d| d.0),
-        };
-        if tokens.default_ttl.is_zero() {
-            problems.push("auth.tokens.default_ttl must be longer than 0s".into());
-        }
+        let tokens = validate_tokens(auth.tokens, &secrets_dir, &mut problems);
         let before_tenancy = problems.len();
         let tenancy = validate_tenancy(tenancy, &mut problems);
         let tenancy_valid = problems.len() == before_tenancy;
@@ -433,6 +346,124 @@ impl Config {
 
 /// `PROMGATE_LIMITS__MAX_REQUEST_BYTES=64MiB` sets `[limits] max_request_bytes`. The value
 /// is read as a TOML value when it parses as one, else as a string.
+/// `[storage]`: where the registry lives, how often replicas poll it, how long usage and
+/// expired tokens are kept.
+fn validate_storage(storage: RawStorage, problems: &mut Vec<String>) -> StorageConfig {
+    let storage = StorageConfig {
+        database_url: storage
+            .database_url
+            .unwrap_or_else(|| "sqlite://promgate.db".into()),
+        poll_interval: storage
+            .poll_interval
+            .map_or(Duration::from_secs(1), |d| d.0),
+        expired_token_retention: storage
+            .expired_token_retention
+            .map_or(Duration::from_secs(30 * 24 * 3600), |d| d.0),
+        usage_flush_interval: storage
+            .usage_flush_interval
+            .map_or(Duration::from_secs(60), |d| d.0),
+        usage_retention: storage
+            .usage_retention
+            .map_or(Duration::from_secs(400 * 24 * 3600), |d| d.0),
+    };
+    if storage.poll_interval.is_zero() {
+        problems.push("storage.poll_interval must be longer than 0s".into());
+    }
+    if storage.usage_flush_interval < Duration::from_secs(1)
+        || storage.usage_flush_interval > Duration::from_secs(60)
+    {
+        problems.push(
+            "storage.usage_flush_interval must be between 1s and 60s (usage is written at least every minute)"
+                .into(),
+        );
+    }
+    if storage.usage_retention < Duration::from_secs(24 * 3600) {
+        problems.push("storage.usage_retention must be at least 1d".into());
+    }
+    storage
+}
+
+/// `[admin]`: the admin listener.
+fn validate_admin(admin: RawAdmin, secrets_dir: &Path, problems: &mut Vec<String>) -> AdminConfig {
+    let admin_cfg = AdminConfig {
+        listen: parse_addr(
+            "admin.listen",
+            admin.listen.as_deref(),
+            "127.0.0.1:9202",
+            problems,
+        ),
+        token_file: admin
+            .token_file
+            .unwrap_or_else(|| secrets_dir.join("promgate-admin.token")),
+        auth_failures_per_minute: admin.auth_failures_per_minute.unwrap_or(5),
+        trusted_proxies: validate_trusted_proxies(
+            "admin",
+            admin.trusted_proxies.as_deref(),
+            problems,
+        ),
+        proxy_protocol: admin.proxy_protocol.unwrap_or(false),
+    };
+    check_proxy_protocol(
+        "admin",
+        admin_cfg.proxy_protocol,
+        &admin_cfg.trusted_proxies,
+        problems,
+    );
+    if admin_cfg.auth_failures_per_minute == 0 {
+        problems.push("admin.auth_failures_per_minute must be at least 1".into());
+    }
+    admin_cfg
+}
+
+/// `[queue]`: where queued backends keep their queues, and how much.
+fn validate_queue(
+    raw_queue: RawQueue,
+    secrets_dir: &Path,
+    problems: &mut Vec<String>,
+) -> QueueConfig {
+    let queue = QueueConfig {
+        directory: raw_queue
+            .directory
+            .unwrap_or_else(|| secrets_dir.join("promgate-queue")),
+        max_bytes: raw_queue
+            .max_bytes
+            .map_or(DEFAULT_QUEUE_BYTES, |size| size.0),
+        drain_timeout: raw_queue
+            .drain_timeout
+            .map_or(DEFAULT_QUEUE_DRAIN_TIMEOUT, |d| d.0),
+    };
+    if queue.directory.as_os_str().is_empty() {
+        problems.push("queue.directory must not be empty".into());
+    }
+    if queue.max_bytes < MIN_QUEUE_BYTES {
+        problems.push(format!(
+            "queue.max_bytes must be at least {}",
+            units::HumanSize(MIN_QUEUE_BYTES)
+        ));
+    }
+    queue
+}
+
+/// `[auth.tokens]`: the tokens promgate issues itself.
+fn validate_tokens(
+    tokens: RawTokens,
+    secrets_dir: &Path,
+    problems: &mut Vec<String>,
+) -> TokenConfig {
+    let config = TokenConfig {
+        signing_key_file: tokens
+            .signing_key_file
+            .unwrap_or_else(|| secrets_dir.join("promgate-signing.key")),
+        default_ttl: tokens
+            .default_ttl
+            .map_or(Duration::from_secs(90 * 86_400), |d| d.0),
+    };
+    if config.default_ttl.is_zero() {
+        problems.push("auth.tokens.default_ttl must be longer than 0s".into());
+    }
+    config
+}
+
 fn apply_env_overrides(
     root: &mut toml::Table,
     env: &BTreeMap<String, String>,
