@@ -47,6 +47,7 @@
 mod cursor;
 pub mod offline;
 pub mod record;
+mod recovery;
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -65,6 +66,7 @@ use record::{
     encode_record, find_next_valid, first_valid_seq, read_record_at, scan_segment, Damage,
     RecordRead, HEADER_BYTES, MAX_PAYLOAD_BYTES,
 };
+use recovery::{recover_segments, Recovered};
 
 /// The size at which a segment is rolled, unless the quota is small.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -261,68 +263,16 @@ impl Queue {
             }
         };
 
-        let mut segments = VecDeque::new();
-        let mut append_times: VecDeque<(u64, u64)> = VecDeque::new();
-        let mut missing_seqs = Vec::new();
-        let mut last_valid_seq = 0;
-        let mut expected_seq = listed.first().map_or(1, |(first_seq, _)| *first_seq);
-        let mut pending_records = 0;
-        let mut renamed = false;
         let segment_count = listed.len();
-        for (index, (first_seq, path)) in listed.into_iter().enumerate() {
-            let is_newest = index + 1 == segment_count;
-            let file = OpenOptions::new().read(true).write(is_newest).open(&path)?;
-            let end = file.metadata()?.len();
-            // The records' own sequence numbers decide what is new, never the name.
-            let mut first_record_seq = None;
-            let scan = scan_segment(&file, end, last_valid_seq, &mut payload, |_, header, _| {
-                first_record_seq.get_or_insert(header.seq);
-                if header.seq > expected_seq {
-                    missing_seqs.push(expected_seq..header.seq);
-                }
-                expected_seq = header.seq + 1;
-                note_append_time(&mut append_times, header.seq, header.appended_at_ms);
-                if header.seq > acked_through {
-                    pending_records += 1;
-                }
-            })?;
-            let first_seq = first_record_seq.unwrap_or(first_seq.max(last_valid_seq + 1));
-            last_valid_seq = scan.last_seq.unwrap_or(last_valid_seq);
-            let mut len = end;
-            for damage in &scan.damage {
-                match damage {
-                    Damage::TornTail { .. } if is_newest => {
-                        report.truncated_bytes += damage.byte_len();
-                        len = scan.valid_end;
-                    }
-                    _ => {
-                        report.corrupt_regions += 1;
-                        report.corrupt_bytes += damage.byte_len();
-                    }
-                }
-            }
-            if len < end {
-                file.set_len(len)?;
-                file.sync_all()?;
-            }
-            // Named by its first record, so later segments (named by the sequence that
-            // opens them) can never take its name.
-            let path =
-                match rename_without_replacing(&path, &dir.join(segment_file_name(first_seq)))? {
-                    Some(renamed_path) => {
-                        report.renamed_segments += 1;
-                        renamed = true;
-                        renamed_path
-                    }
-                    None => path,
-                };
-            segments.push_back(Segment {
-                first_seq,
-                path,
-                len,
-                durable_len: len,
-            });
-        }
+        let Recovered {
+            mut segments,
+            append_times,
+            mut missing_seqs,
+            last_valid_seq,
+            expected_seq,
+            pending_records,
+            renamed,
+        } = recover_segments(dir, listed, acked_through, &mut payload, &mut report)?;
 
         let mut deleted = Vec::new();
         if cursor_is_durable {
