@@ -300,6 +300,15 @@ fn scope_small_answer(
         .get_mut("data")
         .ok_or_else(|| UnexpectedAnswer("no \"data\"".into()))?;
     let unexpected = |what: &str| UnexpectedAnswer(format!("\"data\" is not {what}"));
+    // Names and values are strings: anything else in their lists is not a Prometheus
+    // answer, and is never passed on.
+    if matches!(api, Api::Labels | Api::LabelValues(_))
+        && !data
+            .as_array()
+            .is_some_and(|items| items.iter().all(Value::is_string))
+    {
+        return Err(unexpected("a list of strings"));
+    }
     match api {
         Api::Labels => {
             let names = data.as_array_mut().ok_or_else(|| unexpected("a list"))?;
@@ -572,6 +581,18 @@ mod tests {
             run(Api::LabelValues("tenant_id".into()), values, true).0["data"],
             json!([])
         );
+    }
+
+    #[test]
+    fn name_and_value_lists_hold_only_strings() {
+        let answer = json!({"status": "success", "data": [{"__name__": "b", "tenant_id": "beta"}]});
+        for api in [
+            Api::Labels,
+            Api::LabelValues("job".into()),
+            Api::LabelValues("tenant_id".into()),
+        ] {
+            assert!(scope_json(&api, answer.to_string().as_bytes(), &scope(false), None).is_err());
+        }
     }
 
     #[test]
