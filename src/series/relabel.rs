@@ -65,9 +65,10 @@ fn is_zero(modulus: &u64) -> bool {
 
 /// One `relabel_config` as written in the tenant record: Prometheus' field names and
 /// defaults. The action is kept as written (Prometheus accepts any case) and checked by
-/// [`RelabelRules::compile`], so an unknown action is refused naming its rule.
+/// [`RelabelRules::compile`], so an unknown action is refused naming its rule. Unknown
+/// fields are not denied here: the admin API refuses them with their path
+/// (`write_relabel_configs.2.acton`), which names the rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RelabelConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub source_labels: Vec<String>,
@@ -615,6 +616,10 @@ impl Rule {
         }
     }
 }
+
+pub mod requests;
+
+pub use requests::Scope;
 
 #[cfg(test)]
 mod tests;
