@@ -175,3 +175,106 @@ fn intern(
     added.insert(text, reference);
     Ok(reference)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConflictPolicy;
+    use crate::proto::write_v2 as v2;
+
+    fn scope_parts() -> (RelabelRules, LabelPolicy, Limits) {
+        let configs: Vec<super::super::RelabelConfig> = serde_json::from_value(serde_json::json!([
+            {"source_labels": ["__name__"], "regex": "noisy", "action": "drop"},
+            {"regex": "pod", "action": "labeldrop"},
+            {"source_labels": ["job"], "target_label": "service", "replacement": "svc-$1"}
+        ]))
+        .expect("configs");
+        (
+            RelabelRules::compile(&configs).expect("rules"),
+            LabelPolicy::new("tenant_id", "t", [], ConflictPolicy::Override),
+            Limits::default(),
+        )
+    }
+
+    #[test]
+    fn a_tenant_without_rules_has_no_scope() {
+        let (_, policy, limits) = scope_parts();
+        assert!(Scope::of(&RelabelRules::default(), &policy, &limits).is_none());
+    }
+
+    #[test]
+    fn remote_write_2_keeps_exemplar_and_metadata_references() {
+        let (rules, policy, limits) = scope_parts();
+        let scope = Scope::of(&rules, &policy, &limits).expect("rules");
+        let symbols: Vec<String> = [
+            "", "__name__", "up", "job", "api", "pod", "p1", "trace_id", "abc", "noisy", "help",
+        ]
+        .iter()
+        .map(|text| text.to_string())
+        .collect();
+        let request = v2::Request {
+            symbols,
+            timeseries: vec![
+                v2::TimeSeries {
+                    labels_refs: vec![1, 2, 3, 4, 5, 6],
+                    samples: vec![v2::Sample {
+                        value: 1.0,
+                        timestamp: 5,
+                        start_timestamp: 0,
+                    }],
+                    exemplars: vec![v2::Exemplar {
+                        labels_refs: vec![7, 8],
+                        value: 1.0,
+                        timestamp: 5,
+                    }],
+                    metadata: Some(v2::Metadata {
+                        help_ref: 10,
+                        ..v2::Metadata::default()
+                    }),
+                    ..v2::TimeSeries::default()
+                },
+                v2::TimeSeries {
+                    labels_refs: vec![1, 9],
+                    samples: vec![v2::Sample::default(), v2::Sample::default()],
+                    ..v2::TimeSeries::default()
+                },
+            ],
+        };
+        let mut out = Vec::new();
+        let dropped = scope
+            .v2(&request.encode_to_vec(), &mut out)
+            .expect("relabeled");
+        assert_eq!(
+            dropped,
+            Dropped {
+                series: 1,
+                samples: 2
+            }
+        );
+        let back = v2::Request::decode(out.as_slice()).expect("v2");
+        assert_eq!(back.timeseries.len(), 1);
+        let series = &back.timeseries[0];
+        let resolved: Vec<(&str, &str)> = series
+            .labels_refs
+            .chunks_exact(2)
+            .map(|pair| {
+                (
+                    back.symbols[pair[0] as usize].as_str(),
+                    back.symbols[pair[1] as usize].as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            resolved,
+            [("__name__", "up"), ("job", "api"), ("service", "svc-api")]
+        );
+        // The sender's symbols are where they were: exemplars and metadata still point
+        // at the same strings.
+        assert_eq!(&back.symbols[..11], &request.symbols[..]);
+        assert_eq!(series.exemplars, request.timeseries[0].exemplars);
+        assert_eq!(
+            back.symbols[series.metadata.as_ref().expect("metadata").help_ref as usize],
+            "help"
+        );
+    }
+}
