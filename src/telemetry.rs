@@ -420,6 +420,9 @@ pub struct Metrics {
     pub ha_deduplicated_samples: Family<TenantCluster, Counter>,
     /// Elections this relay changed to another replica (failovers).
     pub ha_elected_replica_changes: Family<TenantCluster, Counter>,
+    /// Samples, histogram samples and exemplars of series a tenant's
+    /// `write_relabel_configs` dropped (DESIGN §16).
+    pub relabel_dropped_samples: Family<TenantLabel, Counter>,
     pub connections: Family<ListenerLabel, Gauge>,
     pub in_flight_requests: Gauge,
     pub in_flight_decoded_bytes: Gauge,
@@ -449,6 +452,7 @@ impl Metrics {
             tenant_active_series_limit: Family::default(),
             ha_deduplicated_samples: Family::default(),
             ha_elected_replica_changes: Family::default(),
+            relabel_dropped_samples: Family::default(),
             samples_forwarded: Family::default(),
             otlp_data_points: Family::default(),
             auth_failures: Family::default(),
@@ -561,6 +565,11 @@ impl Metrics {
             "promgate_ha_deduplicated_samples",
             "Samples and histogram samples of HA series sent by a replica that is not the elected one of its cluster, dropped, by tenant and cluster",
             metrics.ha_deduplicated_samples.clone(),
+        );
+        registry.register(
+            "promgate_relabel_dropped_samples",
+            "Samples, histogram samples and exemplars of series dropped by the tenant's write_relabel_configs (not an error: the rest is written), by tenant",
+            metrics.relabel_dropped_samples.clone(),
         );
         registry.register(
             "promgate_ha_elected_replica_changes",

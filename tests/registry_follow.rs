@@ -51,6 +51,7 @@ fn new_tenant(id: &str) -> Tenant {
         identities: vec![format!("spiffe://follow.test/{id}")],
         backends: vec![],
         status: TenantStatus::Active,
+        write_relabel_configs: Vec::new(),
         created_at: 1,
         updated_at: 1,
         version: 0,

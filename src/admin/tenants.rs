@@ -21,6 +21,7 @@ use super::parse_json;
 use crate::config::units::HumanDuration;
 use crate::config::LimitOverrides;
 use crate::error::{AppError, JsonError};
+use crate::series::relabel::RelabelConfig;
 use crate::server::SharedState;
 use crate::tenant::registry::RegistryError;
 use crate::tenant::{validate_tenant_id, Precondition, Tenant, TenantStatus, TokenRecord};
@@ -50,6 +51,7 @@ struct TenantSpec {
     identities: Option<Vec<String>>,
     backends: Option<Vec<String>>,
     status: Option<TenantStatus>,
+    write_relabel_configs: Option<Vec<RelabelConfig>>,
 }
 
 impl TenantSpec {
@@ -73,6 +75,9 @@ impl TenantSpec {
         if let Some(status) = self.status {
             tenant.status = status;
         }
+        if let Some(rules) = &self.write_relabel_configs {
+            tenant.write_relabel_configs.clone_from(rules);
+        }
     }
 }
 
@@ -85,6 +90,7 @@ struct TenantView {
     identities: Vec<String>,
     backends: Vec<String>,
     status: TenantStatus,
+    write_relabel_configs: Vec<RelabelConfig>,
     created_at: String,
     updated_at: String,
     /// Bumped by every change; the same figure as the `ETag`.
@@ -114,6 +120,7 @@ impl From<Tenant> for TenantView {
             identities: tenant.identities,
             backends: tenant.backends,
             status: tenant.status,
+            write_relabel_configs: tenant.write_relabel_configs,
             active_series: None,
         }
     }
@@ -298,6 +305,7 @@ async fn create_tenant(State(state): State<SharedState>, body: Bytes) -> ApiResu
         identities: Vec::new(),
         backends: Vec::new(),
         status: TenantStatus::Active,
+        write_relabel_configs: Vec::new(),
         created_at: now,
         updated_at: now,
         version: 1,

@@ -108,6 +108,10 @@ pub struct CreateFields {
     /// Create it disabled.
     #[arg(long)]
     disabled: bool,
+    /// The tenant's write_relabel_configs: a JSON file holding an array of Prometheus
+    /// relabel_config rules (DESIGN §16).
+    #[arg(long, value_name = "FILE")]
+    relabel_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -138,6 +142,12 @@ pub struct UpdateFields {
     /// Let the tenant write to every configured backend.
     #[arg(long)]
     all_backends: bool,
+    /// Replace the tenant's write_relabel_configs with the JSON array of rules in FILE.
+    #[arg(long, value_name = "FILE", conflicts_with = "clear_relabel")]
+    relabel_file: Option<PathBuf>,
+    /// Remove every write_relabel_configs rule of the tenant.
+    #[arg(long)]
+    clear_relabel: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -234,6 +244,9 @@ async fn tenant(
             }
             if fields.disabled {
                 body.insert("status".into(), json!("disabled"));
+            }
+            if let Some(path) = &fields.relabel_file {
+                body.insert("write_relabel_configs".into(), relabel_rules(path)?);
             }
             let answer = client
                 .call(
@@ -382,6 +395,11 @@ fn patch_body(current: &Value, change: &UpdateFields) -> Result<Value, CallError
     } else if !change.backends.is_empty() {
         body.insert("backends".into(), json!(change.backends));
     }
+    if change.clear_relabel {
+        body.insert("write_relabel_configs".into(), json!([]));
+    } else if let Some(path) = &change.relabel_file {
+        body.insert("write_relabel_configs".into(), relabel_rules(path)?);
+    }
     if body.is_empty() {
         return Err(CallError::Other(
             "nothing to change: give at least one option (see --help)".into(),
@@ -509,6 +527,32 @@ async fn usage(client: &AdminClient, output: Output, query: &UsageArgs) -> Resul
     Ok(())
 }
 
+/// A rules file is far smaller than this (100 rules at most).
+const MAX_RELABEL_FILE_BYTES: u64 = 1 << 20;
+
+/// The JSON array of relabel rules in `path`, sent as it is: the API checks each rule
+/// and names the index of a bad one.
+fn relabel_rules(path: &std::path::Path) -> Result<Value, CallError> {
+    let problem =
+        |what: String| CallError::Other(format!("--relabel-file {}: {what}", path.display()));
+    let size = std::fs::metadata(path)
+        .map_err(|err| problem(err.to_string()))?
+        .len();
+    if size > MAX_RELABEL_FILE_BYTES {
+        return Err(problem(format!(
+            "{size} bytes, over the limit of {MAX_RELABEL_FILE_BYTES}"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|err| problem(err.to_string()))?;
+    let rules: Value = serde_json::from_str(&text).map_err(|err| problem(err.to_string()))?;
+    if !rules.is_array() {
+        return Err(problem(
+            "must hold a JSON array of relabel_config objects".into(),
+        ));
+    }
+    Ok(rules)
+}
+
 fn show_tenant(output: Output, tenant: &Value) {
     match output {
         Output::Json | Output::Csv => print_json(tenant),
@@ -586,6 +630,8 @@ mod tests {
             remove_identities: vec![],
             backends: vec![],
             all_backends: false,
+            relabel_file: None,
+            clear_relabel: false,
         }
     }
 

@@ -66,6 +66,20 @@ fn list(value: &Value, empty: &str) -> String {
     }
 }
 
+/// A tenant's relabel rules in one line: how many, and each one's action.
+fn relabel_rules(value: &Value) -> String {
+    match value.as_array() {
+        Some(rules) if !rules.is_empty() => {
+            let actions: Vec<&str> = rules
+                .iter()
+                .map(|rule| rule["action"].as_str().unwrap_or("replace"))
+                .collect();
+            format!("{} rule(s): {}", rules.len(), actions.join(", "))
+        }
+        _ => "-".into(),
+    }
+}
+
 /// `GET /admin/v1/tenants` as a table.
 pub fn tenants(body: &Value) -> String {
     let rows = body["tenants"]
@@ -136,6 +150,7 @@ pub fn tenant(tenant: &Value) -> String {
         ("limits", object(&tenant["limits"])),
         ("identities", list(&tenant["identities"], "-")),
         ("backends", list(&tenant["backends"], "(all)")),
+        ("relabel", relabel_rules(&tenant["write_relabel_configs"])),
         ("created_at", text(&tenant["created_at"])),
         ("updated_at", text(&tenant["updated_at"])),
         ("version", text(&tenant["version"])),

@@ -11,11 +11,14 @@
 //!   refused series are cut out of a 1.0 body by `codec::refused`);
 //! - [`ha`]: Prometheus HA pairs (DESIGN §15), the elected replica of each (tenant,
 //!   cluster) and each series' verdict (the codec removes the replica label and leaves
-//!   dropped series out, `codec::ha`).
+//!   dropped series out, `codec::ha`);
+//! - [`relabel`]: a tenant's `write_relabel_configs` (DESIGN §16), run over each series
+//!   before its labels are enforced.
 
 pub mod ha;
 pub mod identity;
 pub mod limit;
+pub mod relabel;
 pub mod sketch;
 pub mod tracker;
 

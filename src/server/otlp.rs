@@ -32,7 +32,7 @@ use prost::Message;
 use super::common::{
     count_request, cpu_unavailable, deadline_exceeded, within_deadline, Endpoint, Failure,
 };
-use super::series::{count_refused_samples, Tracking};
+use super::series::{count_refused_samples, count_relabel_dropped, Tracking};
 use super::usage::{count_write, WriteCounted};
 use super::write::{admit_samples, admit_write, forward, now_ms, reserve_decoded, Bodies, HaPass};
 use super::{Live, SharedState};
@@ -45,6 +45,7 @@ use crate::config::OtlpConfig;
 use crate::error::AppError;
 use crate::series::ha::{HaOutcome, HaRefusal, HaSettings, Resolved};
 use crate::series::limit::{admit_spans, SeriesLimit};
+use crate::series::relabel::{Dropped, Scope};
 use crate::series::{SeriesRefusal, SeriesSpan};
 use crate::telemetry::{TenantLabel, TenantOutcome};
 use crate::tenant::TenantEntry;
@@ -242,7 +243,7 @@ async fn handle(
     // HA pairs (DESIGN §15), on the translated series: as for remote write, a second
     // pass with the registry's answers when the cache cannot judge a cluster.
     let mut resolved: Option<Arc<HashMap<String, Resolved>>> = None;
-    let (compressed, enforced, refused, ha_outcome) = loop {
+    let (compressed, enforced, refused, ha_outcome, relabel_dropped) = loop {
         let prepared = prepare_export(
             state,
             &tenant,
@@ -266,6 +267,7 @@ async fn handle(
     if let Some(refused) = &refused {
         count_refused_samples(state, &tenant, "series_limit", refused.samples);
     }
+    count_relabel_dropped(state, &tenant, relabel_dropped);
     if let Some(outcome) = &ha_outcome {
         super::ha::commit(state, &tenant, outcome, now);
     }
@@ -343,6 +345,7 @@ type Prepared = (
     Enforced,
     Option<SeriesRefusal>,
     Option<HaOutcome>,
+    Dropped,
 );
 
 /// Prepares the export on the CPU pool when it is compressed or large, here otherwise.
@@ -420,14 +423,19 @@ fn prepare(
     };
     let request = otlp::decode(decoded)?;
     let limits = &tenant.limits;
-    let translated = otlp::translate(&request, config, Caps::of(limits))?;
+    let mut translated = otlp::translate(&request, config, Caps::of(limits))?;
     drop(request);
+    // The tenant's rules (DESIGN §16) see the translated labels before enforcement.
+    let mut relabel_dropped = Dropped::default();
+    if let Some(scope) = Scope::of(&tenant.relabel, &tenant.policy, limits) {
+        translated.try_retain_series(|series| scope.series(series, &mut relabel_dropped))?;
+    }
     let mut enforced = otlp::enforce(translated, &tenant.policy, limits, now_ms)?;
     let ha_outcome = ha.map(|ha| dedupe_pairs(&mut enforced, tenant, &ha, now_ms));
     let refused = limit_series(&mut enforced, tenant, &tracking);
     let compressed = (!enforced.request.timeseries.is_empty())
         .then(|| Bytes::from(snappy::compress(&enforced.request.encode_to_vec())));
-    Ok((compressed, enforced, refused, ha_outcome))
+    Ok((compressed, enforced, refused, ha_outcome, relabel_dropped))
 }
 
 /// The tenant's HA pairs (DESIGN §15) on translated series: the replica label taken off,

@@ -8,7 +8,7 @@
 //!   published as gauges.
 //!
 //! Also what the write handlers count a write's series with ([`Tracking`]) and the
-//! refused samples' counter.
+//! refused samples' and relabel-dropped samples' counters.
 //!
 //! The first share runs before the relay is ready, so a restarted replica knows what the
 //! others hold before it admits a write. The task holds the state weakly, so it ends
@@ -48,6 +48,25 @@ pub(super) fn count_refused_samples(
             reason,
         })
         .inc_by(samples);
+}
+
+/// Counts the samples of series the tenant's relabel rules dropped (DESIGN §16); not an
+/// error, so not a refusal.
+pub(super) fn count_relabel_dropped(
+    state: &SharedState,
+    tenant: &TenantEntry,
+    dropped: crate::series::relabel::Dropped,
+) {
+    if dropped.series == 0 {
+        return;
+    }
+    state
+        .metrics
+        .relabel_dropped_samples
+        .get_or_create(&crate::telemetry::TenantLabel {
+            tenant: tenant.tenant.id.clone(),
+        })
+        .inc_by(dropped.samples);
 }
 
 /// How often replicas share their tenants' active series.

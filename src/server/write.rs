@@ -21,7 +21,7 @@ use super::common::{
     failure_tenant, global_slot, observe_duration, read_body_capped, require_backends, throttled,
     within_deadline, Endpoint, Failure,
 };
-use super::series::{count_refused_samples, Tracking};
+use super::series::{count_refused_samples, count_relabel_dropped, Tracking};
 use super::usage::{count_throttled, count_write, WriteCounted};
 use super::{Live, SharedState};
 use crate::admission::{BudgetError, Verdict};
@@ -38,6 +38,7 @@ use crate::error::AppError;
 use crate::series::ha::{HaDecisions, HaOutcome, HaRefusal, HaSettings, HaTracker, Resolved};
 use crate::series::limit::admit_spans;
 use crate::series::limit::SeriesLimit;
+use crate::series::relabel::{Dropped, Scope};
 use crate::series::{SeriesRefusal, SeriesSpan};
 use crate::telemetry::TenantLabel;
 use crate::tenant::TenantEntry;
@@ -178,7 +179,7 @@ async fn handle(
     // timeout), the registry is asked and the request is prepared again with its
     // answers. Only a tenant with HA on can take the second pass.
     let mut resolved: Option<Arc<HashMap<String, Resolved>>> = None;
-    let (bodies, stats, refused, ha_outcome) = loop {
+    let (bodies, stats, refused, ha_outcome, relabel_dropped) = loop {
         let prepared = prepare_write(
             state,
             &tenant,
@@ -204,6 +205,7 @@ async fn handle(
     if let Some(refused) = &refused {
         count_refused_samples(state, &tenant, "series_limit", refused.samples);
     }
+    count_relabel_dropped(state, &tenant, relabel_dropped);
     let ha_refused = ha_outcome.as_ref().and_then(|outcome| {
         super::ha::commit(state, &tenant, outcome, now);
         HaRefusal::of(outcome, HaSettings::of(&tenant.limits))
@@ -227,7 +229,8 @@ async fn handle(
     let ha_dropped = ha_outcome
         .as_ref()
         .is_some_and(|outcome| !outcome.deduplicated.is_empty() || outcome.refused_series > 0);
-    let written = if (refused.is_some() || ha_dropped) && stats.series == 0 {
+    let dropped = refused.is_some() || ha_dropped || relabel_dropped.series > 0;
+    let written = if dropped && stats.series == 0 {
         Written::default()
     } else {
         forward(state, &live, &tenant, bodies, &stats)
@@ -246,8 +249,15 @@ async fn handle(
 }
 
 /// A request prepared for the backends: its bodies, counts, what the active series
-/// limit refused and, for a tenant with HA on, what the HA decisions came to.
-type Prepared = (Bodies, WriteStats, Option<SeriesRefusal>, Option<HaOutcome>);
+/// limit refused, for a tenant with HA on what the HA decisions came to, and what the
+/// tenant's relabel rules dropped.
+type Prepared = (
+    Bodies,
+    WriteStats,
+    Option<SeriesRefusal>,
+    Option<HaOutcome>,
+    Dropped,
+);
 
 /// Prepares the request on the CPU pool when it is large, here otherwise; with
 /// `resolved`, the registry's answers for the HA clusters a first pass asked about.
@@ -381,7 +391,15 @@ fn prepare_v2(
     ha: Option<HaPass<'_>>,
 ) -> Result<Prepared, CodecError> {
     let limits = &tenant.limits;
-    let decoded = snappy::decompress_capped(compressed, limits.max_decoded_bytes)?;
+    let mut decoded = snappy::decompress_capped(compressed, limits.max_decoded_bytes)?;
+    // A tenant with relabel rules (DESIGN §16) has its series relabeled on the prost
+    // path first; the zero-copy path then validates and enforces what the rules left.
+    let mut relabel_dropped = Dropped::default();
+    if let Some(scope) = Scope::of(&tenant.relabel, &tenant.policy, limits) {
+        let mut relabeled = Vec::new();
+        relabel_dropped = scope.v2(&decoded, &mut relabeled)?;
+        decoded = relabeled;
+    }
     let forms = splice_v2::Forms {
         v2: targets.v2,
         v1: targets.v1_by_header || targets.v1_by_label,
@@ -434,7 +452,7 @@ fn prepare_v2(
         has_metadata,
         v2: rewritten.v2.map(|v2| Bytes::from(snappy::compress(&v2))),
     };
-    Ok((bodies, stats, refused, ha_outcome))
+    Ok((bodies, stats, refused, ha_outcome, relabel_dropped))
 }
 
 thread_local! {
@@ -468,10 +486,15 @@ fn rewrite_body(
     let ha_gate = ha.is_some().then_some(HaGate {
         decide: &mut decide,
     });
+    let limits = &tenant.limits;
+    // A tenant with relabel rules (DESIGN §16) has its series relabeled on the prost
+    // path first; the zero-copy path then validates and enforces what the rules left.
+    let scope = Scope::of(&tenant.relabel, &tenant.policy, limits);
+    let mut relabeled = Vec::new();
+    let mut relabel_dropped = Dropped::default();
     let result = BUFFERS.with(|buffers| {
         let mut buffers = buffers.borrow_mut();
         let (decoded, encoded, spans) = &mut *buffers;
-        let limits = &tenant.limits;
         // An unlimited tenant's series are not tracked: it pays nothing for the limit.
         let tracking = tracking.filter(|_| limits.max_active_series > 0);
         let log = tracking.as_ref().map(|tracking| SeriesLog {
@@ -479,9 +502,15 @@ fn rewrite_body(
             spans: &mut *spans,
         });
         let result = snappy::decompress_capped_into(compressed, limits.max_decoded_bytes, decoded)
+            .and_then(|()| match &scope {
+                Some(scope) => scope
+                    .v1(decoded, &mut relabeled)
+                    .map(|dropped| relabel_dropped = dropped),
+                None => Ok(()),
+            })
             .and_then(|()| {
                 splice::rewrite_gated(
-                    decoded,
+                    if scope.is_some() { &relabeled } else { decoded },
                     &tenant.policy,
                     limits,
                     now_ms,
@@ -522,7 +551,7 @@ fn rewrite_body(
         result
     });
     let ha_outcome = decisions.map(|decisions| decisions.outcome);
-    result.map(|(bodies, stats, refused)| (bodies, stats, refused, ha_outcome))
+    result.map(|(bodies, stats, refused)| (bodies, stats, refused, ha_outcome, relabel_dropped))
 }
 
 /// What a write-like request (remote write, OTLP) holds once admitted: its tenant's write

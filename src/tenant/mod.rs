@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{is_legacy_label_name, LimitOverrides};
+use crate::series::relabel::{RelabelConfig, RelabelRules};
 
 pub use registry::{Precondition, Registry, TenantEntry};
 
@@ -49,6 +50,9 @@ pub struct Tenant {
     /// Backend names this tenant writes to; empty means every configured backend.
     pub backends: Vec<String>,
     pub status: TenantStatus,
+    /// Prometheus `relabel_config` rules run over each series the tenant writes, before
+    /// its labels are enforced (DESIGN §16); checked by [`validate_tenant`].
+    pub write_relabel_configs: Vec<RelabelConfig>,
     /// Unix seconds.
     pub created_at: i64,
     pub updated_at: i64,
@@ -126,6 +130,9 @@ pub fn validate_tenant(tenant: &Tenant, tenant_label: &str, backend_names: &[&st
         if !backend_names.contains(&backend.as_str()) {
             problems.push(format!("backends: {backend:?} is not a configured backend"));
         }
+    }
+    if let Err(relabel_problems) = RelabelRules::compile(&tenant.write_relabel_configs) {
+        problems.extend(relabel_problems);
     }
     let effective = crate::config::Limits::default().with(&tenant.limits);
     problems.extend(effective.problems());

@@ -32,6 +32,7 @@ use super::store::{Change, Changes, Store, StoreError};
 use super::{validate_tenant, Tenant, TokenRecord};
 use crate::codec::write::LabelPolicy;
 use crate::config::{Config, Limits, TenancyConfig};
+use crate::series::relabel::RelabelRules;
 use crate::telemetry::RegistryMetrics;
 
 /// A tenant as the request path needs it: with its label policy, effective limits and
@@ -52,6 +53,8 @@ pub struct TenantEntry {
     /// The tenant's usage counters (DESIGN §17): the same ones across changes of its
     /// record, so nothing counted is lost when the entry is rebuilt.
     pub usage: Arc<crate::usage::TenantUsage>,
+    /// The tenant's `write_relabel_configs`, compiled once (empty when it has none).
+    pub relabel: RelabelRules,
 }
 
 /// What an admin write expects of the tenant's current version (`If-Match`).
@@ -750,7 +753,18 @@ impl Registry {
             self.identities.insert(identity.clone(), tenant.id.clone());
         }
         let usage = self.usage.tenant(&tenant.id);
+        // Rules were checked when the tenant was written; a record that no longer
+        // compiles (written by another version) writes unrelabeled, loudly.
+        let relabel = RelabelRules::compile(&tenant.write_relabel_configs).unwrap_or_else(|problems| {
+            tracing::error!(
+                tenant = %tenant.id,
+                problems = ?problems,
+                "tenant's write_relabel_configs do not compile; its series are written without relabeling until they are fixed"
+            );
+            RelabelRules::default()
+        });
         let entry = TenantEntry {
+            relabel,
             usage,
             limits,
             policy,
@@ -832,6 +846,7 @@ mod tests {
             identities: vec![],
             backends: vec![],
             status: super::super::TenantStatus::Active,
+            write_relabel_configs: Vec::new(),
             created_at: 0,
             updated_at: 0,
             version: 7,

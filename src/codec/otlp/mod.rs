@@ -188,6 +188,26 @@ impl Translated {
         }
     }
 
+    /// Keeps the series `keep` says yes to (it may change their labels), each still tied
+    /// to the data point it came from; the first error stops it and is returned.
+    pub fn try_retain_series<E>(
+        &mut self,
+        mut keep: impl FnMut(&mut crate::proto::TimeSeries) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let mut kept = Vec::with_capacity(self.request.timeseries.len());
+        let mut origin = Vec::with_capacity(self.origin.len());
+        let series = std::mem::take(&mut self.request.timeseries);
+        for (mut series, from) in series.into_iter().zip(self.origin.iter().copied()) {
+            if keep(&mut series)? {
+                kept.push(series);
+                origin.push(from);
+            }
+        }
+        self.request.timeseries = kept;
+        self.origin = origin;
+        Ok(())
+    }
+
     /// The `partial_success.error_message`: the distinct reasons, `; `-separated.
     pub fn message(&self) -> String {
         let mut message = self.reasons.join("; ");

@@ -368,7 +368,7 @@ impl Store {
             });
         }
         let tenant_rows = sqlx::query(
-            "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version, revision \
+            "SELECT id, label_value, extra_labels, limits, backends, status, write_relabel_configs, created_at, updated_at, version, revision \
              FROM tenants WHERE revision > $1 AND revision <= $2",
         )
         .bind(after)
@@ -673,7 +673,7 @@ impl Store {
     pub async fn load_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
         let mut tenants = Vec::new();
         let mut rows = sqlx::query(
-            "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version \
+            "SELECT id, label_value, extra_labels, limits, backends, status, write_relabel_configs, created_at, updated_at, version \
              FROM tenants ORDER BY id",
         )
         .fetch(&self.pool);
@@ -786,7 +786,7 @@ impl TenantWrite {
     /// The tenant as the database holds it now, with its identities.
     pub async fn tenant(&mut self, id: &str) -> Result<Option<Tenant>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version \
+            "SELECT id, label_value, extra_labels, limits, backends, status, write_relabel_configs, created_at, updated_at, version \
              FROM tenants WHERE id = $1",
         )
         .bind(id)
@@ -824,8 +824,8 @@ impl TenantWrite {
         self.refuse_taken_label_value(tenant).await?;
         bind_tenant_columns(
             sqlx::query(
-                "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, created_at, updated_at, version, revision) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                "INSERT INTO tenants (id, label_value, extra_labels, limits, backends, status, write_relabel_configs, created_at, updated_at, version, revision) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             ),
             tenant,
         )
@@ -851,7 +851,7 @@ impl TenantWrite {
         let updated = bind_tenant_columns(
             sqlx::query(
                 "UPDATE tenants SET label_value = $2, extra_labels = $3, limits = $4, backends = $5, status = $6, \
-                 updated_at = $7, version = $8, revision = $10 WHERE id = $1 AND version = $9",
+                 write_relabel_configs = $7, updated_at = $8, version = $9, revision = $11 WHERE id = $1 AND version = $10",
             ),
             tenant,
         )
@@ -981,7 +981,8 @@ async fn insert_identities(
     Ok(())
 }
 
-/// Binds `$1`…`$6`: id, label_value, extra_labels, limits, backends, status.
+/// Binds `$1`…`$7`: id, label_value, extra_labels, limits, backends, status,
+/// write_relabel_configs.
 fn bind_tenant_columns<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     tenant: &'q Tenant,
@@ -993,6 +994,7 @@ fn bind_tenant_columns<'q>(
         .bind(to_json(&tenant.limits))
         .bind(to_json(&tenant.backends))
         .bind(tenant.status.as_str())
+        .bind(to_json(&tenant.write_relabel_configs))
 }
 
 fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
@@ -1022,6 +1024,10 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant, StoreError> {
         backends: from_json("backends", &row.try_get::<String, _>("backends")?)?,
         status: TenantStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("status {status:?}")))?,
+        write_relabel_configs: from_json(
+            "write_relabel_configs",
+            &row.try_get::<String, _>("write_relabel_configs")?,
+        )?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         version: row.try_get("version")?,
@@ -1060,6 +1066,7 @@ mod tests {
             identities: vec![format!("spiffe://example.org/{id}")],
             backends: vec![],
             status: TenantStatus::Active,
+            write_relabel_configs: Vec::new(),
             created_at: 1,
             updated_at: 1,
             version: 1,
