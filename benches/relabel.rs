@@ -16,12 +16,13 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use promgate::codec::relabel::Scope;
 use promgate::codec::snappy::decompress_capped;
 use promgate::codec::splice::rewrite;
 use promgate::codec::write::LabelPolicy;
 use promgate::config::{ConflictPolicy, Limits};
 use promgate::proto::WriteRequest;
-use promgate::series::relabel::{Bounds, RelabelConfig, RelabelRules, Scope};
+use promgate::series::relabel::{Bounds, RelabelConfig, RelabelRules};
 use prost::Message;
 
 mod common;

@@ -7,6 +7,7 @@ pub mod ha;
 pub mod oracle;
 pub mod otlp;
 pub mod refused;
+pub mod relabel;
 pub mod rw2;
 pub mod snappy;
 pub mod splice;

@@ -617,9 +617,5 @@ impl Rule {
     }
 }
 
-pub mod requests;
-
-pub use requests::Scope;
-
 #[cfg(test)]
 mod tests;

@@ -7,12 +7,12 @@
 
 use prost::Message;
 
-use super::{Bounds, Dropped, RelabelRules, Relabeled};
 use crate::codec::write::LabelPolicy;
 use crate::codec::{rw2, write, CodecError};
 use crate::config::Limits;
 use crate::proto::write_v2::Request;
 use crate::proto::{Label, TimeSeries};
+use crate::series::relabel::{Bounds, Dropped, RelabelRules, Relabeled};
 
 /// What a tenant's series are relabeled with: its rules, the labels enforcement owns
 /// (which the rules cannot change), and its label limits.
@@ -183,12 +183,13 @@ mod tests {
     use crate::proto::write_v2 as v2;
 
     fn scope_parts() -> (RelabelRules, LabelPolicy, Limits) {
-        let configs: Vec<super::super::RelabelConfig> = serde_json::from_value(serde_json::json!([
-            {"source_labels": ["__name__"], "regex": "noisy", "action": "drop"},
-            {"regex": "pod", "action": "labeldrop"},
-            {"source_labels": ["job"], "target_label": "service", "replacement": "svc-$1"}
-        ]))
-        .expect("configs");
+        let configs: Vec<crate::series::relabel::RelabelConfig> =
+            serde_json::from_value(serde_json::json!([
+                {"source_labels": ["__name__"], "regex": "noisy", "action": "drop"},
+                {"regex": "pod", "action": "labeldrop"},
+                {"source_labels": ["job"], "target_label": "service", "replacement": "svc-$1"}
+            ]))
+            .expect("configs");
         (
             RelabelRules::compile(&configs).expect("rules"),
             LabelPolicy::new("tenant_id", "t", [], ConflictPolicy::Override),
