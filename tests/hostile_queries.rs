@@ -6,33 +6,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use common::query::{ask, fake_query_backend};
 
-use axum::Router;
+use std::sync::atomic::Ordering;
+
 use common::binary::PromgateBinary;
 use promgate::query::guard::{MAX_QUERY_BYTES, MAX_QUERY_NESTING, MAX_QUERY_REGEX_BYTES};
-use serde_json::{json, Value};
-use tokio::net::TcpListener;
-
-/// A query backend that answers every request with an empty vector and counts them.
-async fn fake_query_backend() -> (String, Arc<AtomicUsize>) {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&seen);
-    let router = Router::new().fallback(move || {
-        let counter = Arc::clone(&counter);
-        async move {
-            counter.fetch_add(1, Ordering::SeqCst);
-            axum::Json(json!({"status": "success", "data": {"resultType": "vector", "result": []}}))
-        }
-    });
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (url, seen)
-}
+use serde_json::json;
 
 async fn start(root: &std::path::Path, backend: &str) -> PromgateBinary {
     PromgateBinary::start(
@@ -43,25 +23,6 @@ async fn start(root: &std::path::Path, backend: &str) -> PromgateBinary {
         ),
     )
     .await
-}
-
-async fn ask(
-    relay: &PromgateBinary,
-    token: &str,
-    path: &str,
-    form: &[(&str, &str)],
-) -> (u16, Value) {
-    let response = relay
-        .http
-        .post(format!("{}{path}", relay.data_url))
-        .bearer_auth(token)
-        .form(form)
-        .send()
-        .await
-        .expect("promgate answers");
-    let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

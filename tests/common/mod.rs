@@ -9,6 +9,7 @@ pub mod pki;
 pub mod postgres;
 pub mod process;
 pub mod protobuf_gen;
+pub mod query;
 pub mod stack;
 
 use std::collections::BTreeMap;
