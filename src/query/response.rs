@@ -118,7 +118,12 @@ impl ResponseScope {
         let mut own = true;
         write_object(&entries, out, |name, value, out| {
             if name != key {
-                return Ok(Entry::Keep);
+                // Only the fields Prometheus' answers have: nothing else passes unread.
+                return Ok(if ENTRY_FIELDS.contains(&name) {
+                    Entry::Keep
+                } else {
+                    Entry::Skip
+                });
             }
             own &= self.own_labels(value, out)?;
             Ok(Entry::Written)
@@ -126,6 +131,9 @@ impl ResponseScope {
         Ok(own)
     }
 }
+
+/// The fields of a result entry besides its label set (`metric`, `seriesLabels`).
+const ENTRY_FIELDS: [&str; 5] = ["value", "values", "histogram", "histograms", "exemplars"];
 
 /// A JSON object's entries in the order sent, each value left as its raw text: the
 /// answer is filtered without building a tree of it (a `serde_json::Value` costs about
@@ -248,7 +256,14 @@ fn scope_series_answer(
     let mut out = Vec::with_capacity(body.len());
     write_object(&answer, &mut out, |name, data, out| {
         if name != "data" {
-            return Ok(Entry::Keep);
+            // Only the fields Prometheus' answers have: nothing else passes unread.
+            return Ok(
+                if ["status", "warnings", "infos", "isPartial", "stats"].contains(&name) {
+                    Entry::Keep
+                } else {
+                    Entry::Skip
+                },
+            );
         }
         match api {
             Api::Query | Api::QueryRange => {
@@ -268,7 +283,11 @@ fn scope_series_answer(
                         scope.filter_series(result, Some("metric"), out, &mut filtered)?;
                         return Ok(Entry::Written);
                     }
-                    Ok(Entry::Keep)
+                    Ok(if ["resultType", "result", "stats"].contains(&name) {
+                        Entry::Keep
+                    } else {
+                        Entry::Skip
+                    })
                 })?;
             }
             Api::Series => scope.filter_series(data, None, out, &mut filtered)?,
@@ -580,6 +599,18 @@ mod tests {
         assert_eq!(
             run(Api::LabelValues("tenant_id".into()), values, true).0["data"],
             json!([])
+        );
+    }
+
+    #[test]
+    fn fields_prometheus_does_not_send_are_left_out() {
+        let body = br#"{"status":"success","extra":[{"tenant_id":"beta"}],"data":{"resultType":"matrix","resuut":[{"metric":{"tenant_id":"beta"}}],"result":[{"metric":{"tenant_id":"alpha"},"values":[[1,"1"]],"other":{"tenant_id":"beta"}}],"stats":{"timings":{}}}}"#;
+        let (out, filtered) =
+            scope_json(&Api::QueryRange, body, &scope(false), None).expect("valid in this test");
+        assert_eq!(filtered.foreign_series, 0);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"tenant_id":"alpha"},"values":[[1,"1"]]}],"stats":{"timings":{}}}}"#
         );
     }
 
