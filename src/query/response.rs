@@ -269,8 +269,19 @@ fn scope_series_answer(
             Api::Query | Api::QueryRange => {
                 let data: Entries<'_> =
                     serde_json::from_str(data.get()).map_err(|_| unexpected("an object"))?;
-                // Any `resultType` naming label sets has every `result` filtered, whatever
-                // a repeated key says.
+                // Every `resultType` must be one Prometheus sends (an unknown one could
+                // carry label sets unfiltered), and any naming label sets has every
+                // `result` filtered, whatever a repeated key says.
+                let known = data.0.iter().any(|(name, _)| name == "resultType")
+                    && data.0.iter().filter(|(name, _)| name == "resultType").all(|(_, value)| {
+                        matches!(
+                            serde_json::from_str::<JsonStr<'_>>(value.get()),
+                            Ok(JsonStr(kind)) if ["vector", "matrix", "scalar", "string"].contains(&kind.as_ref())
+                        )
+                    });
+                if !known {
+                    return Err(unexpected("a result of a known type"));
+                }
                 let vector_like = data.0.iter().any(|(name, value)| {
                     name == "resultType"
                         && matches!(
@@ -612,6 +623,21 @@ mod tests {
             String::from_utf8(out).expect("utf-8"),
             r#"{"status":"success","data":{"resultType":"matrix","result":[{"metric":{"tenant_id":"alpha"},"values":[[1,"1"]]}],"stats":{"timings":{}}}}"#
         );
+    }
+
+    #[test]
+    fn query_results_of_unknown_types_are_refused() {
+        for kind in [r#""m!trix""#, "7", r#""""#] {
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":{kind},"result":[{{"metric":{{"tenant_id":"beta"}}}}]}}}}"#
+            );
+            assert!(
+                scope_json(&Api::Query, body.as_bytes(), &scope(false), None).is_err(),
+                "{kind}"
+            );
+        }
+        let body = br#"{"status":"success","data":{"result":[{"metric":{"tenant_id":"beta"}}]}}"#;
+        assert!(scope_json(&Api::Query, body, &scope(false), None).is_err());
     }
 
     #[test]
